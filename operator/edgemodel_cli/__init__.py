@@ -1,0 +1,1 @@
+"""The `edgemodel` command line: one entry point dispatching to runtime, operator and sandbox."""

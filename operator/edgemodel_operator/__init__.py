@@ -1,0 +1,1 @@
+"""The EdgeModel operator: API types, pure decisions, manifest builders, handlers, API client."""

@@ -1,0 +1,78 @@
+"""Owns `edgemodel sandbox up|down|status|env|demo`: the sandbox's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from edgemodel_sandbox import fleet
+from edgemodel_sandbox.cluster import Sandbox, SandboxError
+from edgemodel_sandbox.tools import Tools, ToolsError, tools_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["up", "down", "status", "env", "demo"])
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=len(fleet.DEFAULT_FLEET),
+        help="simulated edge nodes (at least the default six: 2 arm64, 2 amd64, 2 GPU)",
+    )
+    parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    parser.add_argument("--json", action="store_true", help="status as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    sandbox = Sandbox.default()
+    try:
+        if args.action == "up":
+            sandbox.up(nodes=args.nodes, prometheus=not args.no_prometheus)
+            _print_env(sandbox)
+            return 0
+        if args.action == "down":
+            sandbox.down()
+            print("sandbox stopped; nothing left running")
+            return 0
+        if args.action == "env":
+            _print_env(sandbox)
+            return 0
+        if args.action == "status":
+            return _status(sandbox, as_json=args.json)
+        from edgemodel_sandbox import demo
+
+        return demo.run_demo(sandbox, nodes=args.nodes)
+    except (SandboxError, ToolsError) as exc:
+        print(f"edgemodel sandbox {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_env(sandbox: Sandbox) -> None:
+    kubectl_dir = Tools.at(tools_dir()).kubectl.parent
+    print(f"export KUBECONFIG={sandbox.kubeconfig}")
+    print(f"export PATH={kubectl_dir}:$PATH  # kubectl {kubectl_dir.name.split('-', 1)[-1]}")
+    url = sandbox.prometheus_url()
+    if url:
+        print(f"# prometheus: {url}")
+
+
+def _status(sandbox: Sandbox, as_json: bool) -> int:
+    report = sandbox.status_report()
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["running"] else 3
+    if not report["running"]:
+        print(f"sandbox not running (state: {report['directory']})")
+        return 3
+    print(f"kubeconfig:  {report['kubeconfig']}")
+    print(f"api server:  {report['apiServer']}")
+    print(f"prometheus:  {report['prometheus'] or '-'}")
+    print(
+        "components:  "
+        + ", ".join(f"{name} {state}" for name, state in report["components"].items())
+    )
+    print()
+    print(f"{'ARCH':<8} {'ACCELERATOR':<12} {'NODES':>6} {'READY':>6}")
+    for row in report["nodes"]:
+        print(f"{row['arch']:<8} {row['accelerator']:<12} {row['nodes']:>6} {row['ready']:>6}")
+    return 0

@@ -1,0 +1,296 @@
+"""Real model fixtures for the demo, tests and benchmarks, built without PyTorch.
+
+Owns how fixture models are made and cached: a classifier trained on scikit-learn's bundled
+digits dataset (converted with skl2onnx) with its held-out split as evaluation data. Models
+are generated on first use into a cache folder and never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+DIGITS_SEED = 7
+BERT_GRAPH_VERSION = 2  # bump when the graph changes: cached fixtures are keyed by it
+
+
+@dataclass(frozen=True)
+class ModelFixture:
+    """A generated ONNX model plus the .npz files that exercise it."""
+
+    model: Path
+    sha256: str
+    calibration: Path  # .npz keyed by input name
+    evaluation: Path  # .npz keyed by input name, plus `labels`
+    input_name: str
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("EDGEMODEL_FIXTURES_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(xdg) / "edgemodel" / "fixtures"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+
+
+def digits_classifier(
+    directory: Path | None = None, hidden: tuple[int, ...] = (256, 128)
+) -> ModelFixture:
+    """An MLP trained on the digits dataset (8x8 images, 10 classes), float32 input `input` [N, 64].
+
+    Outputs: `label` (int64 [N]) and `probabilities` (float32 [N, 10]). The held-out 30 % split
+    is the evaluation set; 200 training rows are the calibration set.
+    """
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    tag = "x".join(str(h) for h in hidden)
+    directory = directory or cache_dir() / f"digits-mlp-{tag}"
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / "model.onnx"
+    calib_path = directory / "calibration.npz"
+    eval_path = directory / "evaluation.npz"
+    if not (model_path.exists() and calib_path.exists() and eval_path.exists()):
+        data = load_digits()
+        features = (data.data / 16.0).astype(np.float32)
+        x_train, x_test, y_train, y_test = train_test_split(
+            features, data.target, test_size=0.3, random_state=DIGITS_SEED, stratify=data.target
+        )
+        clf = MLPClassifier(hidden_layer_sizes=hidden, max_iter=400, random_state=DIGITS_SEED)
+        clf.fit(x_train, y_train)
+        onx = to_onnx(
+            clf,
+            x_train[:1],
+            options={id(clf): {"zipmap": False}},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+        onx.graph.input[0].name = "input"
+        for node in onx.graph.node:
+            node.input[:] = ["input" if name == "X" else name for name in node.input]
+        _atomic_write(model_path, onx.SerializeToString())
+        _save_npz(calib_path, input=x_train[:200])
+        _save_npz(eval_path, input=x_test, labels=y_test.astype(np.int64))
+    return ModelFixture(model_path, sha256_file(model_path), calib_path, eval_path, "input")
+
+
+def _bert_graph(
+    *,
+    layers: int,
+    hidden: int,
+    heads: int,
+    ffn: int,
+    vocab: int,
+    seq: int,
+    attention_mask: bool,
+    seed: int,
+) -> bytes:
+    """Serialize a BERT-shaped encoder built node by node with onnx.helper (opset 17)."""
+    head_dim = hidden // heads
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def weight(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> str:
+        # BERT's initializer range (std 0.02); every tensor gets its own draw so no two
+        # initializers are byte-identical (exporters deduplicate those, faking size and speed).
+        data = (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)).astype(np.float32)
+        inits.append(numpy_helper.from_array(data, name))
+        return name
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{output}", **attrs))
+        return output
+
+    def layer_norm(x: str, prefix: str) -> str:
+        gamma = const(f"{prefix}.gamma", np.ones(hidden, np.float32))
+        beta = const(f"{prefix}.beta", np.zeros(hidden, np.float32))
+        return node("LayerNormalization", [x, gamma, beta], f"{prefix}.out", axis=-1, epsilon=1e-12)
+
+    def dense(x: str, prefix: str, n_in: int, n_out: int, rng: np.random.Generator) -> str:
+        w = weight(f"{prefix}.weight", (n_in, n_out), rng)
+        b = const(
+            f"{prefix}.bias",
+            (rng.standard_normal(n_out, dtype=np.float32) * 0.02).astype(np.float32),
+        )
+        return node("Add", [node("MatMul", [x, w], f"{prefix}.mm"), b], f"{prefix}.out")
+
+    rng = np.random.default_rng(seed)
+    word = weight("embeddings.word", (vocab, hidden), rng)
+    position = weight("embeddings.position", (seq, hidden), rng)
+    pos_ids = const("embeddings.position_ids", np.arange(seq, dtype=np.int64))
+    emb = node(
+        "Add",
+        [
+            node("Gather", [word, "input_ids"], "embeddings.word_out"),
+            node("Gather", [position, pos_ids], "embeddings.position_out"),
+        ],
+        "embeddings.sum",
+    )
+    x = layer_norm(emb, "embeddings.norm")
+    mask_bias = None
+    if attention_mask:
+        # (1 - mask) * -10000 broadcast over heads and query positions, written in the node
+        # order BERT's exporters produce (Unsqueeze, Unsqueeze, Cast, Sub, Mul).
+        m = node(
+            "Unsqueeze", ["attention_mask", const("mask.axis1", np.array([1], np.int64))], "mask.u1"
+        )
+        m = node("Unsqueeze", [m, const("mask.axis2", np.array([2], np.int64))], "mask.u2")
+        m = node("Cast", [m], "mask.float", to=TensorProto.FLOAT)
+        inv = node("Sub", [const("mask.one", np.array(1.0, np.float32)), m], "mask.inv")
+        mask_bias = node(
+            "Mul", [inv, const("mask.neg", np.array(-10000.0, np.float32))], "mask.bias"
+        )
+    split_shape = const("shape.split_heads", np.array([0, 0, heads, head_dim], np.int64))
+    merge_shape = const("shape.merge_heads", np.array([0, 0, hidden], np.int64))
+    # Div by sqrt(head_dim), as BERT's exporters write it (so runtime fusions see the usual shape).
+    scale = const("attention.scale", np.array(np.sqrt(head_dim), np.float32))
+    sqrt2 = const("gelu.sqrt2", np.array(np.sqrt(2.0), np.float32))
+    one = const("gelu.one", np.array(1.0, np.float32))
+    half = const("gelu.half", np.array(0.5, np.float32))
+    for i in range(layers):
+        rng = np.random.default_rng([seed, i + 1])  # an independent stream per layer
+        p = f"layer{i}"
+        heads_of: dict[str, str] = {}
+        for proj in ("query", "key", "value"):
+            out = dense(x, f"{p}.attention.{proj}", hidden, hidden, rng)
+            heads_of[proj] = node("Reshape", [out, split_shape], f"{p}.attention.{proj}.heads")
+        q = node("Transpose", [heads_of["query"]], f"{p}.attention.q", perm=[0, 2, 1, 3])
+        k = node("Transpose", [heads_of["key"]], f"{p}.attention.k", perm=[0, 2, 3, 1])
+        v = node("Transpose", [heads_of["value"]], f"{p}.attention.v", perm=[0, 2, 1, 3])
+        scores = node(
+            "Div", [node("MatMul", [q, k], f"{p}.attention.qk"), scale], f"{p}.attention.scores"
+        )
+        if mask_bias is not None:
+            scores = node("Add", [scores, mask_bias], f"{p}.attention.masked")
+        probs = node("Softmax", [scores], f"{p}.attention.probs", axis=-1)
+        ctx = node(
+            "Transpose",
+            [node("MatMul", [probs, v], f"{p}.attention.ctx")],
+            f"{p}.attention.ctx_t",
+            perm=[0, 2, 1, 3],
+        )
+        ctx = node("Reshape", [ctx, merge_shape], f"{p}.attention.merged")
+        attn = dense(ctx, f"{p}.attention.output", hidden, hidden, rng)
+        x = layer_norm(node("Add", [attn, x], f"{p}.attention.residual"), f"{p}.attention.norm")
+        h = dense(x, f"{p}.ffn.intermediate", hidden, ffn, rng)
+        # Erf-based GELU, exactly as BERT defines it: x * 0.5 * (1 + erf(x / sqrt(2))).
+        erf = node("Erf", [node("Div", [h, sqrt2], f"{p}.gelu.div")], f"{p}.gelu.erf")
+        gelu = node(
+            "Mul",
+            [node("Mul", [h, node("Add", [erf, one], f"{p}.gelu.add")], f"{p}.gelu.mul"), half],
+            f"{p}.gelu.out",
+        )
+        out = dense(gelu, f"{p}.ffn.output", ffn, hidden, rng)
+        x = layer_norm(node("Add", [out, x], f"{p}.ffn.residual"), f"{p}.ffn.norm")
+    rng = np.random.default_rng([seed, layers + 1])
+    cls = node(
+        "Gather", [x, const("pooler.cls_index", np.array(0, np.int64))], "pooler.cls", axis=1
+    )
+    pooled = node("Tanh", [dense(cls, "pooler.dense", hidden, hidden, rng)], "pooler.out")
+    logits_pre = dense(pooled, "classifier", hidden, 2, rng)
+    nodes.append(helper.make_node("Identity", [logits_pre], ["logits"], name="logits"))
+
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq])]
+    if attention_mask:
+        inputs.append(
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", seq])
+        )
+    graph = helper.make_graph(
+        nodes,
+        f"bert_encoder_{layers}l",
+        inputs,
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgemodel-fixtures"
+    )
+    model.ir_version = 8  # what onnxruntime releases back to 1.15 can load
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def bert_encoder(
+    directory: Path | None = None,
+    *,
+    layers: int = 12,
+    hidden: int = 768,
+    heads: int = 12,
+    ffn: int = 3072,
+    vocab: int = 30522,
+    seq: int = 128,
+    attention_mask: bool = False,
+    calibration_rows: int = 16,
+    evaluation_rows: int = 32,
+    seed: int = 11,
+) -> ModelFixture:
+    """A BERT-base-shaped encoder with random (independently drawn) weights, opset 17.
+
+    Input `input_ids` int64 [batch, seq] (plus `attention_mask` int64 [batch, seq] when asked);
+    output `logits` float32 [batch, 2] from the pooled [CLS] position. Calibration and
+    evaluation sets are random token ids (no labels: there is no task to be right about).
+    Defaults are BERT-base (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522, seq 128);
+    tests pass e.g. `layers=2` to stay fast.
+    """
+    mask_tag = "-mask" if attention_mask else ""
+    tag = f"bert-v{BERT_GRAPH_VERSION}-L{layers}-H{hidden}-A{heads}-F{ffn}-V{vocab}-S{seq}{mask_tag}-s{seed}"
+    directory = directory or cache_dir() / tag
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / "model.onnx"
+    calib_path = directory / "calibration.npz"
+    eval_path = directory / "evaluation.npz"
+    if not (model_path.exists() and calib_path.exists() and eval_path.exists()):
+        data = _bert_graph(
+            layers=layers,
+            hidden=hidden,
+            heads=heads,
+            ffn=ffn,
+            vocab=vocab,
+            seq=seq,
+            attention_mask=attention_mask,
+            seed=seed,
+        )
+        _atomic_write(model_path, data)
+        rng = np.random.default_rng([seed, 0])
+        for path, rows in ((calib_path, calibration_rows), (eval_path, evaluation_rows)):
+            arrays = {"input_ids": rng.integers(0, vocab, size=(rows, seq), dtype=np.int64)}
+            if attention_mask:
+                # Real batches are padded: keep a random-length prefix of each row.
+                lengths = rng.integers(seq // 4, seq + 1, size=rows)
+                arrays["attention_mask"] = (np.arange(seq)[None, :] < lengths[:, None]).astype(
+                    np.int64
+                )
+            _save_npz(path, **arrays)
+    return ModelFixture(model_path, sha256_file(model_path), calib_path, eval_path, "input_ids")
