@@ -30,6 +30,30 @@ def _serve() -> _Subcommand:
     return serve_cli
 
 
+def _artifact_server() -> _Subcommand:
+    from edgemodel_runtime import artifact_server_cli
+
+    return artifact_server_cli
+
+
+def _publish() -> _Subcommand:
+    from edgemodel_runtime import publish_cli
+
+    return publish_cli
+
+
+def _fetch() -> _Subcommand:
+    from edgemodel_runtime import fetch_cli
+
+    return fetch_cli
+
+
+def _operator() -> _Subcommand:
+    from edgemodel_operator import cli
+
+    return cli
+
+
 def _sandbox() -> _Subcommand:
     from edgemodel_sandbox import cli
 
@@ -39,6 +63,10 @@ def _sandbox() -> _Subcommand:
 SUBCOMMANDS: dict[str, tuple[str, Callable[[], _Subcommand]]] = {
     "compress": ("compress an ONNX model into a verified, content-addressed artifact", _compress),
     "serve": ("serve a model over the KServe v2 / Triton protocol (HTTP + gRPC)", _serve),
+    "artifact-server": ("content-addressed artifact store over HTTP", _artifact_server),
+    "publish": ("upload a compression output to the artifact server", _publish),
+    "fetch": ("fetch an artifact by sha256 into the node cache and lay it out", _fetch),
+    "operator": ("run the EdgeModel operator against the current kubeconfig", _operator),
     "sandbox": ("local control plane with simulated K3s edge nodes", _sandbox),
 }
 

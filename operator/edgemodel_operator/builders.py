@@ -1,0 +1,608 @@
+"""Owns every manifest the operator writes: pure functions of (EdgeModel, settings) -> dict.
+
+Compression Jobs, per-target runtime Deployments and Services, and the artifact store. No
+I/O and no clock here: the same inputs always give the same manifest, which is what makes
+server-side apply idempotent and a restarted operator converge on the same objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from edgemodel_operator.api import GROUP, KIND, VERSION, EdgeModelSpec, Target, to_dict
+from edgemodel_operator.revision import CompressionPlan, Variant, compression_plan, variant_of
+from edgemodel_operator.settings import Settings
+
+MANAGER = "edgemodel-operator"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+TERMINATION_LOG = "/dev/termination-log"
+
+Manifest = dict[str, Any]
+
+
+# ------------------------------------------------------------------ shared pieces
+
+
+def labels(name: str, component: str, **extra: str) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": f"edgemodel-{component}",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/part-of": "edgemodel",
+        "app.kubernetes.io/managed-by": MANAGER,
+        "app.kubernetes.io/component": component,
+        "edgemodel.dev/name": name,
+    }
+    out.update({f"edgemodel.dev/{key}": value for key, value in extra.items()})
+    return out
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+POD_IP_ENV = [
+    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+]
+
+
+def deployment_name(name: str, target: str, revision: str) -> str:
+    return f"{name}-{target}-{revision}"
+
+
+def service_name(name: str, target: str) -> str:
+    return f"{name}-{target}"
+
+
+def job_name(name: str, revision: str, variant: Variant) -> str:
+    return f"{name}-c-{revision}-{variant}"
+
+
+def artifact_key(revision: str, variant: Variant) -> str:
+    return f"{revision}-{variant}"
+
+
+# ------------------------------------------------------------------ compression Job
+
+
+def _source_volume(uri: str, mount: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The path a container reads `uri` from, plus the volume and mount that make it so."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "pvc":
+        claim = parsed.netloc
+        volume = f"src-{claim}"[:63]
+        return (
+            f"{mount}/{claim}{parsed.path}",
+            [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+            [{"name": volume, "mountPath": f"{mount}/{claim}", "readOnly": True}],
+        )
+    if parsed.scheme == "file":
+        directory, _, filename = parsed.path.rpartition("/")
+        volume = f"src-host-{abs(hash(directory)) % 10**8}"
+        return (
+            f"{mount}/host/{filename}",
+            [{"name": volume, "hostPath": {"path": directory or "/", "type": "Directory"}}],
+            [{"name": volume, "mountPath": f"{mount}/host", "readOnly": True}],
+        )
+    return uri, [], []
+
+
+def compress_args(
+    spec: EdgeModelSpec, plan: CompressionPlan, settings: Settings, paths: Mapping[str, str]
+) -> list[str]:
+    """The `edgemodel compress` command line for one variant of a revision."""
+    comp = spec.compression
+    args = [
+        "compress",
+        paths["model"],
+        "--sha256",
+        spec.model.sha256,
+        "--output",
+        "/work/out",
+        "--mode",
+        plan.mode,
+        "--target",
+        plan.variant,
+        "--json",
+        "--search-budget-seconds",
+        str(settings.compress_search_budget_seconds),
+    ]
+    if comp.calibration is not None:
+        args += [
+            "--calibration",
+            paths["calibration"],
+            "--calibration-sha256",
+            comp.calibration.sha256,
+        ]
+    if comp.pruning is not None:
+        args += ["--prune-sparsity", repr(comp.pruning.sparsity)]
+    gate = comp.accuracy_gate
+    if gate is not None:
+        args += ["--eval", paths["evaluation"], "--eval-sha256", gate.evaluation.sha256]
+        if gate.max_accuracy_drop is not None:
+            # The API speaks fractions (0.005); the command speaks points (0.5).
+            args += ["--max-accuracy-drop", repr(round(gate.max_accuracy_drop * 100, 6))]
+        if gate.min_agreement is not None:
+            args += ["--min-agreement", repr(gate.min_agreement)]
+    return args
+
+
+def compression_job(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: EdgeModelSpec,
+    revision: str,
+    variant: Variant,
+    settings: Settings,
+) -> Manifest:
+    plan = compression_plan(spec, variant)
+    volumes: list[dict[str, Any]] = [
+        {"name": "work", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "work", "mountPath": "/work"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    paths: dict[str, str] = {}
+    sources = {"model": spec.model.uri}
+    if spec.compression.calibration is not None:
+        sources["calibration"] = spec.compression.calibration.uri
+    if spec.compression.accuracy_gate is not None:
+        sources["evaluation"] = spec.compression.accuracy_gate.evaluation.uri
+    for key, uri in sources.items():
+        path, extra_volumes, extra_mounts = _source_volume(uri, f"/sources/{key}")
+        paths[key] = path
+        volumes += extra_volumes
+        mounts += extra_mounts
+    job_labels = labels(name, "compression", revision=revision, variant=variant)
+    key = artifact_key(revision, variant)
+    resources = settings.compress_resources
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, revision, variant),
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": {"edgemodel.dev/compression-note": plan.note} if plan.note else {},
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "backoffLimit": settings.job_backoff_limit,
+            "activeDeadlineSeconds": settings.job_deadline_seconds,
+            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            # Bad input (2) and a failed accuracy gate (3) give the same answer on every try.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "compress",
+                            "operator": "In",
+                            "values": [2, 3],
+                        },
+                    }
+                ]
+            },
+            "template": {
+                "metadata": {"labels": job_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(),
+                    "initContainers": [
+                        {
+                            "name": "compress",
+                            "image": settings.runtime_image,
+                            "command": ["edgemodel"],
+                            "args": compress_args(spec, plan, settings, paths),
+                            "resources": resources,
+                            "securityContext": container_security_context(),
+                            "volumeMounts": mounts,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "publish",
+                            "image": settings.runtime_image,
+                            "command": ["edgemodel"],
+                            "args": [
+                                "publish",
+                                "/work/out",
+                                "--server",
+                                settings.artifact_url,
+                                "--revision",
+                                key,
+                                "--termination-log",
+                                TERMINATION_LOG,
+                            ],
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "64Mi"},
+                                "limits": {"memory": "256Mi"},
+                            },
+                            "securityContext": container_security_context(),
+                            "volumeMounts": mounts[:2],
+                            "terminationMessagePath": TERMINATION_LOG,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+# ------------------------------------------------------------------ runtime Deployment + Service
+
+
+def _merge_resources(target: Target, settings: Settings) -> dict[str, dict[str, str]]:
+    requests = {**settings.default_requests, **target.resources.requests}
+    limits = {**settings.default_limits, **target.resources.limits}
+    if target.gpu:
+        limits.setdefault(GPU_RESOURCE, "1")
+    if GPU_RESOURCE in limits:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE]  # extended resources: request == limit
+    return {"requests": requests, "limits": limits}
+
+
+def node_selector(target: Target) -> dict[str, str]:
+    return {**target.node_selector, "kubernetes.io/arch": target.arch}
+
+
+def tolerations(target: Target) -> list[dict[str, Any]]:
+    out = [to_dict(t) for t in target.tolerations]
+    if target.gpu and GPU_TOLERATION not in out:
+        out.append(dict(GPU_TOLERATION))
+    return out
+
+
+def pod_requests(target: Target, settings: Settings) -> dict[str, str]:
+    return _merge_resources(target, settings)["requests"]
+
+
+def _fetch_container(
+    name: str, target: Target, artifact_sha256: str, settings: Settings, triton: bool
+) -> dict[str, Any]:
+    args = [
+        "fetch",
+        "--sha256",
+        artifact_sha256,
+        "--server",
+        settings.artifact_url,
+        "--cache",
+        "/cache",
+        "--dest",
+        "/models",
+    ]
+    if triton:
+        args += ["--layout", "triton", "--model-name", name, "--instance-count", "1"]
+        if target.gpu:
+            args += ["--gpu", "--fp16"]
+    return {
+        "name": "fetch",
+        "image": settings.runtime_image,
+        "command": ["edgemodel"],
+        "args": args,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models"},
+            {"name": "cache", "mountPath": "/cache"},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def _server_container(
+    name: str, target: Target, revision: str, spec: EdgeModelSpec, settings: Settings
+) -> dict[str, Any]:
+    ports = [
+        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+    ]
+    common = {
+        "ports": ports,
+        "resources": _merge_resources(target, settings),
+        "securityContext": container_security_context(),
+        "readinessProbe": _probe("/v2/health/ready", 2, 3),
+        "livenessProbe": {**_probe("/v2/health/live", 10, 3), "initialDelaySeconds": 10},
+        "startupProbe": _probe("/v2/health/ready", 2, 90),
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models", "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if target.runtime == "triton":
+        return {
+            "name": "triton",
+            "image": settings.triton_image,
+            "command": ["tritonserver"],
+            "args": [
+                "--model-repository=/models",
+                "--strict-readiness=true",
+                "--exit-on-error=true",
+                f"--http-port={HTTP_PORT}",
+                f"--grpc-port={GRPC_PORT}",
+                f"--metrics-port={METRICS_PORT}",
+                "--http-address=$(POD_IP)",
+                "--grpc-address=$(POD_IP)",
+                "--metrics-address=$(POD_IP)",
+            ],
+            "env": list(POD_IP_ENV),
+            **common,
+        }
+    env = [
+        *POD_IP_ENV,
+        {"name": "EDGEMODEL_MODEL", "value": name},
+        {"name": "EDGEMODEL_REVISION", "value": revision},
+        {"name": "EDGEMODEL_TARGET", "value": target.name},
+    ]
+    if spec.slo is not None:
+        env.append({"name": "EDGEMODEL_SLO_MS", "value": repr(spec.slo.latency_p95_ms)})
+    args = [
+        "serve",
+        "/models/model.onnx",
+        "--name",
+        name,
+        "--host",
+        "$(POD_IP)",
+        "--http-port",
+        str(HTTP_PORT),
+        "--grpc-port",
+        str(GRPC_PORT),
+        "--metrics-port",
+        str(METRICS_PORT),
+    ]
+    if target.gpu:
+        args += ["--providers", "cuda"]
+    return {
+        "name": "server",
+        "image": settings.runtime_image,
+        "command": ["edgemodel"],
+        "args": args,
+        "env": env,
+        **common,
+    }
+
+
+def runtime_deployment(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: EdgeModelSpec,
+    target: Target,
+    revision: str,
+    artifact_sha256: str,
+    replicas: int,
+    settings: Settings,
+) -> Manifest:
+    variant = variant_of(target)
+    pod_labels = labels(name, "runtime", revision=revision, target=target.name, variant=variant)
+    selector = {
+        k: pod_labels[k]
+        for k in ("edgemodel.dev/name", "edgemodel.dev/target", "edgemodel.dev/revision")
+    }
+    cache: dict[str, Any] = (
+        {
+            "name": "cache",
+            "hostPath": {"path": settings.node_cache_path, "type": "DirectoryOrCreate"},
+        }
+        if settings.node_cache_path
+        else {"name": "cache", "emptyDir": {}}
+    )
+    triton = target.runtime == "triton"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(name, target.name, revision),
+            "namespace": namespace,
+            "labels": pod_labels,
+            "annotations": {"edgemodel.dev/artifact-sha256": artifact_sha256},
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                        "edgemodel.dev/artifact-sha256": artifact_sha256,
+                    },
+                },
+                "spec": {
+                    "nodeSelector": node_selector(target),
+                    "tolerations": tolerations(target),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "terminationGracePeriodSeconds": 30,
+                    "initContainers": [
+                        _fetch_container(name, target, artifact_sha256, settings, triton)
+                    ],
+                    "containers": [_server_container(name, target, revision, spec, settings)],
+                    "volumes": [
+                        {"name": "models", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                        cache,
+                    ],
+                },
+            },
+        },
+    }
+
+
+def target_service(name: str, namespace: str, uid: str, target: Target) -> Manifest:
+    """One Service per target over every revision's pods, so a canary shares the traffic."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(name, target.name),
+            "namespace": namespace,
+            "labels": labels(name, "runtime", target=target.name),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "selector": {"edgemodel.dev/name": name, "edgemodel.dev/target": target.name},
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {
+                    "name": "metrics",
+                    "port": METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+# ------------------------------------------------------------------ artifact store
+
+
+def artifact_store(settings: Settings) -> list[Manifest]:
+    """PVC + Deployment + Service of the in-cluster, content-addressed artifact store."""
+    name, namespace = settings.artifact_service, settings.namespace
+    store_labels = {
+        "app.kubernetes.io/name": "edgemodel-artifacts",
+        "app.kubernetes.io/part-of": "edgemodel",
+        "app.kubernetes.io/managed-by": MANAGER,
+        "app.kubernetes.io/component": "artifact-store",
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": settings.artifact_storage}},
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
+            "spec": {
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},  # a ReadWriteOnce volume has one writer
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "edgemodel-artifacts"}},
+                "template": {
+                    "metadata": {"labels": store_labels},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        "containers": [
+                            {
+                                "name": "server",
+                                "image": settings.runtime_image,
+                                "command": ["edgemodel"],
+                                "args": [
+                                    "artifact-server",
+                                    "--root",
+                                    "/store",
+                                    "--host",
+                                    "$(POD_IP)",
+                                    "--port",
+                                    str(settings.artifact_port),
+                                ],
+                                "env": list(POD_IP_ENV),
+                                "ports": [
+                                    {"name": "http", "containerPort": settings.artifact_port}
+                                ],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/healthz", "port": "http"},
+                                    "periodSeconds": 2,
+                                },
+                                "livenessProbe": {
+                                    "httpGet": {"path": "/healthz", "port": "http"},
+                                    "periodSeconds": 10,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                                    "limits": {"memory": "512Mi"},
+                                },
+                                "securityContext": container_security_context(),
+                                "volumeMounts": [{"name": "store", "mountPath": "/store"}],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "store", "persistentVolumeClaim": {"claimName": name}}
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
+            "spec": {
+                "selector": {"app.kubernetes.io/name": "edgemodel-artifacts"},
+                "ports": [{"name": "http", "port": settings.artifact_port, "targetPort": "http"}],
+            },
+        },
+    ]

@@ -1,0 +1,333 @@
+"""Owns the kopf wiring: watch events feed a work queue; workers observe, decide, apply.
+
+Handlers only gather and apply (principle 1): `reconcile` reads the EdgeModel and what it
+owns, hands them to `lifecycle.transition`, applies the returned actions through the one
+API client, and writes status only when it changed. No kopf daemons or timers per object
+(they would put a finalizer on every EdgeModel and block its deletion whenever the operator
+is down); ownerReferences let the garbage collector remove what an EdgeModel owned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from edgemodel_operator import artifact_lookup, builders, observe
+from edgemodel_operator.api import GROUP, KIND, PLURAL, VERSION, SpecError, parse_spec
+from edgemodel_operator.conditions import set_condition
+from edgemodel_operator.kube import Credentials, Kube, KubeError
+from edgemodel_operator.lifecycle import Apply, Delete, Desired, Event, Observed, State, transition
+from edgemodel_operator.placement import Requirements, explain_unplaceable
+from edgemodel_operator.revision import revision_of, variants
+from edgemodel_operator.settings import Settings
+from edgemodel_operator.workqueue import WorkQueue
+
+log = logging.getLogger("edgemodel.operator")
+EM_API = f"{GROUP}/{VERSION}"
+Key = tuple[str, str]  # (namespace, name)
+MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGER}
+# How soon to look again when nothing wakes us: busy phases poll a little as a safety net
+# (watch events do the real waking); settled ones rarely.
+REQUEUE_SECONDS = {
+    "Pending": 5.0,
+    "Compressing": 10.0,
+    "Deploying": 10.0,
+    "Progressing": 5.0,
+    "RollingBack": 5.0,
+    "Degraded": 30.0,
+    "Ready": 120.0,
+    "Failed": 300.0,
+}
+
+
+@dataclass
+class Runtime:
+    """What the workers share; lives in kopf's memo for the operator's lifetime."""
+
+    settings: Settings
+    kube: Kube | None = None
+    queue: WorkQueue[Key] = field(default_factory=WorkQueue)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+    unplaceable: set[Key] = field(default_factory=set)
+    resolve_services: bool = False
+    worker_count: int = 8
+    reconciles: int = 0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo.runtime
+    return runtime
+
+
+# ------------------------------------------------------------------ kopf entry points
+
+
+@kopf.on.startup()
+async def startup(
+    memo: Any,
+    settings: kopf.OperatorSettings,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    runtime = _runtime(memo)
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    # The same credentials kopf itself uses: the kubeconfig, else the pod's service account.
+    info = kopf.login_with_kubeconfig(
+        settings=settings, logger=logger
+    ) or kopf.login_with_service_account(settings=settings, logger=logger)
+    if info is None:
+        raise kopf.PermanentError("no Kubernetes credentials found (kubeconfig or service account)")
+    runtime.kube = Kube(Credentials.from_kopf(info))
+    if runtime.settings.manage_artifact_store:
+        await _ensure_artifact_store(runtime)
+    runtime.workers = [
+        asyncio.create_task(_worker(runtime, i)) for i in range(runtime.worker_count)
+    ]
+    log.info(
+        "operator started",
+        extra={"workers": runtime.worker_count, "namespace": runtime.settings.namespace},
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    for task in runtime.workers:
+        task.cancel()
+    for task in runtime.workers:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if runtime.kube is not None:
+        await runtime.kube.close()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def edgemodel_event(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    key: Key = (namespace or "", name)
+    if type == "DELETED":
+        runtime.queue.forget(key)
+        runtime.unplaceable.discard(key)
+        return
+    runtime.queue.add(key)
+
+
+def _owned_event(labels: Mapping[str, str], namespace: str | None, memo: Any) -> None:
+    owner = labels.get("edgemodel.dev/name")
+    if owner and namespace:
+        _runtime(memo).queue.add((namespace, owner))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def job_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+    _owned_event(labels, namespace, memo)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+def deployment_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+    _owned_event(labels, namespace, memo)
+
+
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, "app.kubernetes.io/component": "runtime"})
+def pod_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+    _owned_event(labels, namespace, memo)
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_event(type: str, memo: Any, **_: Any) -> None:
+    # A node that appears (or changes) may host a target that had nowhere to go.
+    runtime = _runtime(memo)
+    if type in ("ADDED", "MODIFIED", None):
+        for key in list(runtime.unplaceable):
+            runtime.queue.add(key)
+
+
+# ------------------------------------------------------------------ the worker loop
+
+
+async def _worker(runtime: Runtime, index: int) -> None:
+    while True:
+        key = await runtime.queue.get()
+        started = time.monotonic()
+        try:
+            delay = await reconcile(runtime, key)
+        except asyncio.CancelledError:
+            raise
+        except KubeError as exc:
+            log.warning("reconcile failed; retrying", extra={"key": key, "error": str(exc)})
+            delay = 5.0
+        except Exception:
+            log.exception("reconcile crashed; retrying", extra={"key": key})
+            delay = 10.0
+        finally:
+            runtime.queue.done(key)
+        runtime.reconciles += 1
+        if delay is not None:
+            runtime.queue.add_after(key, delay)
+        log.debug("reconciled", extra={"key": key, "seconds": round(time.monotonic() - started, 3)})
+
+
+async def reconcile(runtime: Runtime, key: Key) -> float | None:
+    """One pass over one EdgeModel; returns when to look again (None: only on events)."""
+    kube = runtime.kube
+    assert kube is not None
+    namespace, name = key
+    body = await kube.get(EM_API, KIND, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    meta = body["metadata"]
+    generation = int(meta.get("generation", 1))
+    status = body.get("status") or {}
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except SpecError as exc:
+        await _invalid_spec(kube, body, status, str(exc), generation)
+        return None
+    revision = revision_of(spec)
+    desired = Desired(name, namespace, meta["uid"], generation, spec, revision, runtime.settings)
+    state = State.from_status(status)
+    observed = await _observe(runtime, kube, desired, state)
+    if observed.unschedulable:
+        runtime.unplaceable.add(key)
+    else:
+        runtime.unplaceable.discard(key)
+    new_state, actions = transition(state, desired, observed, _now())
+    for action in actions:
+        await _apply(kube, body, action)
+    new_status = new_state.to_status(generation)
+    if _changed(status, new_status):
+        await kube.patch_status(EM_API, KIND, namespace, name, new_status)
+    return REQUEUE_SECONDS.get(new_state.phase, 30.0)
+
+
+async def _observe(runtime: Runtime, kube: Kube, desired: Desired, state: State) -> Observed:
+    ns, name = desired.namespace, desired.name
+    owned = {"edgemodel.dev/name": name, **MANAGED}
+    jobs_raw, deps_raw, svcs_raw, pods_raw = await asyncio.gather(
+        kube.list(
+            "batch/v1", "Job", ns, labels={**owned, "app.kubernetes.io/component": "compression"}
+        ),
+        kube.list(
+            "apps/v1", "Deployment", ns, labels={**owned, "app.kubernetes.io/component": "runtime"}
+        ),
+        kube.list("v1", "Service", ns, labels={**owned, "app.kubernetes.io/component": "runtime"}),
+        kube.list("v1", "Pod", ns, labels={**owned}),
+    )
+    jobs = []
+    for job in jobs_raw:
+        job_pods = [
+            p
+            for p in pods_raw
+            if (p["metadata"].get("labels") or {}).get("job-name") == job["metadata"]["name"]
+        ]
+        jobs.append(observe.job_observation(job, job_pods))
+    runtime_pods = [
+        p
+        for p in pods_raw
+        if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "runtime"
+    ]
+    unschedulable = observe.unschedulable_targets(runtime_pods)
+    if unschedulable:
+        nodes = await kube.list("v1", "Node", None)
+        for target in desired.spec.targets:
+            if target.name in unschedulable:
+                reason = explain_unplaceable(
+                    Requirements(
+                        builders.node_selector(target),
+                        builders.tolerations(target),
+                        {k: v for k, v in builders.pod_requests(target, runtime.settings).items()},
+                    ),
+                    nodes,
+                )
+                if reason:
+                    unschedulable[target.name] = reason
+    store_ready = True
+    if runtime.settings.manage_artifact_store:
+        store = await kube.get(
+            "apps/v1", "Deployment", runtime.settings.namespace, runtime.settings.artifact_service
+        )
+        store_ready = bool(store and (store.get("status") or {}).get("availableReplicas"))
+    artifacts: dict[str, dict[str, Any]] = {}
+    known = {(r.get("revision"), r.get("variant")) for r in state.revisions}
+    have_job = {(j.revision, j.variant) for j in jobs}
+    missing = [
+        v
+        for v in variants(desired.spec)
+        if (desired.revision, v) not in known and (desired.revision, v) not in have_job
+    ]
+    if missing and store_ready:
+        base = await _artifact_base_url(runtime, kube)
+        if base:
+            for variant in missing:
+                key = builders.artifact_key(desired.revision, variant)
+                found = await artifact_lookup.lookup(base, key)
+                if found:
+                    artifacts[key] = found
+    return Observed(
+        jobs=jobs,
+        deployments=[observe.deployment_observation(d) for d in deps_raw],
+        services=frozenset(s["metadata"]["name"] for s in svcs_raw),
+        artifacts=artifacts,
+        unschedulable=unschedulable,
+        store_ready=store_ready,
+    )
+
+
+async def _artifact_base_url(runtime: Runtime, kube: Kube) -> str | None:
+    settings = runtime.settings
+    if not runtime.resolve_services:
+        return settings.artifact_url
+    address = await kube.service_address(settings.namespace, settings.artifact_service, "http")
+    return f"http://{address}" if address else None
+
+
+async def _apply(kube: Kube, body: dict[str, Any], action: Apply | Delete | Event) -> None:
+    if isinstance(action, Apply):
+        await kube.apply(action.manifest)
+    elif isinstance(action, Delete):
+        await kube.delete(action.api_version, action.kind, action.namespace, action.name)
+    else:
+        log.info("event", extra={"reason": action.reason, "text": action.message})
+        await kube.event(body, action.type, action.reason, action.message)
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return any(old.get(k) != v for k, v in new.items())
+
+
+async def _invalid_spec(
+    kube: Kube, body: dict[str, Any], status: dict[str, Any], message: str, generation: int
+) -> None:
+    conditions = set_condition(
+        status.get("conditions") or [], "Ready", False, "InvalidSpec", message, _now(), generation
+    )
+    new = {"phase": "Failed", "observedGeneration": generation, "conditions": conditions}
+    if _changed(status, new):
+        meta = body["metadata"]
+        await kube.patch_status(EM_API, KIND, meta["namespace"], meta["name"], new)
+        await kube.event(body, "Warning", "InvalidSpec", message)
+
+
+async def _ensure_artifact_store(runtime: Runtime) -> None:
+    kube = runtime.kube
+    assert kube is not None
+    await kube.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": runtime.settings.namespace}}
+    )
+    for manifest in builders.artifact_store(runtime.settings):
+        await kube.apply(manifest)

@@ -1,0 +1,115 @@
+"""Owns turning raw API objects into the lifecycle's observations (pure functions).
+
+The handler lists Jobs, Pods, Deployments and Services; these functions read what matters
+out of them — a Job's outcome and the report its publish step left in its termination
+message, a Deployment's availability, a pod the scheduler could not place — so the decision
+in lifecycle.py never touches a raw API dict.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from edgemodel_operator.lifecycle import DeploymentObs, JobObs
+
+GATE_FAILED_EXIT = 3
+
+
+def _conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def _terminated(statuses: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
+    for status in statuses:
+        if status.get("name") == name:
+            state = status.get("state") or {}
+            last = status.get("lastState") or {}
+            return state.get("terminated") or last.get("terminated")
+    return None
+
+
+def _last_lines(text: str, lines: int = 3, limit: int = 600) -> str:
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(kept)[-limit:]
+
+
+def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObs:
+    """A compression Job's outcome, with the report or the reason it failed."""
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    conditions = _conditions(job)
+    complete = (conditions.get("Complete") or {}).get("status") == "True"
+    failed = (conditions.get("Failed") or {}).get("status") == "True"
+    summary: dict[str, Any] | None = None
+    failure = ""
+    gate_failed = False
+    ordered = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp", ""))
+    for pod in ordered:
+        status = pod.get("status") or {}
+        publish = _terminated(status.get("containerStatuses") or [], "publish")
+        if publish and publish.get("exitCode") == 0 and publish.get("message"):
+            try:
+                parsed = json.loads(publish["message"])
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                summary = parsed
+        compress = _terminated(status.get("initContainerStatuses") or [], "compress")
+        if compress and compress.get("exitCode") not in (None, 0):
+            code = compress.get("exitCode")
+            gate_failed = gate_failed or code == GATE_FAILED_EXIT
+            failure = f"compress exited {code}: {_last_lines(compress.get('message') or '')}"
+        elif publish and publish.get("exitCode") not in (None, 0):
+            tail = _last_lines(publish.get("message") or "")
+            failure = f"publish exited {publish.get('exitCode')}: {tail}"
+    if failed and not failure:
+        cond = conditions.get("Failed") or {}
+        failure = f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")
+    elif failed:
+        reason = (conditions.get("Failed") or {}).get("reason")
+        if reason and reason not in ("PodFailurePolicy", "BackoffLimitExceeded"):
+            failure = f"{reason}; {failure}"
+    return JobObs(
+        name=(job.get("metadata") or {}).get("name", ""),
+        revision=labels.get("edgemodel.dev/revision", ""),
+        variant=labels.get("edgemodel.dev/variant", ""),
+        active=bool((job.get("status") or {}).get("active")),
+        succeeded=complete,
+        failed=failed,
+        summary=summary,
+        failure=failure,
+        gate_failed=gate_failed,
+    )
+
+
+def deployment_observation(dep: Mapping[str, Any]) -> DeploymentObs:
+    meta = dep.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = dep.get("status") or {}
+    spec = dep.get("spec") or {}
+    return DeploymentObs(
+        name=meta.get("name", ""),
+        revision=labels.get("edgemodel.dev/revision", ""),
+        target=labels.get("edgemodel.dev/target", ""),
+        replicas=int(spec.get("replicas", 1)),
+        ready=int(status.get("readyReplicas") or 0),
+        available=int(status.get("availableReplicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
+        artifact_sha256=(meta.get("annotations") or {}).get("edgemodel.dev/artifact-sha256", ""),
+    )
+
+
+def unschedulable_targets(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """target -> the scheduler's message, for runtime pods it could not place."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        if (pod.get("spec") or {}).get("nodeName"):
+            continue
+        scheduled = _conditions(pod).get("PodScheduled") or {}
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            target = ((pod.get("metadata") or {}).get("labels") or {}).get("edgemodel.dev/target")
+            if target:
+                out[target] = str(scheduled.get("message", "unschedulable"))
+    return out

@@ -1,0 +1,348 @@
+"""The EdgeModel lifecycle state machine, against every combination of observations.
+
+`transition(state, desired, observed, now)` is pure, so each case builds the observations by
+hand: compression Jobs in every state, the artifact store up or down, Deployments available
+or not, a previous stable revision or none. Invariants hold in every combination: the
+lifecycle only moves on what it observed, never deletes the serving revision before its
+successor is available, and re-issues what is missing (idempotent actions).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from edgemodel_operator.api import parse_spec
+from edgemodel_operator.builders import artifact_key, deployment_name, service_name
+from edgemodel_operator.lifecycle import (
+    Apply,
+    Delete,
+    DeploymentObs,
+    Desired,
+    Event,
+    JobObs,
+    Observed,
+    State,
+    transition,
+)
+from edgemodel_operator.revision import revision_of, variants
+from edgemodel_operator.settings import Settings
+
+NOW = "2026-11-25T12:00:00Z"
+SHA = "a" * 64
+
+
+def spec(**overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "model": {"uri": "https://models.example.com/m.onnx", "sha256": SHA},
+        "targets": [
+            {"name": "arm", "arch": "arm64", "replicas": {"min": 2, "max": 4}},
+            {"name": "gpu", "arch": "amd64", "accelerator": "nvidia-gpu"},
+        ],
+    }
+    raw.update(overrides)
+    return raw
+
+
+def desired(raw: dict[str, Any] | None = None) -> Desired:
+    parsed = parse_spec(raw or spec())
+    return Desired("digits", "ns", "uid-1", 3, parsed, revision_of(parsed), Settings())
+
+
+def summary(variant: str) -> dict[str, Any]:
+    return {
+        "artifactSha256": (variant[0] * 64)[:64].replace("g", "c"),
+        "sizeBytes": 1000,
+        "ratio": 0.26,
+        "accuracy": {"agreement": 0.99},
+        "mode": "dynamic-int8",
+    }
+
+
+def job(d: Desired, variant: str, kind: str) -> JobObs:
+    name = f"digits-c-{d.revision}-{variant}"
+    if kind == "active":
+        return JobObs(name, d.revision, variant, active=True)
+    if kind == "succeeded":
+        return JobObs(name, d.revision, variant, succeeded=True, summary=summary(variant))
+    if kind == "failed":
+        return JobObs(
+            name, d.revision, variant, failed=True, failure="compress exited 1: out of memory"
+        )
+    return JobObs(
+        name,
+        d.revision,
+        variant,
+        failed=True,
+        gate_failed=True,
+        failure="compress exited 3: agreement 0.41 < 0.98",
+    )
+
+
+def deployments(
+    d: Desired, revision: str, available: bool, replicas: dict[str, int] | None = None
+) -> list[DeploymentObs]:
+    out = []
+    for target in d.spec.targets:
+        count = (replicas or {}).get(target.name, target.replicas.min)
+        ready = count if available else 0
+        out.append(
+            DeploymentObs(
+                deployment_name("digits", target.name, revision),
+                revision,
+                target.name,
+                count,
+                ready,
+                ready,
+                count,
+                True,
+                SHA,
+            )
+        )
+    return out
+
+
+def applied(actions: list[Any], kind: str) -> list[dict[str, Any]]:
+    return [
+        dict(a.manifest) for a in actions if isinstance(a, Apply) and a.manifest["kind"] == kind
+    ]
+
+
+def deleted(actions: list[Any], kind: str) -> list[str]:
+    return [a.name for a in actions if isinstance(a, Delete) and a.kind == kind]
+
+
+def passed_records(d: Desired) -> tuple[dict[str, Any], ...]:
+    return tuple(
+        {"revision": d.revision, "variant": v, "result": "passed", "artifactDigest": SHA}
+        for v in variants(d.spec)
+    )
+
+
+# ------------------------------------------------------------------ compression
+
+
+def test_new_model_starts_one_compression_job_per_variant() -> None:
+    d = desired()
+    state, actions = transition(State(), d, Observed(), NOW)
+    jobs = applied(actions, "Job")
+    assert sorted(j["metadata"]["labels"]["edgemodel.dev/variant"] for j in jobs) == [
+        "arm64",
+        "gpu",
+    ]
+    assert state.phase == "Compressing"
+    assert {c["type"]: c["status"] for c in state.conditions}["Ready"] == "False"
+    assert any(isinstance(a, Event) and a.reason == "PhaseChanged" for a in actions)
+    # Services come first so clients can resolve them before the first revision is up.
+    assert sorted(s["metadata"]["name"] for s in applied(actions, "Service")) == [
+        "digits-arm",
+        "digits-gpu",
+    ]
+
+
+def test_gpu_variant_compresses_to_fp16_when_dynamic_int8_is_asked() -> None:
+    d = desired()
+    _, actions = transition(State(), d, Observed(), NOW)
+    gpu_job = next(
+        j
+        for j in applied(actions, "Job")
+        if j["metadata"]["labels"]["edgemodel.dev/variant"] == "gpu"
+    )
+    args = gpu_job["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert args[args.index("--mode") + 1] == "fp16"
+    assert "CPU-only" in gpu_job["metadata"]["annotations"]["edgemodel.dev/compression-note"]
+
+
+def test_no_job_while_the_artifact_store_is_down() -> None:
+    state, actions = transition(State(), desired(), Observed(store_ready=False), NOW)
+    assert applied(actions, "Job") == []
+    assert state.phase == "Compressing"
+
+
+def test_artifact_already_in_the_store_skips_compression() -> None:
+    d = desired()
+    found = {artifact_key(d.revision, v): summary(v) for v in variants(d.spec)}
+    state, actions = transition(State(), d, Observed(artifacts=found), NOW)
+    assert applied(actions, "Job") == []
+    assert len(applied(actions, "Deployment")) == 2
+    assert {r["message"] for r in state.revisions} == {"found in the artifact store"}
+
+
+JOB_STATES = ["none", "active", "succeeded", "failed", "gate-failed"]
+
+
+@pytest.mark.parametrize(("arm_job", "gpu_job"), list(itertools.product(JOB_STATES, JOB_STATES)))
+@pytest.mark.parametrize("store_ready", [True, False])
+def test_compression_outcomes(arm_job: str, gpu_job: str, store_ready: bool) -> None:
+    d = desired()
+    jobs = [job(d, v, k) for v, k in (("arm64", arm_job), ("gpu", gpu_job)) if k != "none"]
+    state, actions = transition(State(), d, Observed(jobs=jobs, store_ready=store_ready), NOW)
+    kinds = {arm_job, gpu_job}
+    conditions = {c["type"]: c for c in state.conditions}
+    created = {j["metadata"]["labels"]["edgemodel.dev/variant"] for j in applied(actions, "Job")}
+    missing = {v for v, k in (("arm64", arm_job), ("gpu", gpu_job)) if k == "none"}
+    if kinds & {"failed", "gate-failed"}:
+        assert state.phase == "Failed"
+        assert conditions["Compressed"]["status"] == "False"
+        reason = "AccuracyGateFailed" if "gate-failed" in kinds else "CompressionFailed"
+        assert conditions["Compressed"]["reason"] == reason
+        assert "revision" in conditions["Compressed"]["message"]
+        assert applied(actions, "Deployment") == []
+    elif kinds == {"succeeded"}:
+        assert state.phase == "Deploying"
+        assert conditions["Compressed"]["status"] == "True"
+        assert len(applied(actions, "Deployment")) == 2
+        assert {r["result"] for r in state.revisions} == {"passed"}
+    else:
+        assert state.phase == "Compressing"
+        assert applied(actions, "Deployment") == []
+    # Jobs are requested exactly for the variants that have none, and only when the store is up.
+    assert created == (missing if store_ready else set())
+    assert conditions["Ready"]["status"] == "False"
+
+
+def test_failed_compression_keeps_the_figures_and_is_not_retried() -> None:
+    d = desired()
+    jobs = [job(d, "arm64", "gate-failed"), job(d, "gpu", "succeeded")]
+    state, _ = transition(State(), d, Observed(jobs=jobs), NOW)
+    assert (
+        "agreement 0.41 < 0.98" in {c["type"]: c for c in state.conditions}["Compressed"]["message"]
+    )
+    # The Job was garbage-collected (TTL): the failure stays, no new Job is created.
+    again, actions = transition(state, d, Observed(jobs=[]), NOW)
+    assert again.phase == "Failed"
+    assert [
+        j
+        for j in applied(actions, "Job")
+        if j["metadata"]["labels"]["edgemodel.dev/variant"] == "arm64"
+    ] == []
+
+
+# ------------------------------------------------------------------ deployment
+
+
+@pytest.mark.parametrize("available", [True, False])
+@pytest.mark.parametrize("has_stable", [True, False])
+def test_deploy_and_promote(available: bool, has_stable: bool) -> None:
+    d = desired()
+    old = "r0000000000"
+    base = State(
+        revisions=passed_records(d),
+        stable_revision=old if has_stable else "",
+        phase="Ready" if has_stable else "Compressing",
+    )
+    deps = deployments(d, d.revision, available) + (deployments(d, old, True) if has_stable else [])
+    state, actions = transition(
+        base,
+        d,
+        Observed(
+            deployments=deps,
+            services=frozenset({service_name("digits", "arm"), service_name("digits", "gpu")}),
+        ),
+        NOW,
+    )
+    if available:
+        assert state.phase == "Ready" and state.stable_revision == d.revision
+        assert {c["type"]: c["status"] for c in state.conditions}["Ready"] == "True"
+        expected_gone = (
+            {deployment_name("digits", t, old) for t in ("arm", "gpu")} if has_stable else set()
+        )
+        assert set(deleted(actions, "Deployment")) == expected_gone
+        assert state.ready_replicas == "3/3"
+    else:
+        assert state.phase == "Deploying"
+        # The serving revision is never removed before its successor is available.
+        assert deleted(actions, "Deployment") == []
+        assert state.stable_revision == (old if has_stable else "")
+    assert applied(actions, "Service") == []  # already there
+
+
+def test_replicas_chosen_by_the_autoscaler_are_kept_within_bounds() -> None:
+    d = desired()
+    deps = deployments(d, d.revision, True, replicas={"arm": 9, "gpu": 1})
+    _, actions = transition(State(revisions=passed_records(d)), d, Observed(deployments=deps), NOW)
+    replicas = {
+        m["metadata"]["labels"]["edgemodel.dev/target"]: m["spec"]["replicas"]
+        for m in applied(actions, "Deployment")
+    }
+    assert replicas == {"arm": 4, "gpu": 1}
+
+
+def test_removed_target_is_deleted() -> None:
+    d = desired(spec(targets=[{"name": "arm", "arch": "arm64"}]))
+    stale = DeploymentObs(
+        deployment_name("digits", "gpu", d.revision), d.revision, "gpu", 1, 1, 1, 1, True, SHA
+    )
+    _, actions = transition(
+        State(revisions=passed_records(d)),
+        d,
+        Observed(deployments=[stale], services=frozenset({"digits-gpu", "digits-arm"})),
+        NOW,
+    )
+    assert deleted(actions, "Deployment") == [stale.name]
+    assert deleted(actions, "Service") == ["digits-gpu"]
+
+
+def test_unschedulable_target_names_what_is_missing() -> None:
+    d = desired()
+    deps = deployments(d, d.revision, False)
+    message = "no node has labels kubernetes.io/arch=arm64 (0/6 nodes match)"
+    state, _ = transition(
+        State(revisions=passed_records(d)),
+        d,
+        Observed(deployments=deps, unschedulable={"arm": message}),
+        NOW,
+    )
+    available = {c["type"]: c for c in state.conditions}["Available"]
+    assert available["status"] == "False" and available["reason"] == "Unschedulable"
+    assert message in available["message"]
+    assert next(t for t in state.targets if t["name"] == "arm")["message"] == message
+
+
+def test_stable_revision_losing_replicas_is_degraded() -> None:
+    d = desired()
+    deps = deployments(d, d.revision, True)
+    deps[0] = DeploymentObs(deps[0].name, d.revision, "arm", 2, 1, 1, 2, True, SHA)
+    state, actions = transition(
+        State(revisions=passed_records(d), stable_revision=d.revision, phase="Ready"),
+        d,
+        Observed(deployments=deps),
+        NOW,
+    )
+    assert state.phase in ("Degraded", "Deploying")
+    assert {c["type"]: c["status"] for c in state.conditions}["Ready"] == "False"
+    assert deleted(actions, "Deployment") == []
+
+
+def test_steady_state_is_a_fixed_point() -> None:
+    d = desired()
+    obs = Observed(
+        deployments=deployments(d, d.revision, True),
+        services=frozenset({"digits-arm", "digits-gpu"}),
+    )
+    first, _ = transition(State(revisions=passed_records(d)), d, obs, NOW)
+    second, actions = transition(first, d, obs, "2026-11-25T12:05:00Z")
+    assert second == first  # transition times only move when a status flips
+    assert not [a for a in actions if isinstance(a, (Delete, Event))]
+
+
+def test_revision_ignores_replicas_and_selectors_but_not_compression() -> None:
+    base = parse_spec(spec())
+    scaled = parse_spec(
+        spec(
+            targets=[
+                {
+                    "name": "arm",
+                    "arch": "arm64",
+                    "replicas": {"min": 5, "max": 9},
+                    "nodeSelector": {"topology.kubernetes.io/zone": "site-1"},
+                },
+                {"name": "gpu", "arch": "amd64", "accelerator": "nvidia-gpu"},
+            ]
+        )
+    )
+    recompressed = parse_spec(spec(compression={"quantization": "fp16"}))
+    assert revision_of(base) == revision_of(scaled)
+    assert revision_of(base) != revision_of(recompressed)
