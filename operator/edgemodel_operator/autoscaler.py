@@ -1,0 +1,180 @@
+"""Owns the replica-scaling decision of one target: `decide(state, ..., p95, now, paused)`.
+
+Pure (principles 1 and 6): no kopf, no client, no clock. The caller reads the target's p95
+from Prometheus (a `metrics.Reading`), passes the wall-clock `now` (epoch seconds, because the
+state is stored in status and must survive an operator restart), applies the replica count
+the `Decision` names, and stores the returned `ScalerState` in status (`to_dict`).
+
+Rules, in order (the decision's reason names the one that decided):
+1. Replicas outside [min, max] are clamped first (the spec's bounds are the user's explicit
+   instruction and the lifecycle enforces them anyway); the rules below continue from there.
+2. Paused: no autoscaling at all.
+3. No number to act on (INCONCLUSIVE: no data; ERROR: Prometheus unreachable): hold. Never
+   scale down blind, and a gap breaks the "continuously below" streak.
+4. p95 > scaleUpAt x SLO: scale up by the overshoot (replicas x (p95 / upper - 1), rounded up),
+   at least +1, at most +100% and at most +4 per decision, never above max; then a cooldown of
+   intervalSeconds before the next scale-up, so the new pods' effect is measured first.
+5. p95 < scaleDownAt x SLO continuously for stabilizationSeconds, and intervalSeconds since the
+   last scale of either direction: -1 per decision, never below min. Scaling down is slow on
+   purpose: one replica too many costs money, one too few breaks the SLO.
+6. Otherwise (between the thresholds): hold.
+A scale-down never delays a scale-up: reacting to overload is never held back by a shrink.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from edgemodel_operator.api import SLO, Autoscaling
+from edgemodel_operator.metrics import Outcome, Reading
+
+MAX_STEP_UP = 4
+
+ScaleAction = Literal["up", "down", "hold"]
+
+
+@dataclass(frozen=True)
+class ScalerState:
+    """What the autoscaler must remember between passes (principle 3): times, epoch seconds."""
+
+    last_scale_up_at: float | None = None
+    last_scale_down_at: float | None = None
+    # When p95 was first seen below scaleDownAt x SLO in the current unbroken streak.
+    below_since: float | None = None
+
+    @property
+    def last_scale_at(self) -> float | None:
+        times = [t for t in (self.last_scale_up_at, self.last_scale_down_at) if t is not None]
+        return max(times) if times else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.last_scale_up_at is not None:
+            out["lastScaleUpAt"] = self.last_scale_up_at
+        if self.last_scale_down_at is not None:
+            out["lastScaleDownAt"] = self.last_scale_down_at
+        if self.below_since is not None:
+            out["belowSince"] = self.below_since
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> ScalerState:
+        """Tolerates a missing or hand-edited status: unreadable fields are forgotten."""
+        raw = raw or {}
+        return cls(
+            last_scale_up_at=_time(raw.get("lastScaleUpAt")),
+            last_scale_down_at=_time(raw.get("lastScaleDownAt")),
+            below_since=_time(raw.get("belowSince")),
+        )
+
+
+def _time(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The replica count to run, what it means relative to the input, and why."""
+
+    replicas: int
+    action: ScaleAction
+    reason: str
+
+
+def _ms(value: float) -> str:
+    return f"{value:.4g} ms"
+
+
+def step_up(replicas: int, p95_ms: float, upper_ms: float) -> int:
+    """How many replicas to add: proportional to the overshoot, in [1, min(replicas, 4)]."""
+    wanted = math.ceil(replicas * (p95_ms / upper_ms - 1.0)) if math.isfinite(p95_ms) else 4
+    return max(1, min(wanted, max(1, replicas), MAX_STEP_UP))
+
+
+def decide(
+    state: ScalerState,
+    policy: Autoscaling,
+    slo: SLO,
+    replicas: int,
+    min_replicas: int,
+    max_replicas: int,
+    p95: Reading,
+    now: float,
+    paused: bool,
+) -> tuple[ScalerState, Decision]:
+    """The next replica count for one target, and the state to store; see the module rules."""
+    low = max(0, min_replicas)
+    high = max(low, max_replicas)  # the API rejects max < min; were it to slip through: min
+    start = min(high, max(low, replicas))
+    notes: list[str] = []
+    if start != replicas:
+        side = f"below min {low}" if replicas < low else f"above max {high}"
+        notes.append(f"replicas {replicas} {side}: clamped to {start}")
+
+    def result(new_state: ScalerState, count: int, why: str) -> tuple[ScalerState, Decision]:
+        action: ScaleAction = "up" if count > replicas else "down" if count < replicas else "hold"
+        return new_state, Decision(count, action, "; ".join([*notes, why]))
+
+    if paused:
+        # The streak is observation-based; nothing is observed on our behalf while paused.
+        return result(replace(state, below_since=None), start, "paused")
+
+    if p95.outcome is Outcome.ERROR:
+        return result(
+            replace(state, below_since=None), start, f"hold: Prometheus unreachable ({p95.detail})"
+        )
+    value = p95.value
+    if p95.outcome is Outcome.INCONCLUSIVE or value is None or math.isnan(value):
+        return result(replace(state, below_since=None), start, f"hold: no data ({p95.detail})")
+    upper = policy.scale_up_at * slo.latency_p95_ms
+    lower = policy.scale_down_at * slo.latency_p95_ms
+    interval = policy.interval_seconds
+
+    if value > upper:
+        state = replace(state, below_since=None)
+        over = f"p95 {_ms(value)} > {policy.scale_up_at:g} x SLO = {_ms(upper)}"
+        if start >= high:
+            return result(state, start, f"hold: {over}, at max {high} replicas")
+        last_up = state.last_scale_up_at
+        if last_up is not None and now - last_up < interval:
+            wait = interval - (now - last_up)
+            return result(state, start, f"hold: {over}, cooldown after scale-up ({wait:.0f}s left)")
+        count = min(high, start + step_up(start, value, upper))
+        return result(
+            replace(state, last_scale_up_at=now), count, f"scale up {start}->{count}: {over}"
+        )
+
+    if value < lower:
+        since = state.below_since if state.below_since is not None else now
+        state = replace(state, below_since=since)
+        under = f"p95 {_ms(value)} < {policy.scale_down_at:g} x SLO = {_ms(lower)}"
+        if start <= low:
+            return result(state, start, f"hold: {under}, at min {low} replicas")
+        below_for = now - since
+        if below_for < policy.stabilization_seconds:
+            return result(
+                state,
+                start,
+                f"hold: {under}, stabilizing ({below_for:.0f}s of {policy.stabilization_seconds}s)",
+            )
+        last = state.last_scale_at
+        if last is not None and now - last < interval:
+            wait = interval - (now - last)
+            return result(state, start, f"hold: {under}, cooldown after scaling ({wait:.0f}s left)")
+        count = start - 1
+        return result(
+            replace(state, last_scale_down_at=now),
+            count,
+            f"scale down {start}->{count}: {under} for {below_for:.0f}s",
+        )
+
+    return result(
+        replace(state, below_since=None),
+        start,
+        f"hold: p95 {_ms(value)} within [{_ms(lower)}, {_ms(upper)}]",
+    )

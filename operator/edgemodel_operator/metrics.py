@@ -1,0 +1,434 @@
+"""Owns the operator's access to runtime metrics: PromQL, Prometheus queries, and readings.
+
+Three layers, each usable alone:
+
+- Pure PromQL builders over the runtime's metric contract (DESIGN.md "Metrics contract"):
+  `edgemodel_request_duration_seconds` (histogram) and `edgemodel_requests_total{code}`, both
+  labelled model/revision/target by the runtime and namespace/pod by the scrape.
+- Pure classifiers turning a number into a `Reading` with one of the four outcomes of
+  principle 4: SUCCESSFUL, FAILED, INCONCLUSIVE (no data) and ERROR (Prometheus unreachable or
+  a bad answer). Only FAILED may ever count toward a rollback; the others hold.
+- `PrometheusClient`, an async instant-query client that never raises for Prometheus trouble:
+  whatever goes wrong on the wire becomes a `QueryResult` with an error, and so an ERROR
+  reading, because a monitoring outage must never look like a healthy or a failing model.
+
+What counts as an error (the numerator of the error rate): server-side failures only.
+  - HTTP: every 5xx status.
+  - gRPC: INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, DATA_LOSS.
+Not errors: 2xx, every 4xx, and the gRPC client-mistake codes (INVALID_ARGUMENT, NOT_FOUND,
+FAILED_PRECONDITION, OUT_OF_RANGE, UNIMPLEMENTED, ...). RESOURCE_EXHAUSTED is deliberately *not*
+an error: the runtime uses it (and HTTP 413) for a request larger than the limit, which is the
+client's mistake (runtime serve/errors.py, ErrorKind.TOO_LARGE). A bad client must never make
+a healthy revision look broken and trigger a rollback.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from edgemodel_operator.api import SLO
+
+DURATION_METRIC = "edgemodel_request_duration_seconds"
+REQUESTS_METRIC = "edgemodel_requests_total"
+
+# Per-object override of the operator-wide Prometheus URL.
+PROMETHEUS_URL_ANNOTATION = "edgemodel.dev/prometheus-url"
+
+# HTTP statuses are numeric (5xx); gRPC codes are names. One regex serves both because the
+# runtime puts either in the same `code` label.
+SERVER_ERROR_GRPC_CODES = ("INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "DATA_LOSS")
+ERROR_CODE_REGEX = "5[0-9][0-9]|" + "|".join(SERVER_ERROR_GRPC_CODES)
+
+
+def is_error_code(code: str) -> bool:
+    """Whether a `code` label value counts as an error (the same rule as ERROR_CODE_REGEX)."""
+    if len(code) == 3 and code.startswith("5") and code.isdigit():
+        return True
+    return code in SERVER_ERROR_GRPC_CODES
+
+
+# ------------------------------------------------------------------ PromQL
+
+
+def escape_label_value(value: str) -> str:
+    """`value` as a double-quoted PromQL string literal (backslash, quote, newline escaped)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def selector(
+    namespace: str,
+    model: str,
+    revision: str | None,
+    target: str | None,
+    extra: Mapping[str, str] | None = None,
+) -> str:
+    """The label matchers picking one model's series; None revision/target means all of them.
+
+    `extra` holds regex matchers (label -> regex), used for the error-code filter.
+    """
+    parts = [
+        f"namespace={escape_label_value(namespace)}",
+        f"model={escape_label_value(model)}",
+    ]
+    if revision is not None:
+        parts.append(f"revision={escape_label_value(revision)}")
+    if target is not None:
+        parts.append(f"target={escape_label_value(target)}")
+    for label, regex in (extra or {}).items():
+        parts.append(f"{label}=~{escape_label_value(regex)}")
+    return "{" + ",".join(parts) + "}"
+
+
+def _window(window_s: int) -> str:
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s}")
+    return f"[{window_s}s]"
+
+
+def p95_latency_query(
+    namespace: str, model: str, revision: str | None, target: str | None, window_s: int
+) -> str:
+    """p95 request latency in seconds over the window, across every pod of the selection.
+
+    Buckets are summed by `le` only, so the quantile is of the whole selection's traffic (not
+    an average of per-pod quantiles, which would hide one slow pod behind fast ones less).
+    Zero traffic in the window gives NaN; no series at all gives an empty result.
+    """
+    sel = selector(namespace, model, revision, target)
+    return (
+        f"histogram_quantile(0.95, sum by (le) "
+        f"(rate({DURATION_METRIC}_bucket{sel}{_window(window_s)})))"
+    )
+
+
+def error_rate_query(
+    namespace: str, model: str, revision: str | None, target: str | None, window_s: int
+) -> str:
+    """Fraction of requests in the window that failed server-side (see module docstring).
+
+    `or vector(0)` keeps the numerator at 0 when no error series exists yet (the runtime only
+    creates a code's series on its first request), so a clean revision reads 0, not "no data";
+    the denominator stays empty without traffic series, and 0/0 = NaN without traffic.
+    """
+    window = _window(window_s)
+    errors = selector(namespace, model, revision, target, {"code": ERROR_CODE_REGEX})
+    total = selector(namespace, model, revision, target)
+    return (
+        f"(sum(rate({REQUESTS_METRIC}{errors}{window})) or vector(0))"
+        f" / sum(rate({REQUESTS_METRIC}{total}{window}))"
+    )
+
+
+def request_rate_query(
+    namespace: str, model: str, revision: str | None, target: str | None, window_s: int
+) -> str:
+    """Requests per second over the window (every code), across every pod of the selection."""
+    sel = selector(namespace, model, revision, target)
+    return f"sum(rate({REQUESTS_METRIC}{sel}{_window(window_s)}))"
+
+
+# ------------------------------------------------------------------ readings
+
+
+class Outcome(enum.StrEnum):
+    """The four results of a metric check (principle 4)."""
+
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"  # no data: no traffic, no series yet
+    ERROR = "Error"  # Prometheus unreachable or answered something unusable
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One classified metric value; `detail` is a one-line, human-readable why."""
+
+    outcome: Outcome
+    value: float | None
+    threshold: float | None
+    detail: str
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not None and not math.isnan(self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.value,
+            "value": self.value if self.has_value else None,
+            "threshold": self.threshold,
+            "detail": self.detail,
+        }
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def classify_latency(value_ms: float | None, slo_ms: float) -> Reading:
+    """p95 (ms) against the SLO: above fails, at or below passes, None/NaN is no data.
+
+    +Inf (the p95 fell in the histogram's +Inf bucket) is a real, very slow value: FAILED.
+    """
+    if value_ms is None or math.isnan(value_ms):
+        return Reading(Outcome.INCONCLUSIVE, None, slo_ms, "no data: no latency samples in window")
+    if value_ms > slo_ms:
+        return Reading(
+            Outcome.FAILED, value_ms, slo_ms, f"p95 {_fmt(value_ms)} ms > SLO {_fmt(slo_ms)} ms"
+        )
+    return Reading(
+        Outcome.SUCCESSFUL, value_ms, slo_ms, f"p95 {_fmt(value_ms)} ms <= SLO {_fmt(slo_ms)} ms"
+    )
+
+
+def classify_error_rate(value: float | None, max_error_rate: float) -> Reading:
+    """Error fraction against the SLO: above fails, at or below passes, None/NaN is no data."""
+    if value is None or math.isnan(value):
+        return Reading(Outcome.INCONCLUSIVE, None, max_error_rate, "no data: no requests in window")
+    if value > max_error_rate:
+        return Reading(
+            Outcome.FAILED,
+            value,
+            max_error_rate,
+            f"error rate {_fmt(value)} > max {_fmt(max_error_rate)}",
+        )
+    return Reading(
+        Outcome.SUCCESSFUL,
+        value,
+        max_error_rate,
+        f"error rate {_fmt(value)} <= max {_fmt(max_error_rate)}",
+    )
+
+
+def classify_vs_baseline(canary: Reading, stable: Reading, tolerance: float) -> Reading:
+    """Canary against the stable baseline: FAILED when canary > stable * (1 + tolerance).
+
+    An ERROR on either side is ERROR (we could not look); a missing value on either side is
+    INCONCLUSIVE (nothing to compare). The threshold reported is stable * (1 + tolerance).
+    """
+    if Outcome.ERROR in (canary.outcome, stable.outcome):
+        side = "canary" if canary.outcome is Outcome.ERROR else "stable"
+        detail = canary.detail if side == "canary" else stable.detail
+        return Reading(Outcome.ERROR, None, None, f"{side}: {detail}")
+    value, base = canary.value, stable.value
+    if value is None or math.isnan(value) or base is None or math.isnan(base):
+        side = "canary" if not canary.has_value else "stable"
+        return Reading(Outcome.INCONCLUSIVE, None, None, f"no data: no {side} value to compare")
+    limit = base * (1.0 + tolerance)
+    relation = ">" if value > limit else "<="
+    return Reading(
+        Outcome.FAILED if value > limit else Outcome.SUCCESSFUL,
+        value,
+        limit,
+        f"canary {_fmt(value)} {relation} stable {_fmt(base)} * {1 + tolerance:g}",
+    )
+
+
+# ------------------------------------------------------------------ Prometheus client
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """An instant query's answer: a value, no data (value None, no error), or an error."""
+
+    value: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def no_data(self) -> bool:
+        return self.error is None and self.value is None
+
+
+def parse_query_response(status: int, body: bytes) -> QueryResult:
+    """Interprets an /api/v1/query HTTP answer (pure, so every shape is unit-testable)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        return QueryResult(error=f"HTTP {status}: not JSON: {snippet!r}")
+    if not isinstance(payload, dict):
+        return QueryResult(error=f"HTTP {status}: unexpected JSON {type(payload).__name__}")
+    if payload.get("status") != "success" or status != 200:
+        kind = payload.get("errorType") or "error"
+        message = payload.get("error") or f"status {payload.get('status')!r}"
+        return QueryResult(error=f"HTTP {status}: {kind}: {message}")
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        return QueryResult(error="response has no data object")
+    result_type = data.get("resultType")
+    result = data.get("result")
+    try:
+        if result_type == "scalar":
+            return QueryResult(value=_sample_value(result))
+        if result_type == "vector":
+            if not isinstance(result, list):
+                return QueryResult(error="vector result is not a list")
+            if not result:
+                return QueryResult()  # no data
+            # Our queries aggregate to one series; with several, the first is as good as any.
+            first = result[0]
+            if not isinstance(first, dict):
+                return QueryResult(error="vector sample is not an object")
+            return QueryResult(value=_sample_value(first.get("value")))
+    except (TypeError, ValueError, IndexError) as exc:
+        return QueryResult(error=f"bad sample in response: {exc}")
+    return QueryResult(error=f"unexpected result type {result_type!r}")
+
+
+def _sample_value(sample: Any) -> float:
+    # A sample is [unix_time, "value"]; the value is a string so NaN and ±Inf survive JSON.
+    if not isinstance(sample, list) or len(sample) != 2:
+        raise ValueError(f"sample {sample!r} is not [time, value]")
+    return float(sample[1])
+
+
+class PrometheusClient:
+    """Async instant-query client for the Prometheus HTTP API; never raises for its trouble.
+
+    `token` is sent as a bearer token; `token_file` is read on every query instead, because a
+    projected service-account token is rotated on disk under a long-running operator. TLS uses
+    `ca_file` when given, the system roots otherwise, and no verification with `insecure`.
+    Without an injected `session` each query opens and closes its own, so the client is safe
+    to share across event loops (and kopf handler tasks) and needs no closing.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
+        ca_file: str | Path | None = None,
+        insecure: bool = False,
+        timeout_s: float = 5.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.token_file = Path(token_file) if token_file is not None else None
+        self.ca_file = Path(ca_file) if ca_file is not None else None
+        self.insecure = insecure
+        self.timeout_s = timeout_s
+        self._session = session
+
+    def _headers(self) -> dict[str, str]:
+        token = self.token
+        if self.token_file is not None:
+            token = self.token_file.read_text().strip()
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if self.insecure:
+            return False
+        if self.ca_file is not None:
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        return True
+
+    async def query(self, promql: str) -> QueryResult:
+        """Runs an instant query; errors come back in the result, never as an exception."""
+        url = f"{self.base_url}/api/v1/query"
+        try:
+            headers = self._headers()
+            ssl_option = self._ssl()
+        except (OSError, ValueError) as exc:
+            # OSError covers ssl.SSLError (a bad CA file); ValueError a token that is not text.
+            return QueryResult(error=f"client configuration: {exc}")
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        try:
+            if self._session is not None:
+                return await self._post(self._session, url, promql, headers, ssl_option, timeout)
+            async with aiohttp.ClientSession() as session:
+                return await self._post(session, url, promql, headers, ssl_option, timeout)
+        except TimeoutError:
+            return QueryResult(
+                error=f"Prometheus at {self.base_url} timed out after {self.timeout_s:g} s"
+            )
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            # ValueError: aiohttp rejects a malformed URL before connecting.
+            return QueryResult(error=f"Prometheus at {self.base_url} unreachable: {exc!r}")
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        promql: str,
+        headers: dict[str, str],
+        ssl_option: ssl.SSLContext | bool,
+        timeout: aiohttp.ClientTimeout,
+    ) -> QueryResult:
+        # POST (form-encoded) so long selectors never hit URL length limits of proxies.
+        async with session.post(
+            url, data={"query": promql}, headers=headers, ssl=ssl_option, timeout=timeout
+        ) as response:
+            body = await response.read()
+            return parse_query_response(response.status, body)
+
+    async def p95_ms(
+        self,
+        namespace: str,
+        model: str,
+        revision: str | None,
+        target: str | None,
+        window_s: int,
+        slo: SLO,
+    ) -> Reading:
+        """The selection's p95 latency in ms, classified against `slo.latency_p95_ms`."""
+        result = await self.query(p95_latency_query(namespace, model, revision, target, window_s))
+        if result.error is not None:
+            return Reading(Outcome.ERROR, None, slo.latency_p95_ms, result.error)
+        seconds = result.value
+        return classify_latency(None if seconds is None else seconds * 1000.0, slo.latency_p95_ms)
+
+    async def error_rate(
+        self,
+        namespace: str,
+        model: str,
+        revision: str | None,
+        target: str | None,
+        window_s: int,
+        slo: SLO,
+    ) -> Reading:
+        """The selection's server-error fraction, classified against `slo.max_error_rate`."""
+        result = await self.query(error_rate_query(namespace, model, revision, target, window_s))
+        if result.error is not None:
+            return Reading(Outcome.ERROR, None, slo.max_error_rate, result.error)
+        return classify_error_rate(result.value, slo.max_error_rate)
+
+    async def request_rate(
+        self, namespace: str, model: str, revision: str | None, target: str | None, window_s: int
+    ) -> QueryResult:
+        """Requests per second (lets a caller tell "no traffic" from "no series")."""
+        return await self.query(request_rate_query(namespace, model, revision, target, window_s))
+
+
+def prometheus_url_for(annotations: Mapping[str, str], default: str) -> str:
+    """The Prometheus base URL for one object: its annotation if set, else `default`.
+
+    A malformed annotation raises ValueError instead of silently falling back, because
+    querying the wrong Prometheus would judge the model on someone else's data.
+    """
+    raw = (annotations.get(PROMETHEUS_URL_ANNOTATION) or "").strip()
+    if not raw:
+        return default
+    if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
+        raise ValueError(
+            f"annotation {PROMETHEUS_URL_ANNOTATION}={raw!r}: must be an http:// or https:// URL"
+        )
+    return raw.rstrip("/")
