@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cluster network, as in the sandbox)",
     )
     parser.add_argument("--prometheus-url", default=os.environ.get("EDGEMODEL_PROMETHEUS_URL", ""))
+    parser.add_argument("--prometheus-token-file", default="", help="bearer token for Prometheus")
+    parser.add_argument(
+        "--prometheus-ca-file", default="", help="CA bundle for an https Prometheus"
+    )
+    parser.add_argument("--prometheus-insecure", action="store_true", help="skip TLS verification")
     parser.add_argument("--workers", type=int, default=8, help="reconciles running at once")
     parser.add_argument(
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
@@ -83,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         manage_artifact_store=not args.no_artifact_store,
         node_cache_path=args.node_cache_path,
         prometheus_url=args.prometheus_url,
+        prometheus_token_file=args.prometheus_token_file,
+        prometheus_ca_file=args.prometheus_ca_file,
+        prometheus_insecure=args.prometheus_insecure,
     )
     memo = kopf.Memo(
         runtime=handlers.Runtime(

@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from edgemodel_operator import artifact_lookup, builders, observe
+from edgemodel_operator import artifact_lookup, builders, canary, metrics, observe
 from edgemodel_operator.api import GROUP, KIND, PLURAL, VERSION, SpecError, parse_spec
 from edgemodel_operator.conditions import set_condition
 from edgemodel_operator.kube import Credentials, Kube, KubeError
@@ -60,6 +60,20 @@ class Runtime:
     resolve_services: bool = False
     worker_count: int = 8
     reconciles: int = 0
+    _prometheus: dict[str, metrics.PrometheusClient] = field(default_factory=dict)
+
+    def prometheus_client(self, url: str) -> metrics.PrometheusClient:
+        client = self._prometheus.get(url)
+        if client is None:
+            settings = self.settings
+            client = metrics.PrometheusClient(
+                url,
+                token_file=settings.prometheus_token_file or None,
+                ca_file=settings.prometheus_ca_file or None,
+                insecure=settings.prometheus_insecure,
+            )
+            self._prometheus[url] = client
+        return client
 
 
 def _now() -> str:
@@ -201,21 +215,38 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     revision = revision_of(spec)
     desired = Desired(name, namespace, meta["uid"], generation, spec, revision, runtime.settings)
     state = State.from_status(status)
-    observed = await _observe(runtime, kube, desired, state)
+    observed = await _observe(runtime, kube, desired, state, meta.get("annotations") or {})
     if observed.unschedulable:
         runtime.unplaceable.add(key)
     else:
         runtime.unplaceable.discard(key)
-    new_state, actions = transition(state, desired, observed, _now())
+    new_state, actions = transition(state, desired, observed, datetime.now(UTC))
     for action in actions:
         await _apply(kube, body, action)
     new_status = new_state.to_status(generation)
     if _changed(status, new_status):
         await kube.patch_status(EM_API, KIND, namespace, name, new_status)
-    return REQUEUE_SECONDS.get(new_state.phase, 30.0)
+    delay = REQUEUE_SECONDS.get(new_state.phase, 30.0)
+    if spec.slo is not None:
+        # The SLO loop runs on its own clock: each analysis or scaling interval, a pass.
+        if spec.autoscaling.enabled:
+            delay = min(delay, float(spec.autoscaling.interval_seconds))
+        if new_state.rollout.get("canary") and new_state.phase in (
+            "Progressing",
+            "Ready",
+            "RollingBack",
+        ):
+            delay = min(delay, float(spec.rollout.analysis_interval_seconds))
+    return delay
 
 
-async def _observe(runtime: Runtime, kube: Kube, desired: Desired, state: State) -> Observed:
+async def _observe(
+    runtime: Runtime,
+    kube: Kube,
+    desired: Desired,
+    state: State,
+    meta_annotations: Mapping[str, str],
+) -> Observed:
     ns, name = desired.namespace, desired.name
     owned = {"edgemodel.dev/name": name, **MANAGED}
     jobs_raw, deps_raw, svcs_raw, pods_raw = await asyncio.gather(
@@ -278,7 +309,9 @@ async def _observe(runtime: Runtime, kube: Kube, desired: Desired, state: State)
                 found = await artifact_lookup.lookup(base, key)
                 if found:
                     artifacts[key] = found
+    readings = await _measure(runtime, desired, state, meta_annotations)
     return Observed(
+        **readings,
         jobs=jobs,
         deployments=[observe.deployment_observation(d) for d in deps_raw],
         services=frozenset(s["metadata"]["name"] for s in svcs_raw),
@@ -286,6 +319,77 @@ async def _observe(runtime: Runtime, kube: Kube, desired: Desired, state: State)
         unschedulable=unschedulable,
         store_ready=store_ready,
     )
+
+
+def _worst(readings: list[metrics.Reading]) -> metrics.Reading:
+    """One reading for several: a failure anywhere fails, then errors, then no data."""
+    order = [metrics.Outcome.FAILED, metrics.Outcome.ERROR, metrics.Outcome.INCONCLUSIVE]
+    for outcome in order:
+        found = [r for r in readings if r.outcome is outcome]
+        if found:
+            return found[0]
+    return readings[0]
+
+
+async def _measure(
+    runtime: Runtime, desired: Desired, state: State, annotations: Mapping[str, str]
+) -> dict[str, Any]:
+    """The SLO readings this pass needs (principle 4: each one classified, none raises)."""
+    spec = desired.spec
+    slo = spec.slo
+    if slo is None:
+        return {}
+    ns, name, rev = desired.namespace, desired.name, desired.revision
+    try:
+        url = metrics.prometheus_url_for(annotations, runtime.settings.prometheus_url)
+    except ValueError as exc:
+        url, problem = "", str(exc)
+    else:
+        problem = "" if url else "no Prometheus URL configured (--prometheus-url)"
+    if problem:
+        broken = metrics.Reading(metrics.Outcome.ERROR, None, None, problem)
+        return {"p95": {t.name: broken for t in spec.targets}, "analysis": broken, "guard": broken}
+    client = runtime.prometheus_client(url)
+    window = max(10, spec.autoscaling.interval_seconds)
+    p95s = await asyncio.gather(
+        *(client.p95_ms(ns, name, None, t.name, window, slo) for t in spec.targets)
+    )
+    errs = await asyncio.gather(
+        *(client.error_rate(ns, name, None, t.name, window, slo) for t in spec.targets)
+    )
+    out: dict[str, Any] = {
+        "p95": {t.name: r for t, r in zip(spec.targets, p95s, strict=True)},
+        "errors": {t.name: r for t, r in zip(spec.targets, errs, strict=True)},
+    }
+    rollout = canary.RolloutState.from_dict(state.rollout.get("canary"))
+    stable = state.stable_revision
+    analysis_window = max(10, spec.rollout.analysis_interval_seconds)
+    if stable and stable != rev and rollout.rolled_back_at is None:
+        checks = []
+        for target in spec.targets:
+            c_p95, c_err, s_p95 = await asyncio.gather(
+                client.p95_ms(ns, name, rev, target.name, analysis_window, slo),
+                client.error_rate(ns, name, rev, target.name, analysis_window, slo),
+                client.p95_ms(ns, name, stable, target.name, analysis_window, slo),
+            )
+            checks.append(canary.analyse(c_p95, c_err, s_p95, slo))
+        out["analysis"] = _worst(checks)
+    if (
+        stable == rev
+        and rollout.canary_revision == rev
+        and rollout.guard_active(
+            datetime.now(UTC).timestamp(), spec.rollout.post_promotion_guard_seconds
+        )
+    ):
+        checks = []
+        for target in spec.targets:
+            g_p95, g_err = await asyncio.gather(
+                client.p95_ms(ns, name, rev, target.name, analysis_window, slo),
+                client.error_rate(ns, name, rev, target.name, analysis_window, slo),
+            )
+            checks.append(_worst([g_p95, g_err]))
+        out["guard"] = _worst(checks)
+    return out
 
 
 async def _artifact_base_url(runtime: Runtime, kube: Kube) -> str | None:

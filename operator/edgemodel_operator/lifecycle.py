@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
-from edgemodel_operator import builders
-from edgemodel_operator.api import EdgeModelSpec
+from edgemodel_operator import autoscaler, builders, canary
+from edgemodel_operator.api import EdgeModelSpec, Target
 from edgemodel_operator.conditions import set_condition
+from edgemodel_operator.metrics import Outcome, Reading
 from edgemodel_operator.revision import compression_plan, variant_of, variants
 from edgemodel_operator.settings import Settings
 
@@ -84,6 +86,14 @@ class Observed:
     # target -> why no node can host it (placement check or the scheduler's own message)
     unschedulable: Mapping[str, str] = field(default_factory=dict)
     store_ready: bool = True
+    # SLO readings, present only when the spec has an SLO (see `metrics_needed`):
+    # target -> p95 of what serves that target now (for the autoscaler and status)
+    p95: Mapping[str, Reading] = field(default_factory=dict)
+    errors: Mapping[str, Reading] = field(default_factory=dict)
+    # the canary checked against the SLO and the stable baseline, over all targets
+    analysis: Reading | None = None
+    # the newly promoted revision against the SLO, during the post-promotion guard
+    guard: Reading | None = None
 
 
 # ------------------------------------------------------------------ state and actions
@@ -102,6 +112,7 @@ class State:
     ready_replicas: str = ""
     last_rollback: Mapping[str, Any] | None = None
     rollout: Mapping[str, Any] = field(default_factory=dict)
+    p95_latency_ms: float | None = None
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> State:
@@ -115,6 +126,7 @@ class State:
             ready_replicas=str(status.get("readyReplicas") or ""),
             last_rollback=status.get("lastRollback"),
             rollout=dict(status.get("rollout") or {}),
+            p95_latency_ms=status.get("p95LatencyMs"),
         )
 
     def to_status(self, generation: int) -> dict[str, Any]:
@@ -127,11 +139,11 @@ class State:
             "conditions": [dict(c) for c in self.conditions],
             "targets": [dict(t) for t in self.targets],
             "readyReplicas": self.ready_replicas or None,
+            "p95LatencyMs": self.p95_latency_ms,
         }
         if self.last_rollback:
             out["lastRollback"] = dict(self.last_rollback)
-        if self.rollout:
-            out["rollout"] = dict(self.rollout)
+        out["rollout"] = dict(self.rollout) if self.rollout else None
         return out
 
 
@@ -222,9 +234,11 @@ def _upsert(
 
 
 def transition(
-    state: State, desired: Desired, observed: Observed, now: str
+    state: State, desired: Desired, observed: Observed, now: datetime
 ) -> tuple[State, list[Action]]:
     """The next state and the actions that move the cluster toward `desired`."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    ts = now.timestamp()
     spec, rev, settings = desired.spec, desired.revision, desired.settings
     actions: list[Action] = []
     revisions = state.revisions
@@ -233,7 +247,7 @@ def transition(
     def condition(kind: str, status: bool, reason: str, message: str) -> None:
         nonlocal conditions
         conditions = set_condition(
-            conditions, kind, status, reason, message, now, desired.generation
+            conditions, kind, status, reason, message, stamp, desired.generation
         )
 
     # 1. compression: one artifact per variant of the desired revision
@@ -250,7 +264,12 @@ def transition(
             continue
         if key in observed.artifacts:
             record = _record(
-                rev, variant, observed.artifacts[key], "passed", "found in the artifact store", now
+                rev,
+                variant,
+                observed.artifacts[key],
+                "passed",
+                "found in the artifact store",
+                stamp,
             )
             revisions = _upsert(revisions, record)
             artifacts[variant] = record
@@ -281,14 +300,16 @@ def transition(
                 )
             compressing.append(f"{variant} ({compression_plan(spec, variant).mode})")
         elif job.succeeded and job.summary and job.summary.get("artifactSha256"):
-            record = _record(rev, variant, job.summary, "passed", "", now)
+            record = _record(rev, variant, job.summary, "passed", "", stamp)
             revisions = _upsert(revisions, record)
             artifacts[variant] = record
             actions.append(Event("Normal", "Compressed", _compressed_message(variant, record)))
         elif job.failed or (job.succeeded and not job.summary):
             result = "gate-failed" if job.gate_failed else "failed"
             message = job.failure or "compression Job failed without a message"
-            revisions = _upsert(revisions, _record(rev, variant, job.summary, result, message, now))
+            revisions = _upsert(
+                revisions, _record(rev, variant, job.summary, result, message, stamp)
+            )
             failures.append(f"{variant}: {message}")
             gate_failed = gate_failed or job.gate_failed
             actions.append(
@@ -304,6 +325,10 @@ def transition(
     stable = state.stable_revision
     wanted_targets = {t.name for t in spec.targets}
     by_target_rev = {(d.target, d.revision): d for d in observed.deployments}
+    rollout = canary.RolloutState.from_dict(state.rollout.get("canary"))
+    scalers = dict(state.rollout.get("scalers") or {})
+    last_rollback = state.last_rollback
+    scale_notes: dict[str, autoscaler.Decision] = {}
 
     # Targets removed from the spec go, whatever revision they run.
     for dep in observed.deployments:
@@ -320,103 +345,279 @@ def transition(
                 Apply(builders.target_service(desired.name, desired.namespace, desired.uid, target))
             )
 
-    def keep_running(revision: str) -> None:
-        """Re-apply a revision's Deployments (replicas, selectors and resources follow the spec)."""
-        for target in spec.targets:
-            dep = by_target_rev.get((target.name, revision))
-            if dep is None or not dep.artifact_sha256:
-                continue
-            replicas = _replicas(target.replicas.min, target.replicas.upper, dep.replicas)
-            actions.append(
-                Apply(
-                    builders.runtime_deployment(
-                        desired.name,
-                        desired.namespace,
-                        desired.uid,
-                        spec,
-                        target,
-                        revision,
-                        dep.artifact_sha256,
-                        replicas,
-                        settings,
+    def sha_for(revision: str, target: Target) -> str:
+        record = _artifact(State(revisions=revisions), revision, variant_of(target))
+        if record is not None and record.get("artifactDigest"):
+            return str(record["artifactDigest"])
+        dep = by_target_rev.get((target.name, revision))
+        return dep.artifact_sha256 if dep is not None else ""
+
+    def current_replicas(target: Target) -> int | None:
+        """What the target runs now: the stable revision's replicas (plus a live canary's)."""
+        stable_dep = by_target_rev.get((target.name, stable)) if stable else None
+        rev_dep = by_target_rev.get((target.name, rev))
+        canary_live = rollout.canary_revision == rev and rollout.rolled_back_at is None
+        if stable_dep is not None and rev_dep is not None and rev != stable and canary_live:
+            return stable_dep.replicas + rev_dep.replicas
+        dep = stable_dep or rev_dep
+        return dep.replicas if dep is not None else None
+
+    def total(target: Target) -> int:
+        """The target's replicas from now on: autoscaled and kept within bounds."""
+        current = current_replicas(target)
+        count = _replicas(target.replicas.min, target.replicas.upper, current)
+        if spec.autoscaling.enabled and spec.slo is not None:
+            reading = observed.p95.get(target.name) or _no_data("p95 not queried")
+            scaler, decision = autoscaler.decide(
+                autoscaler.ScalerState.from_dict(scalers.get(target.name)),
+                spec.autoscaling,
+                spec.slo,
+                current or count,
+                target.replicas.min,
+                target.replicas.upper,
+                reading,
+                ts,
+                spec.paused,
+            )
+            scalers[target.name] = scaler.to_dict()
+            scale_notes[target.name] = decision
+            if decision.action != "hold":
+                kind = "ScaledUp" if decision.action == "up" else "ScaledDown"
+                actions.append(
+                    Event(
+                        "Normal",
+                        kind,
+                        f"target {target.name}: {current} -> {decision.replicas} replicas: "
+                        f"{decision.reason}",
                     )
                 )
-            )
+            return decision.replicas
+        return count
 
+    def run(revision: str, target: Target, replicas: int) -> None:
+        sha = sha_for(revision, target)
+        if not sha:
+            return
+        actions.append(
+            Apply(
+                builders.runtime_deployment(
+                    desired.name,
+                    desired.namespace,
+                    desired.uid,
+                    spec,
+                    target,
+                    revision,
+                    sha,
+                    replicas,
+                    settings,
+                )
+            )
+        )
+
+    def remove(revision: str) -> None:
+        for dep in observed.deployments:
+            if dep.revision == revision and dep.target in wanted_targets:
+                actions.append(Delete("apps/v1", "Deployment", desired.namespace, dep.name))
+
+    def available(revision: str, counts: Mapping[str, int]) -> bool:
+        for target in spec.targets:
+            dep = by_target_rev.get((target.name, revision))
+            want = counts.get(target.name, 0)
+            if want == 0:
+                continue
+            if dep is None or not dep.fully_available or dep.replicas != want:
+                return False
+        return True
+
+    counts = {t.name: total(t) for t in spec.targets}  # once per pass: one scaling decision
     phase = state.phase
+    progressing: tuple[bool, str, str] | None = None
+    rolled_back_rev = rollout.canary_revision if rollout.rolled_back_at is not None else ""
     if failures:
         phase = "Failed"
         reason = "AccuracyGateFailed" if gate_failed else "CompressionFailed"
         condition("Compressed", False, reason, f"revision {rev}: " + "; ".join(failures))
-        condition("Progressing", False, reason, f"revision {rev} cannot be deployed")
+        progressing = (False, reason, f"revision {rev} cannot be deployed")
         if stable and stable != rev:
-            keep_running(stable)
+            for target in spec.targets:
+                run(stable, target, counts[target.name])
     elif compressing or len(artifacts) < len(variants(spec)):
         phase = "Compressing"
         what = ", ".join(compressing) or "waiting for the artifact store"
         condition("Compressed", False, "Compressing", f"revision {rev}: compressing {what}")
-        condition("Progressing", True, "Compressing", f"revision {rev} is being compressed")
+        progressing = (True, "Compressing", f"revision {rev} is being compressed")
         if stable and stable != rev:
-            keep_running(stable)
+            for target in spec.targets:
+                run(stable, target, counts[target.name])
     else:
         condition("Compressed", True, "ArtifactsReady", _artifacts_message(rev, artifacts))
-        # 2. deploy the desired revision on every target
-        all_available = True
-        for target in spec.targets:
-            variant = variant_of(target)
-            sha = str(artifacts[variant]["artifactDigest"])
-            current = by_target_rev.get((target.name, rev))
-            replicas = _replicas(
-                target.replicas.min, target.replicas.upper, current.replicas if current else None
-            )
-            actions.append(
-                Apply(
-                    builders.runtime_deployment(
-                        desired.name,
-                        desired.namespace,
-                        desired.uid,
-                        spec,
-                        target,
-                        rev,
-                        sha,
-                        replicas,
-                        settings,
+        if not stable or (stable != rev and spec.slo is None):
+            # First revision, or no SLO to judge a canary by: bring the revision up in full
+            # beside what serves now, then switch (blue/green).
+            for target in spec.targets:
+                run(rev, target, counts[target.name])
+            if available(rev, counts):
+                if stable != rev:
+                    actions.append(
+                        Event(
+                            "Normal",
+                            "RevisionStable",
+                            f"revision {rev} is available on every target"
+                            + (f"; replacing {stable}" if stable else ""),
+                        )
                     )
+                    remove(stable)
+                stable = rev
+                phase = "Ready"
+                progressing = (False, "RevisionStable", f"revision {rev} is stable")
+            else:
+                phase = "Deploying"
+                progressing = (
+                    True,
+                    "Deploying",
+                    f"revision {rev}: waiting for every target to be available",
                 )
+                if stable and stable != rev:
+                    for target in spec.targets:
+                        run(stable, target, counts[target.name])
+        elif stable == rev:
+            for target in spec.targets:
+                run(rev, target, counts[target.name])
+            phase = "Ready" if available(rev, counts) else "Deploying"
+            progressing = (False, "RevisionStable", f"revision {rev} is stable")
+            if rollout.canary_revision == rev and rollout.guard_active(
+                ts, spec.rollout.post_promotion_guard_seconds
+            ):
+                rollout, verdict = canary.guard(
+                    rollout,
+                    observed.guard or _no_data("guard not measured"),
+                    ts,
+                    spec.rollout.post_promotion_guard_seconds,
+                    spec.rollout.analysis_interval_seconds,
+                    spec.rollout.failure_threshold,
+                    spec.paused,
+                )
+                if verdict.action == "rollback" and verdict.rollback_to:
+                    previous = verdict.rollback_to
+                    for target in spec.targets:
+                        run(previous, target, counts[target.name])
+                    if available(previous, counts):
+                        remove(rev)
+                        stable = previous
+                        phase = "Ready"
+                    else:
+                        phase = "RollingBack"
+                    if not last_rollback or last_rollback.get("from") != rev:
+                        last_rollback = {
+                            "from": rev,
+                            "to": previous,
+                            "reason": verdict.reason,
+                            "time": stamp,
+                        }
+                        actions.append(
+                            Event(
+                                "Warning",
+                                "RolledBack",
+                                f"post-promotion guard: {rev} -> {previous}: {verdict.reason}",
+                            )
+                        )
+                    progressing = (
+                        False,
+                        "RolledBack",
+                        f"rolled back {rev} to {previous}: {verdict.reason}",
+                    )
+        elif rev == rolled_back_rev:
+            # This revision failed its canary: keep serving the stable one until the spec changes.
+            for target in spec.targets:
+                run(stable, target, counts[target.name])
+            remove(rev)
+            phase = "Ready" if available(stable, counts) else "RollingBack"
+            progressing = (
+                False,
+                "RolledBack",
+                f"revision {rev} was rolled back to {stable}: "
+                f"{(last_rollback or {}).get('reason', '')}",
             )
-            if current is None or not current.fully_available or current.replicas != replicas:
-                all_available = False
-        if all_available:
-            if stable != rev:
+        else:
+            # Canary: the new revision beside the stable one, traffic weight = replica ratio.
+            if rollout.canary_revision != rev:
+                rollout = canary.RolloutState.start(rev, stable, ts)
                 actions.append(
                     Event(
                         "Normal",
-                        "RevisionStable",
-                        f"revision {rev} is available on every target"
-                        + (f"; replacing {stable}" if stable else ""),
+                        "CanaryStarted",
+                        f"revision {rev} starts beside {stable} at {spec.rollout.steps[0]}%",
                     )
                 )
-            stable = rev
-            for dep in observed.deployments:
-                if dep.revision != rev and dep.target in wanted_targets:
-                    actions.append(Delete("apps/v1", "Deployment", desired.namespace, dep.name))
-            phase = "Ready"
-            condition("Progressing", False, "RevisionStable", f"revision {rev} is stable")
-        else:
-            phase = "Deploying"
-            condition(
-                "Progressing",
-                True,
-                "Deploying",
-                f"revision {rev}: waiting for every target to be available",
+            rollout, verdict = canary.step(
+                rollout,
+                spec.rollout.steps,
+                observed.analysis or _no_data("canary not measured"),
+                ts,
+                spec.rollout.analysis_interval_seconds,
+                spec.rollout.failure_threshold,
+                spec.paused,
             )
-            if stable and stable != rev:
-                keep_running(stable)
+            if verdict.action == "rollback":
+                for target in spec.targets:
+                    run(stable, target, counts[target.name])
+                remove(rev)
+                last_rollback = {"from": rev, "to": stable, "reason": verdict.reason, "time": stamp}
+                actions.append(
+                    Event("Warning", "RolledBack", f"canary {rev} -> {stable}: {verdict.reason}")
+                )
+                phase = "Ready" if available(stable, counts) else "RollingBack"
+                progressing = (
+                    False,
+                    "RolledBack",
+                    f"revision {rev} was rolled back to {stable}: {verdict.reason}",
+                )
+            elif verdict.action == "promote":
+                for target in spec.targets:
+                    run(rev, target, counts[target.name])
+                if available(rev, counts):
+                    remove(stable)
+                    actions.append(
+                        Event(
+                            "Normal",
+                            "Promoted",
+                            f"revision {rev} promoted over {stable}: {verdict.reason}",
+                        )
+                    )
+                    stable = rev
+                    phase = "Ready"
+                    progressing = (False, "Promoted", f"revision {rev} promoted")
+                else:
+                    phase = "Progressing"
+                    progressing = (True, "Promoting", f"revision {rev}: scaling to 100%")
+                    for target in spec.targets:
+                        run(stable, target, counts[target.name])
+            else:
+                if verdict.action == "advance":
+                    actions.append(
+                        Event("Normal", "CanaryAdvanced", f"revision {rev}: {verdict.reason}")
+                    )
+                for target in spec.targets:
+                    n = counts[target.name]
+                    keep, new = canary.split(max(n, 2), verdict.weight) if n else (0, 0)
+                    run(stable, target, keep)
+                    run(rev, target, new)
+                phase = "Progressing"
+                progressing = (
+                    True,
+                    "Canary",
+                    f"revision {rev} at {verdict.weight}%: {verdict.reason}",
+                )
 
-    # 3. availability of what serves now (the stable revision, or the one being deployed)
+    if progressing is not None:
+        condition("Progressing", *progressing)
+    canary_rev = rev if phase == "Progressing" and stable != rev else ""
+
+    # Availability of what serves now (the stable revision, or the one being deployed).
     serving = stable or (rev if phase == "Deploying" else "")
+    serving_revs = {r for r in (serving, canary_rev) if r}
     target_status, ready_total, desired_total, unavailable = _target_status(
-        spec, observed, serving, rev
+        spec, observed, serving_revs, rev, scale_notes, stamp, state.targets
     )
     unplaceable = {t: m for t, m in observed.unschedulable.items() if t in wanted_targets}
     if unplaceable:
@@ -443,6 +644,9 @@ def transition(
         "ReplicasUnavailable" if degraded else "AsExpected",
         "; ".join(unavailable) if degraded else "",
     )
+    metrics = _metrics_condition(observed)
+    if metrics is not None:
+        condition("MetricsAvailable", *metrics)
     ready = phase == "Ready"
     if ready:
         condition("Ready", True, "Ready", f"revision {stable} serves on every target")
@@ -451,6 +655,8 @@ def transition(
         why = (
             cond.get("Compressed", {})
             if phase in ("Failed", "Compressing")
+            else cond.get("Progressing", {})
+            if phase in ("Progressing", "RollingBack")
             else cond.get("Available", {})
         )
         condition("Ready", False, str(why.get("reason") or phase), str(why.get("message") or phase))
@@ -458,21 +664,52 @@ def transition(
     if phase != state.phase:
         actions.append(
             Event(
-                "Warning" if phase in ("Failed", "Degraded") else "Normal",
+                "Warning" if phase in ("Failed", "Degraded", "RollingBack") else "Normal",
                 "PhaseChanged",
                 f"phase {state.phase} -> {phase}",
             )
         )
+    own: dict[str, Any] = {}
+    if rollout.canary_revision:
+        own["canary"] = rollout.to_dict()
+    if scalers:
+        own["scalers"] = {k: v for k, v in scalers.items() if k in wanted_targets}
     new_state = replace(
         state,
         phase=phase,
         stable_revision=stable,
+        canary_revision=canary_rev,
         revisions=revisions,
         conditions=tuple(conditions),
         targets=tuple(target_status),
         ready_replicas=f"{ready_total}/{desired_total}",
+        last_rollback=last_rollback,
+        rollout=own,
+        p95_latency_ms=_worst(observed.p95),
     )
     return new_state, actions
+
+
+def _no_data(detail: str) -> Reading:
+    return Reading(Outcome.INCONCLUSIVE, None, None, detail)
+
+
+def _worst(readings: Mapping[str, Reading]) -> float | None:
+    values = [r.value for r in readings.values() if r.has_value and r.value is not None]
+    return round(max(values), 3) if values else None
+
+
+def _metrics_condition(observed: Observed) -> tuple[bool, str, str] | None:
+    readings = [*observed.p95.values(), *observed.errors.values()]
+    readings += [r for r in (observed.analysis, observed.guard) if r is not None]
+    if not readings:
+        return None
+    errors = [r for r in readings if r.outcome is Outcome.ERROR]
+    if errors:
+        return False, "PrometheusUnreachable", errors[0].detail
+    if all(r.outcome is Outcome.INCONCLUSIVE for r in readings):
+        return False, "NoData", readings[0].detail
+    return True, "MetricsAvailable", f"{len(readings)} readings"
 
 
 def _replicas(low: int, high: int, current: int | None) -> int:
@@ -483,33 +720,60 @@ def _replicas(low: int, high: int, current: int | None) -> int:
 
 
 def _target_status(
-    spec: EdgeModelSpec, observed: Observed, serving: str, desired_rev: str
+    spec: EdgeModelSpec,
+    observed: Observed,
+    serving: set[str],
+    desired_rev: str,
+    decisions: Mapping[str, autoscaler.Decision],
+    stamp: str,
+    previous: tuple[Mapping[str, Any], ...],
 ) -> tuple[list[dict[str, Any]], int, int, list[str]]:
     rows: list[dict[str, Any]] = []
     ready_total = desired_total = 0
     unavailable: list[str] = []
+    before = {str(row.get("name")): row for row in previous}
     for target in spec.targets:
-        deps = [d for d in observed.deployments if d.target == target.name]
-        serving_dep = next((d for d in deps if d.revision == serving), None)
-        ready = sum(d.ready for d in deps)
-        replicas = serving_dep.replicas if serving_dep else target.replicas.min
-        ready_total += min(ready, replicas) if serving_dep else 0
+        deps = [
+            d for d in observed.deployments if d.target == target.name and d.revision in serving
+        ]
+        replicas = sum(d.replicas for d in deps) if deps else target.replicas.min
+        ready = min(sum(d.ready for d in deps), replicas)
+        if serving:
+            ready_total += ready
         desired_total += replicas
         row: dict[str, Any] = {
             "name": target.name,
             "arch": target.arch,
             "accelerator": target.accelerator,
-            "revision": serving or desired_rev,
+            "revision": ",".join(sorted(serving)) or desired_rev,
             "replicas": replicas,
-            "readyReplicas": serving_dep.ready if serving_dep else 0,
+            "readyReplicas": ready,
         }
+        p95 = observed.p95.get(target.name)
+        if p95 is not None and p95.has_value:
+            row["p95LatencyMs"] = round(float(p95.value or 0.0), 3)
+        errors = observed.errors.get(target.name)
+        if errors is not None and errors.has_value:
+            row["errorRate"] = round(float(errors.value or 0.0), 5)
+        decision = decisions.get(target.name)
+        old = before.get(target.name, {})
+        if decision is not None and decision.action != "hold":
+            row.update(
+                lastScaleDecision=f"{decision.action} to {decision.replicas}",
+                lastScaleReason=decision.reason[:512],
+                lastScaleTime=stamp,
+            )
+        else:
+            for key in ("lastScaleDecision", "lastScaleReason", "lastScaleTime"):
+                if old.get(key):
+                    row[key] = old[key]
+            if decision is not None and not old.get("lastScaleDecision"):
+                row.update(lastScaleDecision="hold", lastScaleReason=decision.reason[:512])
         message = observed.unschedulable.get(target.name)
         if message:
             row["message"] = message
-        if serving_dep is not None and serving_dep.ready < target.replicas.min:
-            unavailable.append(
-                f"target {target.name}: {serving_dep.ready}/{target.replicas.min} ready"
-            )
+        if deps and serving and ready < target.replicas.min:
+            unavailable.append(f"target {target.name}: {ready}/{target.replicas.min} ready")
         rows.append(row)
     return rows, ready_total, desired_total, unavailable
 

@@ -42,6 +42,9 @@ class Settings:
         }
     )
     prometheus_url: str = ""
+    prometheus_token_file: str = ""  # bearer token, re-read on every query (rotation)
+    prometheus_ca_file: str = ""
+    prometheus_insecure: bool = False
 
     @property
     def artifact_url(self) -> str:

@@ -10,6 +10,8 @@ successor is available, and re-issues what is missing (idempotent actions).
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,10 +29,11 @@ from edgemodel_operator.lifecycle import (
     State,
     transition,
 )
+from edgemodel_operator.metrics import Outcome, Reading
 from edgemodel_operator.revision import revision_of, variants
 from edgemodel_operator.settings import Settings
 
-NOW = "2026-11-25T12:00:00Z"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SHA = "a" * 64
 
 
@@ -323,7 +326,7 @@ def test_steady_state_is_a_fixed_point() -> None:
         services=frozenset({"digits-arm", "digits-gpu"}),
     )
     first, _ = transition(State(revisions=passed_records(d)), d, obs, NOW)
-    second, actions = transition(first, d, obs, "2026-11-25T12:05:00Z")
+    second, actions = transition(first, d, obs, NOW + timedelta(minutes=5))
     assert second == first  # transition times only move when a status flips
     assert not [a for a in actions if isinstance(a, (Delete, Event))]
 
@@ -346,3 +349,221 @@ def test_revision_ignores_replicas_and_selectors_but_not_compression() -> None:
     recompressed = parse_spec(spec(compression={"quantization": "fp16"}))
     assert revision_of(base) == revision_of(scaled)
     assert revision_of(base) != revision_of(recompressed)
+
+
+# ------------------------------------------------------------------ the SLO loop
+
+
+SLO_SPEC = spec(
+    slo={"latencyP95Ms": 20},
+    autoscaling={"enabled": True, "intervalSeconds": 10, "stabilizationSeconds": 30},
+    rollout={"steps": [25, 50, 100], "analysisIntervalSeconds": 10, "failureThreshold": 2},
+)
+OK = Reading(Outcome.SUCCESSFUL, 5.0, 20.0, "p95 5ms <= 20ms")
+BAD = Reading(Outcome.FAILED, 80.0, 20.0, "p95 80ms > 20ms")
+DOWN = Reading(Outcome.ERROR, None, None, "connection refused")
+
+
+def canary_world(
+    d: Desired, old: str, weights: dict[str, tuple[int, int]] | None = None
+) -> list[DeploymentObs]:
+    out = []
+    for target in d.spec.targets:
+        keep, new = (weights or {}).get(target.name, (target.replicas.min, 0))
+        out.append(
+            DeploymentObs(
+                deployment_name("digits", target.name, old),
+                old,
+                target.name,
+                keep,
+                keep,
+                keep,
+                keep,
+                True,
+                SHA,
+            )
+        )
+        if new:
+            out.append(
+                DeploymentObs(
+                    deployment_name("digits", target.name, d.revision),
+                    d.revision,
+                    target.name,
+                    new,
+                    new,
+                    new,
+                    new,
+                    True,
+                    SHA,
+                )
+            )
+    return out
+
+
+def rollout_pass(
+    state: State, d: Desired, old: str, analysis: Reading, at: datetime, p95: Reading = OK
+) -> tuple[State, list[Any]]:
+    deps = canary_world(d, old)
+    return transition(
+        state,
+        d,
+        Observed(
+            deployments=deps,
+            services=frozenset({"digits-arm", "digits-gpu"}),
+            analysis=analysis,
+            p95={"arm": p95, "gpu": p95},
+        ),
+        at,
+    )
+
+
+def start_canary() -> tuple[State, Desired, str]:
+    d = desired(SLO_SPEC)
+    old = "r0000000000"
+    records = passed_records(d) + tuple({**r, "revision": old} for r in passed_records(d))
+    return State(revisions=records, stable_revision=old, phase="Ready"), d, old
+
+
+def test_new_revision_with_an_slo_starts_as_a_canary_beside_stable() -> None:
+    state, d, old = start_canary()
+    state, actions = rollout_pass(state, d, old, OK, NOW)
+    assert state.phase == "Progressing" and state.canary_revision == d.revision
+    assert state.stable_revision == old
+    replicas = {
+        (
+            m["metadata"]["labels"]["edgemodel.dev/revision"],
+            m["metadata"]["labels"]["edgemodel.dev/target"],
+        ): m["spec"]["replicas"]
+        for m in applied(actions, "Deployment")
+    }
+    assert replicas[(old, "arm")] + replicas[(d.revision, "arm")] == 2
+    assert replicas[(d.revision, "arm")] >= 1
+    assert any(isinstance(a, Event) and a.reason == "CanaryStarted" for a in actions)
+    assert state.rollout["canary"]["canaryRevision"] == d.revision
+
+
+def test_failing_canary_rolls_back_within_the_threshold() -> None:
+    state, d, old = start_canary()
+    state, _ = rollout_pass(state, d, old, BAD, NOW)
+    seen_rollback_at = None
+    for i in range(1, 5):
+        state, actions = rollout_pass(state, d, old, BAD, NOW + timedelta(seconds=10 * i))
+        if any(isinstance(a, Event) and a.reason == "RolledBack" for a in actions):
+            seen_rollback_at = i
+            assert (
+                set(deleted(actions, "Deployment")) == set()
+            )  # canary had no Deployment observed yet
+            break
+    assert seen_rollback_at == 2  # failureThreshold 2: two analyses one interval apart
+    assert state.last_rollback and state.last_rollback["from"] == d.revision
+    assert state.last_rollback["to"] == old
+    assert state.stable_revision == old and state.phase == "Ready"
+    # The rolled-back revision stays rolled back until the spec changes.
+    again, actions = rollout_pass(state, d, old, OK, NOW + timedelta(minutes=5))
+    assert again.stable_revision == old and again.canary_revision == ""
+    assert [
+        m
+        for m in applied(actions, "Deployment")
+        if m["metadata"]["labels"]["edgemodel.dev/revision"] == d.revision
+    ] == []
+    assert {c["type"]: c for c in again.conditions}["Progressing"]["reason"] == "RolledBack"
+
+
+def test_healthy_canary_is_promoted_through_every_step() -> None:
+    state, d, old = start_canary()
+    weights_seen = []
+    promoted = False
+    for i in range(0, 12):
+        state, actions = rollout_pass(state, d, old, OK, NOW + timedelta(seconds=10 * i))
+        weights_seen.append(state.rollout["canary"]["stepIndex"])
+        if any(isinstance(a, Event) and a.reason == "Promoted" for a in actions) or state.rollout[
+            "canary"
+        ].get("promotedAt"):
+            promoted = True
+            break
+    assert promoted
+    assert sorted(set(weights_seen)) == [0, 1, 2]
+
+
+def test_prometheus_down_holds_the_rollout_and_says_so() -> None:
+    state, d, old = start_canary()
+    for i in range(6):
+        state, actions = rollout_pass(
+            state, d, old, DOWN, NOW + timedelta(seconds=10 * i), p95=DOWN
+        )
+        assert not any(
+            isinstance(a, Event) and a.reason in ("RolledBack", "Promoted", "ScaledDown")
+            for a in actions
+        )
+    metrics = {c["type"]: c for c in state.conditions}["MetricsAvailable"]
+    assert metrics["status"] == "False" and metrics["reason"] == "PrometheusUnreachable"
+    assert state.rollout["canary"]["stepIndex"] == 0 and state.phase == "Progressing"
+
+
+def test_autoscaler_scales_a_stable_target_up_with_a_reason() -> None:
+    d = desired(SLO_SPEC)
+    deps = deployments(d, d.revision, True)
+    slow = Reading(Outcome.FAILED, 60.0, 20.0, "p95 60ms")
+    state, actions = transition(
+        State(revisions=passed_records(d), stable_revision=d.revision, phase="Ready"),
+        d,
+        Observed(
+            deployments=deps,
+            services=frozenset({"digits-arm", "digits-gpu"}),
+            p95={"arm": slow, "gpu": OK},
+        ),
+        NOW,
+    )
+    replicas = {
+        m["metadata"]["labels"]["edgemodel.dev/target"]: m["spec"]["replicas"]
+        for m in applied(actions, "Deployment")
+    }
+    assert replicas["arm"] > 2 and replicas["gpu"] == 1
+    scaled = [a for a in actions if isinstance(a, Event) and a.reason == "ScaledUp"]
+    assert len(scaled) == 1 and "target arm" in scaled[0].message
+    row = next(t for t in state.targets if t["name"] == "arm")
+    assert row["lastScaleDecision"].startswith("up to") and "p95" in row["lastScaleReason"]
+    assert state.rollout["scalers"]["arm"]["lastScaleUpAt"] == NOW.timestamp()
+    assert state.p95_latency_ms == 60.0
+
+
+def test_post_promotion_guard_rolls_back_to_the_previous_artifact() -> None:
+    state, d, old = start_canary()
+    promoted_state = replace(
+        state,
+        stable_revision=d.revision,
+        phase="Ready",
+        rollout={
+            "canary": {
+                "canaryRevision": d.revision,
+                "previousStable": old,
+                "stepIndex": 2,
+                "promotedAt": NOW.timestamp(),
+                "lastAnalysisAt": NOW.timestamp(),
+                "failedChecks": 0,
+            }
+        },
+    )
+    deps = deployments(d, d.revision, True)
+    rolled = False
+    for i in range(1, 5):
+        promoted_state, actions = transition(
+            promoted_state,
+            d,
+            Observed(
+                deployments=deps,
+                services=frozenset({"digits-arm", "digits-gpu"}),
+                guard=BAD,
+                p95={"arm": BAD, "gpu": BAD},
+            ),
+            NOW + timedelta(seconds=10 * i),
+        )
+        if any(isinstance(a, Event) and a.reason == "RolledBack" for a in actions):
+            rolled = True
+            restored = {
+                m["metadata"]["labels"]["edgemodel.dev/revision"]
+                for m in applied(actions, "Deployment")
+            }
+            assert old in restored
+            break
+    assert rolled and promoted_state.last_rollback and promoted_state.last_rollback["to"] == old
