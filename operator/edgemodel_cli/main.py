@@ -54,6 +54,12 @@ def _operator() -> _Subcommand:
     return cli
 
 
+def _status() -> _Subcommand:
+    from edgemodel_operator import status_cli
+
+    return status_cli
+
+
 def _sandbox() -> _Subcommand:
     from edgemodel_sandbox import cli
 
@@ -67,6 +73,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[], _Subcommand]]] = {
     "publish": ("upload a compression output to the artifact server", _publish),
     "fetch": ("fetch an artifact by sha256 into the node cache and lay it out", _fetch),
     "operator": ("run the EdgeModel operator against the current kubeconfig", _operator),
+    "status": ("show an EdgeModel's status per target (replicas, p95 vs SLO, scaling)", _status),
     "sandbox": ("local control plane with simulated K3s edge nodes", _sandbox),
 }
 

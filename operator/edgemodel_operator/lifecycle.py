@@ -430,6 +430,24 @@ def transition(
         return True
 
     counts = {t.name: total(t) for t in spec.targets}  # once per pass: one scaling decision
+
+    def surge_blocked(target: Target) -> bool:
+        """The new revision's pods found no room beside the old ones (a node's only GPU, say):
+        the old revision of that target gives its place up (replace instead of surge)."""
+        new_dep = by_target_rev.get((target.name, rev))
+        blocked = target.name in observed.unschedulable and new_dep is not None and rev != stable
+        old_dep = by_target_rev.get((target.name, stable)) if stable else None
+        if blocked and old_dep is not None and old_dep.replicas > 0:
+            actions.append(
+                Event(
+                    "Normal",
+                    "ReplacingInPlace",
+                    f"target {target.name}: no room for revision {rev} beside {stable} "
+                    f"({observed.unschedulable[target.name]}); replacing in place",
+                )
+            )
+        return blocked
+
     phase = state.phase
     progressing: tuple[bool, str, str] | None = None
     rolled_back_rev = rollout.canary_revision if rollout.rolled_back_at is not None else ""
@@ -479,7 +497,8 @@ def transition(
                 )
                 if stable and stable != rev:
                     for target in spec.targets:
-                        run(stable, target, counts[target.name])
+                        keep = 0 if surge_blocked(target) else counts[target.name]
+                        run(stable, target, keep)
         elif stable == rev:
             for target in spec.targets:
                 run(rev, target, counts[target.name])
@@ -600,6 +619,8 @@ def transition(
                 for target in spec.targets:
                     n = counts[target.name]
                     keep, new = canary.split(max(n, 2), verdict.weight) if n else (0, 0)
+                    if surge_blocked(target):
+                        keep = max(0, n - new)
                     run(stable, target, keep)
                     run(rev, target, new)
                 phase = "Progressing"

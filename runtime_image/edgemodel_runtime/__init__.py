@@ -1,3 +1,3 @@
-"""What runs in the runtime image: the model compressor, the KServe v2 server and the artifact store."""
+"""What runs in the runtime image: the compressor, the KServe v2 server, the artifact store."""
 
 __version__ = "0.1.0"

@@ -103,6 +103,18 @@ def _open_source(uri: str, timeout_s: float) -> tuple[BinaryIO, int | None]:
     return response, announced
 
 
+def display_uri(uri: str) -> str:
+    """The URI without credentials or query string (pre-signed URLs carry tokens there)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return uri
+    host = parsed.hostname or ""
+    if parsed.port:
+        host = f"{host}:{parsed.port}"
+    shown = urllib.parse.urlunparse((parsed.scheme, host, parsed.path, "", "", ""))
+    return shown + ("?..." if parsed.query else "")
+
+
 def fetch_to_file(
     uri: str,
     dest: Path,
@@ -116,8 +128,19 @@ def fetch_to_file(
     Raises SourceError (one line naming the URI) when the source is missing, unreachable, over
     ``max_bytes``, or does not match ``expected_sha256`` (the message names both digests).
     """
+    try:
+        return _fetch(uri, Path(dest), expected_sha256, max_bytes, timeout_s)
+    except SourceError as exc:
+        shown = display_uri(uri)
+        if shown == uri:
+            raise
+        raise SourceError(str(exc).replace(uri, shown)) from None
+
+
+def _fetch(
+    uri: str, dest: Path, expected_sha256: str | None, max_bytes: int, timeout_s: float
+) -> str:
     expected = normalize_sha256(expected_sha256) if expected_sha256 is not None else None
-    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stream, announced = _open_source(uri, timeout_s)
     with contextlib.closing(stream):

@@ -1,7 +1,8 @@
 """Owns the sandbox's processes: a real control plane on loopback plus kwok's simulated fleet.
 
-`up` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and
-Prometheus as detached processes (each in its own session, logs under the state folder),
+`up` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, the pod
+runner (the kubelet for EdgeModel's pods; see edgemodel_sandbox.runner) and Prometheus as
+detached processes (each in its own session, logs under the state folder),
 creates the edge nodes and waits until they are Ready. It is idempotent: a healthy sandbox
 is reused (and grown when asked for more nodes), a broken one is torn down and made anew.
 `down` stops every process group it started and frees every port it held.
@@ -41,6 +42,7 @@ COMPONENT_ORDER = (
     "kube-controller-manager",
     "kube-scheduler",
     "kwok",
+    "pod-runner",
     "discovery",
     "prometheus",
 )
@@ -206,6 +208,7 @@ class Sandbox:
                     _log("found a stopped or broken sandbox: cleaning it up first")
                     self._down_locked()
                 state = self._start(ensure_tools(), prometheus)
+            self._ensure_storage_class()
             if state.nodes < nodes:
                 self._create_nodes(state, nodes)
             self._wait_nodes_ready(state.nodes)
@@ -291,6 +294,21 @@ class Sandbox:
                     "--cidr=10.244.0.0/16",
                     "--node-lease-duration-seconds=40",
                     "--node-ip=127.0.0.1",
+                ],
+                [],
+            )
+            # The kubelet for EdgeModel's pods on kwok nodes (see edgemodel_sandbox.runner).
+            self._spawn(
+                state,
+                "pod-runner",
+                Path(sys.executable),
+                [
+                    "-m",
+                    "edgemodel_sandbox.runner",
+                    "--kubeconfig",
+                    kubeconfig,
+                    "--state",
+                    str(self.directory / "runner"),
                 ],
                 [],
             )
@@ -438,6 +456,20 @@ class Sandbox:
             time.sleep(0.25)
         raise SandboxError(f"{name} not ready after {timeout:.0f} s; see {self.logs / name}.log")
 
+    def _ensure_storage_class(self) -> None:
+        """The default `local-path` StorageClass, as K3s ships it (the runner provisions it)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        from edgemodel_sandbox.runner.provisioner import storage_class_manifest
+
+        storage = client.StorageV1Api(self.core_api().api_client)
+        try:
+            storage.create_storage_class(storage_class_manifest())
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
     def _create_nodes(self, state: State, count: int) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -496,6 +528,14 @@ class Sandbox:
                 busy = [port for port in busy if port_open(port)]
             if busy:
                 raise SandboxError(f"ports still in use after stopping the sandbox: {busy}")
+        # A runner killed before its own cleanup leaves its pod network namespace behind.
+        from edgemodel_sandbox.runner import network
+
+        network.release(
+            network.PodNetwork(
+                "", network.Plumbing("", network.ident(self.directory / "runner")).netns
+            )
+        )
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _stop_processes(self, state: State) -> None:

@@ -265,7 +265,8 @@ def bert_encoder(
     tests pass e.g. `layers=2` to stay fast.
     """
     mask_tag = "-mask" if attention_mask else ""
-    tag = f"bert-v{BERT_GRAPH_VERSION}-L{layers}-H{hidden}-A{heads}-F{ffn}-V{vocab}-S{seq}{mask_tag}-s{seed}"
+    shape = f"L{layers}-H{hidden}-A{heads}-F{ffn}-V{vocab}-S{seq}"
+    tag = f"bert-v{BERT_GRAPH_VERSION}-{shape}{mask_tag}-s{seed}"
     directory = directory or cache_dir() / tag
     directory.mkdir(parents=True, exist_ok=True)
     model_path = directory / "model.onnx"

@@ -567,3 +567,31 @@ def test_post_promotion_guard_rolls_back_to_the_previous_artifact() -> None:
             assert old in restored
             break
     assert rolled and promoted_state.last_rollback and promoted_state.last_rollback["to"] == old
+
+
+def test_no_room_for_a_surge_replaces_the_target_in_place() -> None:
+    # One GPU node with one GPU: the new revision's gpu pod cannot run beside the old one.
+    d = desired()
+    old = "r0000000000"
+    records = passed_records(d) + tuple({**r, "revision": old} for r in passed_records(d))
+    deps = deployments(d, old, True) + deployments(d, d.revision, False)
+    state, actions = transition(
+        State(revisions=records, stable_revision=old, phase="Ready"),
+        d,
+        Observed(
+            deployments=deps,
+            services=frozenset({"digits-arm", "digits-gpu"}),
+            unschedulable={"gpu": "0/6 nodes are available: 1 Insufficient nvidia.com/gpu"},
+        ),
+        NOW,
+    )
+    replicas = {
+        (
+            m["metadata"]["labels"]["edgemodel.dev/revision"],
+            m["metadata"]["labels"]["edgemodel.dev/target"],
+        ): m["spec"]["replicas"]
+        for m in applied(actions, "Deployment")
+    }
+    assert replicas[(old, "gpu")] == 0 and replicas[(old, "arm")] == 2
+    assert any(isinstance(a, Event) and a.reason == "ReplacingInPlace" for a in actions)
+    assert state.stable_revision == old and state.phase == "Deploying"

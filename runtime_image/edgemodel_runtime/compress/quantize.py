@@ -1,0 +1,320 @@
+"""Owns the four compression modes: dynamic-int8, static-int8 (QDQ), fp16 and none.
+
+`prepare` does the work shared by every attempt of a run (opset upgrade, pruning,
+onnxruntime's quantization pre-processing) once; `convert` then produces one candidate from the
+prepared graph for a `Variant` (calibration method, nodes kept in float, or only one node
+quantized when the search measures sensitivity).
+
+Mode notes. dynamic-int8: MatMul/Gemm, embedding Gather and (after transformer fusion, CPU
+targets only) Attention become int8 with U8 activations computed at run time. static-int8: QDQ
+with per-channel weights and ranges from the calibration set (MinMax, Entropy or Percentile).
+fp16: weights and most ops in fp16, inputs/outputs kept fp32 (keep_io_types) and numerically
+sensitive ops blocked in fp32. The converter is onnxruntime.transformers.float16, the maintained
+fork of onnxconverter-common's: onnxconverter-common 1.16 emitted an invalid graph for a BERT
+attention-mask path (a Cast left fp32 feeding an fp16 Sub) and hung when Cast was blocked.
+none: onnxruntime BASIC optimisation only (see graph).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgemodel_runtime.compress import graph
+from edgemodel_runtime.compress.errors import EXIT_INTERNAL, CompressError, one_line
+from edgemodel_runtime.compress.inputs import InputSpec
+from edgemodel_runtime.compress.pruning import PruneStats, prune_model
+from edgemodel_runtime.compress.settings import Settings
+
+# Embedding tables (Gather) dominate small-vocabulary-heavy models such as BERT (30522 x 768):
+# onnxruntime's defaults used to leave them in fp32 (0.48x instead of 0.25x of fp32).
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Gather", "Attention")
+# Dynamic ConvInteger is slower than fp32 Conv on CPUs; only static QDQ quantizes Conv.
+STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather")
+# Ops whose fp16 results drift (exponentials, reductions, normalisation): they stay fp32.
+FP16_BLOCKED_OPS = (
+    "Softmax",
+    "LogSoftmax",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceL2",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "Exp",
+    "Log",
+    "Erf",
+    "Div",
+    "Range",
+    "CumSum",
+    "TopK",
+    "NonMaxSuppression",
+)
+PREPROCESS_STEPS = ("full", "skip-symbolic-shape", "none")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to convert the prepared model: the knobs the accuracy search turns."""
+
+    calibration_method: str | None = None
+    nodes_to_exclude: tuple[str, ...] = ()
+    only_node: str | None = None  # sensitivity probe: quantize this node alone
+
+
+@dataclass
+class Prepared:
+    """The prepared model plus what preparing it did (for the report)."""
+
+    path: Path
+    opset_upgraded_from: int | None
+    pruning: PruneStats | None
+    preprocessing: str
+    candidates: list[tuple[str, str]] = field(default_factory=list)
+
+
+def op_types(settings: Settings) -> tuple[str, ...]:
+    if settings.mode == "dynamic-int8":
+        return DYNAMIC_OP_TYPES
+    if settings.mode == "static-int8":
+        return STATIC_OP_TYPES
+    if settings.mode == "fp16":
+        return ("MatMul", "Gemm", "Conv", "Gather")
+    return ()
+
+
+def preprocess(src: Path, dst: Path) -> str:
+    """onnxruntime's quant_pre_process, falling back when symbolic shape inference fails.
+
+    Transformer exports regularly trip symbolic shape inference (e.g. an assertion in
+    _infer_Reshape); skipping it still gives the optimisation and ONNX shape inference the
+    quantizer needs. If even that fails the model is quantized as it is.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for step in PREPROCESS_STEPS:
+        if step == "none":
+            break
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=step != "full")
+            return "quant_pre_process" + ("" if step == "full" else "(skip_symbolic_shape)")
+        except Exception as exc:  # the pre-processor raises anything from asserts to ImportError
+            log.info("quant_pre_process failed (%s): %s", step, one_line(str(exc), 200))
+    dst.write_bytes(src.read_bytes())
+    return "none"
+
+
+def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: str) -> Prepared:
+    upgraded_from: int | None = None
+    if settings.mode in ("dynamic-int8", "static-int8"):
+        model, upgraded_from = graph.upgrade_opset(model, label)
+    stats = prune_model(model, settings.prune_sparsity) if settings.prune_sparsity > 0 else None
+    fused: list[str] = []
+    if settings.mode == "dynamic-int8" and settings.target != "gpu":
+        model, fused = graph.fuse_transformer(model)
+    graph.ensure_node_names(model)
+    staged = workdir / "staged.onnx"
+    onnx.save_model(model, str(staged))
+    prepared = workdir / "prepared.onnx"
+    if settings.mode in ("dynamic-int8", "static-int8"):
+        how = preprocess(staged, prepared)
+    elif settings.mode == "none":
+        graph.optimize_basic(staged, prepared)
+        how = "onnxruntime basic optimisation"
+    else:
+        staged.rename(prepared)
+        how = "none"
+    staged.unlink(missing_ok=True)
+    if fused:
+        how = f"transformer fusion ({', '.join(fused)}); {how}"
+    result = Prepared(prepared, upgraded_from, stats, how)
+    if settings.mode != "none":
+        loaded = onnx.load_model(str(prepared))
+        graph.ensure_node_names(loaded)  # the optimiser may add unnamed nodes
+        onnx.save_model(loaded, str(prepared))
+        result.candidates = graph.quantizable_nodes(loaded, op_types(settings))
+    return result
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over the calibration arrays, one batch at a time."""
+
+    def __init__(
+        self, arrays: dict[str, np.ndarray], specs: list[InputSpec], *, uniform: bool
+    ) -> None:
+        from edgemodel_runtime.compress.runner import batch_size, batches
+
+        fixed = any(s.shape and s.shape[0] for s in specs)
+        # The histogram calibrators (entropy, percentile) stack every batch's outputs and fail
+        # on a ragged last batch; one row at a time keeps every batch the same shape.
+        size = batch_size(specs) if fixed or not uniform else 1
+        self._feeds: Iterator[dict[str, np.ndarray]] = batches(
+            arrays, [s.name for s in specs], size
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+    def rewind(self) -> None:  # only called by calibrators that make several passes
+        raise NotImplementedError
+
+
+def convert(
+    prepared: Prepared,
+    out: Path,
+    *,
+    settings: Settings,
+    variant: Variant,
+    calibration: dict[str, np.ndarray] | None,
+    specs: list[InputSpec],
+    workdir: Path,
+) -> None:
+    """Write one candidate artifact for `variant` to `out`."""
+    try:
+        if settings.mode == "dynamic-int8":
+            _dynamic(prepared.path, out, settings, variant)
+        elif settings.mode == "static-int8":
+            assert calibration is not None  # settings.resolve guarantees it
+            _static(
+                prepared.path,
+                out,
+                settings=settings,
+                variant=variant,
+                calibration=calibration,
+                specs=specs,
+                workdir=workdir,
+            )
+        elif settings.mode == "fp16":
+            _fp16(prepared.path, out, variant)
+        else:
+            out.write_bytes(prepared.path.read_bytes())
+        if settings.mode in ("dynamic-int8", "static-int8"):
+            _finish_int8(out)
+    except CompressError:
+        raise
+    except Exception as exc:  # a quantizer crash on a model that passed validation
+        raise CompressError(
+            f"{settings.mode} conversion failed: {type(exc).__name__}: {one_line(str(exc), 240)}",
+            EXIT_INTERNAL,
+        ) from None
+
+
+def _finish_int8(path: Path) -> None:
+    model = onnx.load_model(str(path))
+    if graph.compress_large_constants(model):
+        onnx.save_model(model, str(path))
+
+
+def _selection(variant: Variant) -> dict[str, list[str] | None]:
+    if variant.only_node is not None:
+        return {"nodes_to_quantize": [variant.only_node], "nodes_to_exclude": None}
+    return {"nodes_to_quantize": None, "nodes_to_exclude": list(variant.nodes_to_exclude) or None}
+
+
+def _qtype(name: str | None) -> object:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8
+
+
+def _extra_options() -> dict[str, object]:
+    return {
+        # Attention's activation x activation MatMuls stay float: cheap, and the
+        # most accuracy-sensitive products in a transformer.
+        "MatMulConstBOnly": True,
+        # Pre-optimised graphs can hide a tensor's type from the quantizer; it is float.
+        "DefaultTensorType": onnx.TensorProto.FLOAT,
+    }
+
+
+def _dynamic(src: Path, out: Path, settings: Settings, variant: Variant) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(out),
+        op_types_to_quantize=list(DYNAMIC_OP_TYPES),
+        per_channel=settings.per_channel,
+        weight_type=_qtype(settings.weight_type),
+        extra_options=_extra_options(),
+        **_selection(variant),
+    )
+
+
+def _static(
+    src: Path,
+    out: Path,
+    *,
+    settings: Settings,
+    variant: Variant,
+    calibration: dict[str, np.ndarray],
+    specs: list[InputSpec],
+    workdir: Path,
+) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        quantize_static,
+    )
+
+    method = variant.calibration_method or settings.calibration_method or "minmax"
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    # Ranges depend only on the prepared graph, the data and the method: calibrate once per
+    # method and let every search attempt reuse them.
+    cache = workdir / f"calibration-{method}.json"
+    quantize_static(
+        str(src),
+        str(out),
+        _Reader(calibration, specs, uniform=method != "minmax"),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(STATIC_OP_TYPES),
+        per_channel=settings.per_channel,
+        activation_type=_qtype(settings.activation_type),
+        weight_type=_qtype(settings.weight_type),
+        calibrate_method=methods[method],
+        # onnxruntime 1.32's int32-bias weight-scale adjustment crashes on per-channel Gemm
+        # ("truth value of an array is ambiguous"); biases stay representable without it.
+        extra_options={**_extra_options(), "QDQDisableWeightAdjustForInt32Bias": True},
+        calibration_cache_path=str(cache),
+        **_selection(variant),
+    )
+
+
+def _fp16(src: Path, out: Path, variant: Variant) -> None:
+    from onnxruntime.transformers import float16
+
+    model = onnx.load_model(str(src))
+    if variant.only_node is not None:
+        blocked_nodes = [n.name for n in model.graph.node if n.name != variant.only_node]
+    else:
+        blocked_nodes = list(variant.nodes_to_exclude)
+    # Stale shape annotations (from exporters or pre-processing) keep their fp32 types after
+    # conversion and make onnxruntime reject the graph; the converter re-infers what it needs.
+    del model.graph.value_info[:]
+    with warnings.catch_warnings():  # one warning per clamped constant: noise, not news
+        warnings.simplefilter("ignore")
+        converted = float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,  # clients keep sending and receiving fp32
+            op_block_list=sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_BLOCKED_OPS)),
+            node_block_list=blocked_nodes or None,
+        )
+    # The converter leaves some fp32 annotations on tensors it made fp16 (e.g. a Cast's output);
+    # onnxruntime re-infers every type, so dropping the annotations is safe and fixes that.
+    del converted.graph.value_info[:]
+    graph.topological_sort(converted)
+    onnx.save_model(converted, str(out))

@@ -1,0 +1,101 @@
+"""Owns executing models with onnxruntime: sessions, batched evaluation and p50 latency.
+
+Evaluation sessions use onnxruntime's full optimisation in memory (that is what serving does);
+nothing optimised here is ever written to disk.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgemodel_runtime.compress.inputs import InputSpec
+
+THREADS = 2
+DEFAULT_BATCH = 16
+LATENCY_RUNS = 20
+LATENCY_WARMUP = 3
+
+
+def make_session(
+    path: Path, *, optimize: bool = True, threads: int = THREADS
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # quantized graphs log benign warnings; keep stderr to one line
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def batch_size(specs: list[InputSpec]) -> int:
+    fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] is not None and s.shape[0] > 0]
+    return fixed[0] if fixed else DEFAULT_BATCH
+
+
+def batches(
+    arrays: dict[str, np.ndarray], names: list[str], size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    rows = int(arrays[names[0]].shape[0])
+    for start in range(0, rows, size):
+        yield {name: arrays[name][start : start + size] for name in names}
+
+
+def run_all(
+    session: ort.InferenceSession, arrays: dict[str, np.ndarray], specs: list[InputSpec]
+) -> dict[str, np.ndarray]:
+    """Run every row through the model in batches; outputs concatenated along axis 0."""
+    names = [s.name for s in specs]
+    outputs = [o.name for o in session.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    for feed in batches(arrays, names, batch_size(specs)):
+        for name, value in zip(outputs, session.run(outputs, feed), strict=True):
+            parts[name].append(np.asarray(value))
+    return {
+        name: np.concatenate(chunks) if chunks[0].ndim else chunks[0]
+        for name, chunks in parts.items()
+    }
+
+
+def sample_feed(
+    arrays: dict[str, np.ndarray] | None, specs: list[InputSpec]
+) -> dict[str, np.ndarray]:
+    """One batch-1 request: the first data row when there is data, zeros otherwise."""
+    batch = batch_size(specs) if any(s.shape and s.shape[0] for s in specs) else 1
+    if arrays is not None:
+        return {s.name: arrays[s.name][:batch] for s in specs}
+    feed: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = [d if d is not None and d > 0 else 1 for d in spec.shape]
+        feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feed
+
+
+def p50_latency_ms(
+    paths: list[Path],
+    feed: dict[str, np.ndarray],
+    runs: int = LATENCY_RUNS,
+    warmup: int = LATENCY_WARMUP,
+) -> list[float]:
+    """p50 latency of each model, measured in interleaved rounds.
+
+    Interleaving (a, b, a, b, ...) means background load on a shared machine slows every
+    model alike instead of whichever happened to be measured during the busy second.
+    """
+    sessions = [make_session(path) for path in paths]
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feed)
+    timings: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for index, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feed)
+            timings[index].append(time.perf_counter() - start)
+    return [statistics.median(samples) * 1000.0 for samples in timings]

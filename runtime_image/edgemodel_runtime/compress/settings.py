@@ -1,0 +1,140 @@
+"""Owns what a compression run is asked to do: mode/target defaults and the artifact key.
+
+Everything here is pure. The key is the sha256 of the input digest, the canonical JSON of the
+resolved settings (which carry the calibration/evaluation digests, never their paths) and the
+tool version, so the same request always lands on the same `DIR/<key>` and anything that could
+change the artifact or the verdict changes the key.
+
+Target defaults (when --mode is not given): `gpu` -> fp16 (tensor cores, no calibration);
+`amd64`, `arm64` and no target -> dynamic-int8. Integer types: dynamic int8 always uses U8
+activations (onnxruntime's MatMulInteger/DynamicQuantizeLinear path) with S8 weights. Static
+int8 uses U8 activations / S8 weights on amd64 (VNNI's u8*s8 dot product) and S8/S8 on arm64
+(the SDOT/SMMLA path onnxruntime recommends there) and on gpu (TensorRT only takes symmetric
+int8). Weights are per-channel for static QDQ, per-tensor for dynamic (per-channel dynamic
+MatMulInteger is slower in onnxruntime and the gate catches the accuracy cases).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgemodel_runtime.compress.errors import CompressError
+
+MODES = ("dynamic-int8", "static-int8", "fp16", "none")
+TARGETS = ("amd64", "arm64", "gpu")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+MAX_SPARSITY = 0.95
+DEFAULT_MAX_ACCURACY_DROP = 1.0  # points of top-1 accuracy; only checked when labels exist
+DEFAULT_SEARCH_BUDGET_S = 120.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved request; every field is part of the artifact key."""
+
+    mode: str
+    target: str | None
+    activation_type: str | None  # "uint8" | "int8" for the int8 modes
+    weight_type: str | None
+    per_channel: bool
+    calibration_method: str | None
+    calibration_sha256: str | None
+    evaluation_sha256: str | None
+    prune_sparsity: float
+    max_accuracy_drop: float | None
+    min_agreement: float | None
+    search_budget_s: float
+
+    def canonical(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_mode(target: str | None) -> str:
+    return "fp16" if target == "gpu" else "dynamic-int8"
+
+
+def resolve(
+    *,
+    mode: str | None,
+    target: str | None,
+    calibration_sha256: str | None,
+    calibration_method: str | None,
+    evaluation_sha256: str | None,
+    prune_sparsity: float | None,
+    max_accuracy_drop: float | None,
+    min_agreement: float | None,
+    search_budget_s: float | None,
+) -> Settings:
+    """Validate the request and fill in defaults; raises CompressError (bad input) on conflicts."""
+    if target is not None and target not in TARGETS:
+        raise CompressError(f"unknown --target {target!r} (choose from {', '.join(TARGETS)})")
+    mode = mode or default_mode(target)
+    if mode not in MODES:
+        raise CompressError(f"unknown --mode {mode!r} (choose from {', '.join(MODES)})")
+    sparsity = 0.0 if prune_sparsity is None else float(prune_sparsity)
+    if not 0.0 <= sparsity <= MAX_SPARSITY:  # also rejects NaN
+        raise CompressError(f"--prune-sparsity {sparsity} is outside 0..{MAX_SPARSITY}")
+    if max_accuracy_drop is not None and not 0.0 <= max_accuracy_drop <= 100.0:
+        raise CompressError(f"--max-accuracy-drop {max_accuracy_drop} is outside 0..100 points")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise CompressError(f"--min-agreement {min_agreement} is outside 0..1")
+    budget = DEFAULT_SEARCH_BUDGET_S if search_budget_s is None else float(search_budget_s)
+    if not budget >= 0.0:
+        raise CompressError(f"--search-budget-seconds {budget} must be >= 0")
+    if evaluation_sha256 is None:
+        if max_accuracy_drop is not None or min_agreement is not None:
+            raise CompressError("--max-accuracy-drop/--min-agreement need --eval data to measure")
+        budget = 0.0  # nothing to search against
+    elif max_accuracy_drop is None:
+        max_accuracy_drop = DEFAULT_MAX_ACCURACY_DROP
+
+    method: str | None = None
+    if mode == "static-int8":
+        if calibration_sha256 is None:
+            raise CompressError("--mode static-int8 needs --calibration F.npz")
+        method = calibration_method or "minmax"
+        if method not in CALIBRATION_METHODS:
+            raise CompressError(
+                f"unknown --calibration-method {method!r} "
+                f"(choose from {', '.join(CALIBRATION_METHODS)})"
+            )
+    else:
+        calibration_sha256 = None  # unused by the other modes: keep it out of the key
+
+    activation: str | None = None
+    weight: str | None = None
+    if mode == "dynamic-int8":
+        activation, weight = "uint8", "int8"
+    elif mode == "static-int8":
+        activation = "int8" if target in ("arm64", "gpu") else "uint8"
+        weight = "int8"
+    if mode == "none":
+        budget = 0.0  # nothing was converted, so there is nothing to keep in float
+    return Settings(
+        mode=mode,
+        target=target,
+        activation_type=activation,
+        weight_type=weight,
+        per_channel=mode == "static-int8",
+        calibration_method=method,
+        calibration_sha256=calibration_sha256,
+        evaluation_sha256=evaluation_sha256,
+        prune_sparsity=sparsity,
+        max_accuracy_drop=max_accuracy_drop,
+        min_agreement=min_agreement,
+        search_budget_s=budget,
+    )
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def artifact_key(input_sha256: str, settings: Settings, tool_version: str) -> str:
+    payload = canonical_json(
+        {"input": input_sha256, "settings": settings.canonical(), "tool": tool_version}
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,152 @@
+"""Owns `edgemodel compress`: its arguments, its output and its exit codes.
+
+Exit codes: 0 the artifact passed (or there was nothing to gate), 2 bad input (one line on
+stderr naming the problem, never a traceback), 3 the accuracy gate failed, 1 an internal
+failure. On a gate failure the report is still written (DIR/<key>/report.json, result
+"gate-failed", with all figures) and printed, but the artifact is not kept: there is no
+DIR/<key>/model.onnx for anything to deploy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from edgemodel_runtime.compress.errors import CompressError
+from edgemodel_runtime.compress.settings import CALIBRATION_METHODS, MODES, TARGETS
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_GATE_FAILED = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source", metavar="SOURCE", help="model path, file://, http:// or https:// URI"
+    )
+    parser.add_argument(
+        "--output", "-o", required=True, type=Path, metavar="DIR", help="artifact store directory"
+    )
+    parser.add_argument(
+        "--mode", choices=MODES, help="default: from --target (gpu: fp16, else dynamic-int8)"
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="F.npz",
+        help="static-int8 calibration arrays keyed by input name",
+    )
+    parser.add_argument(
+        "--calibration-method",
+        choices=CALIBRATION_METHODS,
+        help="static-int8 range estimation (default minmax)",
+    )
+    parser.add_argument(
+        "--eval",
+        type=Path,
+        metavar="F.npz",
+        help="evaluation arrays keyed by input name, optional 'labels'",
+    )
+    parser.add_argument(
+        "--prune-sparsity",
+        type=float,
+        metavar="X",
+        help="magnitude-prune weights to this sparsity (0..0.95)",
+    )
+    parser.add_argument(
+        "--sha256", metavar="HEX", help="expected sha256 of SOURCE, checked before any work"
+    )
+    parser.add_argument(
+        "--target", choices=TARGETS, help="hardware the artifact is for; picks mode and int8 types"
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="X",
+        help="allowed top-1 accuracy loss in points (default 1.0)",
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="X",
+        help="required top-1 agreement with the original (0..1)",
+    )
+    parser.add_argument(
+        "--search-budget-seconds",
+        type=float,
+        metavar="N",
+        help="time for the accuracy search after a gate failure (default 120)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so `edgemodel compress --help` does not load onnxruntime.
+    from edgemodel_runtime.compress.pipeline import Request, compress
+    from edgemodel_runtime.compress.report import dumps
+
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(message)s")
+    request = Request(
+        source=args.source,
+        output=args.output,
+        mode=args.mode,
+        target=args.target,
+        calibration=args.calibration,
+        calibration_method=args.calibration_method,
+        evaluation=args.eval,
+        prune_sparsity=args.prune_sparsity,
+        sha256=args.sha256,
+        max_accuracy_drop=args.max_accuracy_drop,
+        min_agreement=args.min_agreement,
+        search_budget_s=args.search_budget_seconds,
+    )
+    try:
+        # Libraries underneath sometimes print progress; stdout belongs to the report.
+        with contextlib.redirect_stdout(sys.stderr):
+            outcome = compress(request)
+    except CompressError as exc:
+        print(f"edgemodel compress: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgemodel compress: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("edgemodel compress: out of memory", file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, permissions: the environment, not a bug to trace
+        print(
+            f"edgemodel compress: {exc.filename or ''} {exc.strerror or exc}".strip(),
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(dumps(outcome.report))
+    else:
+        print(_summary(outcome.report, outcome.directory))
+    if not outcome.passed:
+        reasons = (
+            "; ".join(outcome.report.get("gate", {}).get("reasons", [])) or "accuracy gate failed"
+        )
+        print(f"edgemodel compress: accuracy gate failed: {reasons}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    return EXIT_OK
+
+
+def _summary(report: dict[str, object], directory: Path) -> str:
+    sizes = report.get("sizes") or {}
+    accuracy = report.get("accuracy") or {}
+    assert isinstance(sizes, dict) and isinstance(accuracy, dict)
+    parts = [
+        f"{report.get('result')}: {directory}",
+        f"ratio {sizes.get('ratio')}",
+        f"wire {sizes.get('wire_ratio')}",
+    ]
+    if accuracy:
+        parts.append(f"agreement {accuracy.get('agreement')}")
+        parts.append(f"cosine {accuracy.get('cosine')}")
+    if report.get("cache_hit"):
+        parts.append("(cache hit)")
+    return " ".join(parts)

@@ -1,0 +1,266 @@
+"""Owns the KServe v2 HTTP/REST protocol (aiohttp), including Triton's binary tensor extension.
+
+Requests are parsed into dataplane `InferRequest`s with tensors left in wire form; responses
+are encoded with raw binary outputs when the client asked for them (`binary_data_output` or a
+per-output `binary_data`), which is what `tritonclient.http` does by default. Every failure is
+a 4xx/5xx with a JSON body `{"error": "..."}`; no input can make a handler raise past here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .dataplane import DataPlane, InferRequest, InferResponse, InputTensor
+from .errors import ErrorKind, ServeError, invalid
+from .tensors import check_datatype, check_shape, datatype_of, to_list, to_raw
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status, body=_DUMPS({"error": message}).encode(), content_type="application/json"
+    )
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=_DUMPS(document).encode(), content_type="application/json"
+    )
+
+
+def parse_infer_request(
+    model_name: str, model_version: str, body: bytes, header_length: str | None
+) -> tuple[InferRequest, dict[str, bool], bool]:
+    """Parse an infer body: (request, per-output binary flag, default binary flag)."""
+    if header_length is None:
+        header = body
+        binary = memoryview(b"")
+    else:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise invalid(f"{HEADER_LENGTH} {header_length!r} is not an integer") from None
+        if length < 0 or length > len(body):
+            raise invalid(f"{HEADER_LENGTH} {length} does not fit a body of {len(body)} bytes")
+        header = body[:length]
+        binary = memoryview(body)[length:]
+    try:
+        document = json.loads(header)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(f"malformed JSON inference header: {exc}") from None
+    if not isinstance(document, dict):
+        raise invalid("the inference header must be a JSON object")
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str):
+        raise invalid("'id' must be a string")
+    parameters = document.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise invalid("'parameters' must be an object")
+    if "classification" in parameters:
+        raise invalid("the classification extension is not supported")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise invalid("'binary_data_output' must be a boolean")
+    timeout_s = None
+    timeout_us = parameters.get("timeout")
+    if timeout_us is not None:
+        if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
+            raise invalid("'timeout' must be a non-negative integer (microseconds)")
+        timeout_s = timeout_us / 1e6 if timeout_us else None
+
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise invalid("'inputs' must be a list of input tensors")
+    inputs: list[InputTensor] = []
+    offset = 0
+    for item in raw_inputs:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid("each input must be an object with a string 'name'")
+        name: str = item["name"]
+        datatype = check_datatype(name, item.get("datatype"))
+        shape = check_shape(name, item.get("shape"))
+        params = item.get("parameters", {})
+        if not isinstance(params, dict):
+            raise invalid(f"input {name!r}: 'parameters' must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise invalid(f"input {name!r}: 'binary_data_size' must be a non-negative integer")
+            if offset + size > len(binary):
+                raise invalid(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} binary bytes left)"
+                )
+            inputs.append(InputTensor(name, datatype, shape, raw=binary[offset : offset + size]))
+            offset += size
+        else:
+            if "data" not in item:
+                raise invalid(f"input {name!r}: neither 'data' nor binary_data_size given")
+            inputs.append(InputTensor(name, datatype, shape, values=item["data"]))
+    if offset != len(binary):
+        raise invalid(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input's "
+            "binary_data_size"
+        )
+
+    output_names: list[str] | None = None
+    binary_flags: dict[str, bool] = {}
+    raw_outputs = document.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise invalid("'outputs' must be a list")
+        output_names = []
+        for item in raw_outputs:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise invalid("each requested output must be an object with a string 'name'")
+            params = item.get("parameters", {})
+            if not isinstance(params, dict):
+                raise invalid(f"output {item['name']!r}: 'parameters' must be an object")
+            if "classification" in params:
+                raise invalid("the classification extension is not supported")
+            flag = params.get("binary_data", binary_default)
+            if not isinstance(flag, bool):
+                raise invalid(f"output {item['name']!r}: 'binary_data' must be a boolean")
+            output_names.append(item["name"])
+            binary_flags[item["name"]] = flag
+    request = InferRequest(
+        model_name, model_version, inputs, output_names, request_id, timeout_s=timeout_s
+    )
+    return request, binary_flags, binary_default
+
+
+def encode_infer_response(
+    response: InferResponse, binary_flags: dict[str, bool], binary_default: bool
+) -> web.Response:
+    outputs: list[dict[str, Any]] = []
+    buffers: list[bytes] = []
+    for spec, array in response.outputs:
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if binary_flags.get(spec.name, binary_default):
+            raw = to_raw(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            buffers.append(raw)
+        else:
+            entry["data"] = to_list(array)
+        outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.request_id:
+        document["id"] = response.request_id
+    header = _DUMPS(document).encode()
+    if not buffers:
+        return web.Response(body=header, content_type="application/json")
+    result = web.Response(
+        body=b"".join([header, *buffers]), content_type="application/octet-stream"
+    )
+    result.headers[HEADER_LENGTH] = str(len(header))
+    return result
+
+
+class HttpEndpoints:
+    """aiohttp handlers for the v2 REST endpoints over one `DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+        self._dp = dataplane
+        self._max_request_bytes = max_request_bytes
+
+    async def live(self, _request: web.Request) -> web.Response:
+        return _json({"live": True})
+
+    async def ready(self, _request: web.Request) -> web.Response:
+        ready = self._dp.ready
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, _request: web.Request) -> web.Response:
+        return _json(self._dp.server_metadata())
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+        try:
+            self._dp.check_model(name, version)
+        except ServeError as exc:
+            return error_response(exc.kind.http_status, exc.message)
+        ready = self._dp.ready
+        return _json({"name": name, "ready": ready}, 200 if ready else 503)
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+        try:
+            return _json(self._dp.model_metadata(name, version))
+        except ServeError as exc:
+            return error_response(exc.kind.http_status, exc.message)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+        try:
+            return _json(self._dp.model_config(name, version))
+        except ServeError as exc:
+            return error_response(exc.kind.http_status, exc.message)
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return error_response(404, f"no such endpoint: {request.method} {request.path}")
+
+    async def infer(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        status = 500
+        with self._dp.track():
+            try:
+                try:
+                    body = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    raise ServeError(
+                        ErrorKind.TOO_LARGE,
+                        f"request body exceeds the limit of {self._max_request_bytes} bytes",
+                    ) from None
+                infer_request, flags, default = parse_infer_request(
+                    request.match_info["name"],
+                    request.match_info.get("version", ""),
+                    body,
+                    request.headers.get(HEADER_LENGTH),
+                )
+                response = encode_infer_response(
+                    await self._dp.infer(infer_request), flags, default
+                )
+                status = 200
+                return response
+            except ServeError as exc:
+                status = exc.kind.http_status
+                return error_response(status, exc.message)
+            except Exception as exc:  # the server must answer, whatever the request did
+                log.exception("unexpected error handling an HTTP inference request")
+                return error_response(500, f"internal error: {type(exc).__name__}")
+            finally:
+                self._dp.metrics.observe_request(str(status), time.perf_counter() - started)
+
+
+def http_app(dataplane: DataPlane, max_request_bytes: int) -> web.Application:
+    """The inference port's app (no /metrics here: that lives on the metrics port)."""
+    endpoints = HttpEndpoints(dataplane, max_request_bytes)
+    app = web.Application(client_max_size=max_request_bytes)
+    router = app.router
+    router.add_get("/v2/health/live", endpoints.live)
+    router.add_get("/v2/health/ready", endpoints.ready)
+    router.add_get("/v2", endpoints.server_metadata)
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        router.add_get(prefix, endpoints.model_metadata)
+        router.add_get(f"{prefix}/ready", endpoints.model_ready)
+        router.add_get(f"{prefix}/config", endpoints.model_config)
+        router.add_post(f"{prefix}/infer", endpoints.infer)
+    router.add_route("*", "/{tail:.*}", endpoints.not_found)
+    return app

@@ -1,0 +1,229 @@
+"""Owns the server process lifecycle: listen, load, warm up, ready, and drain on SIGTERM.
+
+Order matters for Kubernetes: the listeners come up first so liveness answers while a large
+model downloads; readiness turns true only after the model is loaded *and* a warm-up inference
+ran. On SIGTERM (or SIGINT) the server reports not ready, stops accepting connections and new
+RPCs, waits for in-flight requests up to a grace period, and exits 0. The metrics port stays up
+until the very end so a final scrape still sees the last requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from edgemodel_runtime.sources import (
+    SourceError,
+    fetch_to_file,
+    local_path,
+    normalize_sha256,
+    sha256_file,
+)
+
+from .dataplane import DataPlane, DataPlaneConfig
+from .errors import ServeError
+from .metrics import ServeMetrics, metrics_app
+from .model import ModelLoadError, OnnxModel
+from .protocol_grpc import grpc_server
+from .protocol_http import http_app
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `edgemodel serve` was asked to do, already validated by the CLI."""
+
+    model_uri: str
+    name: str
+    host: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    sha256: str | None = None
+    revision: str = ""
+    target: str = ""
+    model_label: str = ""  # the metrics `model` label; the served name when empty
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 0
+    request_timeout_s: float = 30.0
+    max_request_bytes: int = 64 << 20
+    max_model_bytes: int = 4 << 30
+    providers: str = "cpu"
+    intra_op_threads: int = 1
+    model_cache: Path | None = None
+    slo_ms: float = 50.0
+    drain_timeout_s: float = 20.0
+    execution: str = "auto"
+
+
+class StartupError(Exception):
+    """The server cannot start (bad model, port in use); the message is one line."""
+
+
+def resolve_model(
+    uri: str, sha256: str | None, cache: Path | None, max_bytes: int = 4 << 30
+) -> Path:
+    """A local, sha256-verified model file for `uri` (a path, file://, http:// or https://).
+
+    Local files are verified in place rather than copied; remote ones are fetched into the
+    cache under their digest, and a cached copy whose digest still matches is reused.
+    """
+    expected = normalize_sha256(sha256) if sha256 else None
+    path = local_path(uri)
+    if path is not None:
+        if not path.is_file():
+            raise SourceError(f"{uri}: no such file")
+        if expected is not None:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise SourceError(f"{uri}: sha256 mismatch: expected {expected}, got {actual}")
+        return path
+    cache = cache or Path(tempfile.mkdtemp(prefix="edgemodel-serve-"))
+    key = expected or hashlib.sha256(uri.encode()).hexdigest()
+    dest = cache / key / "model.onnx"
+    if expected is not None and dest.is_file() and sha256_file(dest) == expected:
+        return dest
+    fetch_to_file(uri, dest, expected_sha256=expected, max_bytes=max_bytes)
+    return dest
+
+
+def _grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _load(options: ServeOptions) -> OnnxModel:
+    path = resolve_model(
+        options.model_uri, options.sha256, options.model_cache, options.max_model_bytes
+    )
+    return OnnxModel(path, providers=options.providers, intra_op_threads=options.intra_op_threads)
+
+
+async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    metrics = ServeMetrics(
+        model=options.model_label or options.name,
+        revision=options.revision,
+        target=options.target,
+        slo_seconds=options.slo_ms / 1000.0,
+        max_batch_size=max(1, options.max_batch_size),
+    )
+    dataplane = DataPlane(
+        DataPlaneConfig(
+            name=options.name,
+            max_batch_size=options.max_batch_size,
+            max_queue_delay_s=options.max_queue_delay_us / 1e6,
+            request_timeout_s=options.request_timeout_s,
+            execution=options.execution,
+        ),
+        metrics,
+    )
+    # access_log=None: a log line per inference costs more than the inference of a small model.
+    metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None, shutdown_timeout=1.0)
+    http_runner = web.AppRunner(
+        http_app(dataplane, options.max_request_bytes),
+        access_log=None,
+        shutdown_timeout=1.0,
+    )
+    grpc_srv = grpc_server(dataplane, options.max_request_bytes)
+    await metrics_runner.setup()
+    await http_runner.setup()
+    http_site = web.TCPSite(http_runner, options.host, options.http_port, reuse_port=False)
+    try:
+        await web.TCPSite(metrics_runner, options.host, options.metrics_port).start()
+        await http_site.start()
+        try:
+            grpc_srv.add_insecure_port(_grpc_address(options.host, options.grpc_port))
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind gRPC port {options.grpc_port}: {exc}") from None
+        await grpc_srv.start()
+    except OSError as exc:
+        log.error("cannot listen: host=%s error=%s", options.host, exc)
+        await http_runner.cleanup()
+        await metrics_runner.cleanup()
+        await dataplane.close()
+        return 1
+    log.info(
+        "listening: host=%s http=%d grpc=%d metrics=%d model=%s revision=%s target=%s",
+        options.host,
+        options.http_port,
+        options.grpc_port,
+        options.metrics_port,
+        options.name,
+        options.revision,
+        options.target,
+    )
+
+    exit_code = 0
+    load = loop.run_in_executor(dataplane.executor, _load, options)
+    stopped: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+    try:
+        waiting: list[asyncio.Future[Any]] = [load, stopped]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            model = load.result()
+            await dataplane.start(model)
+            log.info(
+                "ready: model=%s providers=%s inputs=%s outputs=%s batching=%s",
+                options.name,
+                ",".join(model.providers),
+                [spec.metadata() for spec in model.inputs],
+                [spec.metadata() for spec in model.outputs],
+                dataplane.batching,
+            )
+            await stop.wait()
+    except (SourceError, ModelLoadError) as exc:
+        log.error("cannot load model: uri=%s error=%s", options.model_uri, exc)
+        exit_code = 2
+    except ServeError as exc:  # the warm-up inference itself failed
+        log.error("model warm-up failed: uri=%s error=%s", options.model_uri, exc.message)
+        exit_code = 2
+    finally:
+        stopped.cancel()
+        await _shutdown(
+            options=options,
+            dataplane=dataplane,
+            http_site=http_site,
+            http_runner=http_runner,
+            grpc_srv=grpc_srv,
+            metrics_runner=metrics_runner,
+        )
+    return exit_code
+
+
+async def _shutdown(
+    *,
+    options: ServeOptions,
+    dataplane: DataPlane,
+    http_site: web.TCPSite,
+    http_runner: web.AppRunner,
+    grpc_srv: grpc.aio.Server,
+    metrics_runner: web.AppRunner,
+) -> None:
+    log.info("draining: inflight_grace_s=%.1f", options.drain_timeout_s)
+    dataplane.stop_accepting()
+    # gRPC: refuse new RPCs now, let running ones finish within the grace period.
+    grpc_stopped = asyncio.ensure_future(grpc_srv.stop(options.drain_timeout_s))
+    await http_site.stop()  # closes the listening socket; open connections finish their work
+    drained = await dataplane.drain(options.drain_timeout_s)
+    if not drained:
+        log.warning("drain grace period ended with requests still in flight")
+    await grpc_stopped
+    await http_runner.cleanup()
+    await dataplane.close()
+    await metrics_runner.cleanup()
+    log.info("stopped: drained=%s", drained)

@@ -1,0 +1,161 @@
+"""Owns the `edgemodel serve` command line: flags, environment fallbacks, exit codes.
+
+Labels for the metrics come from flags first, then from the environment the operator sets on
+the pod (EDGEMODEL_MODEL, EDGEMODEL_REVISION, EDGEMODEL_TARGET, EDGEMODEL_SLO_MS). Exit codes:
+0 after a clean drain, 1 when a port cannot be bound, 2 for bad input (flags, model missing,
+sha256 mismatch, model onnxruntime cannot load) with a one-line reason and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from edgemodel_runtime.serve.cpu import default_intra_op_threads
+from edgemodel_runtime.serve.server import ServeOptions, serve
+from edgemodel_runtime.sources import SourceError, normalize_sha256
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="model path, file://, http:// or https://")
+    parser.add_argument("--name", required=True, help="model name clients address (v2 protocol)")
+    parser.add_argument("--http-port", type=_port, default=8000)
+    parser.add_argument("--grpc-port", type=_port, default=8001)
+    parser.add_argument("--metrics-port", type=_port, default=8002)
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (the pod IP)")
+    parser.add_argument("--sha256", help="expected sha256 of the model file (64 hex characters)")
+    parser.add_argument(
+        "--revision",
+        default=os.environ.get("EDGEMODEL_REVISION", ""),
+        help="metrics label (default: $EDGEMODEL_REVISION)",
+    )
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("EDGEMODEL_TARGET", ""),
+        help="metrics label (default: $EDGEMODEL_TARGET)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=_non_negative_int,
+        default=32,
+        help="rows per merged execution; 0 or 1 disables dynamic batching (default 32)",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=_non_negative_int,
+        default=0,
+        help="how long a batch may wait to fill (default 0: merge only what is already queued)",
+    )
+    parser.add_argument("--request-timeout-s", type=_positive_float, default=30.0)
+    parser.add_argument(
+        "--max-request-bytes", type=_positive_int, default=64 << 20, help="default 64 MiB"
+    )
+    parser.add_argument("--providers", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=_positive_int,
+        default=None,
+        help="onnxruntime threads (default: from the container CPU limit)",
+    )
+    parser.add_argument("--model-cache", type=Path, default=None, help="where remote models go")
+    parser.add_argument(
+        "--slo-ms",
+        type=_positive_float,
+        default=None,
+        help="latency SLO, a histogram bucket boundary (default: $EDGEMODEL_SLO_MS or 50)",
+    )
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=_positive_float,
+        default=20.0,
+        help="grace period for in-flight requests after SIGTERM",
+    )
+    parser.add_argument(
+        "--execution",
+        choices=("auto", "thread", "inline"),
+        default="auto",
+        help="run onnxruntime on a worker thread, on the event loop, or decide from warm-up",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
+
+
+def _slo_ms(flag: float | None) -> float:
+    if flag is not None:
+        return flag
+    text = os.environ.get("EDGEMODEL_SLO_MS", "")
+    try:
+        value = float(text) if text else 50.0
+    except ValueError:
+        raise ValueError(f"EDGEMODEL_SLO_MS={text!r} is not a number") from None
+    if not value > 0:
+        raise ValueError(f"EDGEMODEL_SLO_MS={text!r} must be greater than 0")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        sha256 = normalize_sha256(args.sha256) if args.sha256 else None
+        slo_ms = _slo_ms(args.slo_ms)
+    except (SourceError, ValueError) as exc:
+        print(f"edgemodel serve: {exc}", file=sys.stderr)
+        return 2
+    options = ServeOptions(
+        model_uri=args.model,
+        name=args.name,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        sha256=sha256,
+        revision=args.revision,
+        target=args.target,
+        model_label=os.environ.get("EDGEMODEL_MODEL") or args.name,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        request_timeout_s=args.request_timeout_s,
+        max_request_bytes=args.max_request_bytes,
+        providers=args.providers,
+        intra_op_threads=args.intra_op_threads or default_intra_op_threads(),
+        model_cache=args.model_cache,
+        slo_ms=slo_ms,
+        drain_timeout_s=args.drain_timeout_s,
+        execution=args.execution,
+    )
+    return asyncio.run(serve(options))

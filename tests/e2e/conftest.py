@@ -1,0 +1,159 @@
+"""Fixtures for end-to-end tests: the operator running against the sandbox, the in-cluster
+artifact store reachable from the test, and the digits model (plus its calibration and
+evaluation data) seeded into that store so EdgeModels can point at http URIs of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgemodel_sandbox.models import ModelFixture, digits_classifier, sha256_file
+from tests.conftest import Cluster
+
+STORE_NS = "edgemodel-system"
+STORE_SVC = "edgemodel-artifacts"
+
+
+@dataclass
+class Operator:
+    """The operator process, restartable (and killable) by tests."""
+
+    cluster: Cluster
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig))
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgemodel_cli.main",
+                "operator",
+                "--standalone",
+                "--resolve-services-via-endpoints",
+                "--workers",
+                "4",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, crd: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.kill(signal.SIGTERM)
+
+
+def _endpoint(cluster: Cluster, namespace: str, service: str, port_name: str) -> str | None:
+    result = cluster.kubectl(
+        "get",
+        "endpointslices",
+        "-n",
+        namespace,
+        "-l",
+        f"kubernetes.io/service-name={service}",
+        "-o",
+        "json",
+        check=False,
+    )
+    if result.returncode != 0:
+        return None
+    for item in json.loads(result.stdout)["items"]:
+        port = next(
+            (p["port"] for p in item.get("ports") or [] if p.get("name") == port_name), None
+        )
+        for endpoint in item.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") and port:
+                return f"{endpoint['addresses'][0]}:{port}"
+    return None
+
+
+def wait_for(
+    what: str, check: Any, timeout: float, interval: float = 1.0, on_fail: Any = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    detail = on_fail() if on_fail else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
+
+
+@pytest.fixture(scope="session")
+def store_url(cluster: Cluster, operator: Operator) -> str:
+    address = wait_for(
+        "the artifact store to be ready",
+        lambda: _endpoint(cluster, STORE_NS, STORE_SVC, "http"),
+        180,
+        on_fail=operator.log_tail,
+    )
+    return f"http://{address}"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """The digits fixture, uploaded to the in-cluster store."""
+
+    fixture: ModelFixture
+    model_uri: str
+    evaluation: tuple[str, str]  # uri, sha256
+    calibration: tuple[str, str]
+
+
+def _upload(store: str, path: Path) -> str:
+    digest = sha256_file(path)
+    request = urllib.request.Request(
+        f"{store}/v1/artifacts/{digest}", data=path.read_bytes(), method="PUT"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status in (200, 201)
+    return digest
+
+
+IN_CLUSTER = f"http://{STORE_SVC}.{STORE_NS}.svc:8080"
+
+
+@pytest.fixture(scope="session")
+def seeded(store_url: str) -> Seeded:
+    fixture = digits_classifier()
+    model_sha = _upload(store_url, fixture.model)
+    eval_sha = _upload(store_url, fixture.evaluation)
+    calib_sha = _upload(store_url, fixture.calibration)
+    return Seeded(
+        fixture,
+        f"{IN_CLUSTER}/v1/artifacts/{model_sha}",
+        (f"{IN_CLUSTER}/v1/artifacts/{eval_sha}", eval_sha),
+        (f"{IN_CLUSTER}/v1/artifacts/{calib_sha}", calib_sha),
+    )

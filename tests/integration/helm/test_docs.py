@@ -1,0 +1,54 @@
+"""The install and operations docs keep up with the code: every condition reason is explained.
+
+Reasons are read from the operator's source (the third argument of every `condition(...)` and
+the fourth of every `set_condition(...)` call, string literals only), so a new reason without a
+row in docs/troubleshooting.md fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+OPERATOR = ROOT / "operator" / "edgemodel_operator"
+TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
+# Reasons the SLO loop (metrics, autoscaling, canary analysis) sets, named in the contract.
+SLO_REASONS = {"MetricsAvailable", "MetricsUnavailable", "CanaryFailed", "RolledBack", "Promoted"}
+
+
+def condition_reasons(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+        index = {"condition": 2, "set_condition": 3}.get(name)
+        if index is None or len(node.args) <= index:
+            continue
+        for leaf in ast.walk(node.args[index]):
+            if isinstance(leaf, ast.Constant) and isinstance(leaf.value, str):
+                found.add(leaf.value)
+    return found
+
+
+def test_every_condition_reason_has_a_row() -> None:
+    reasons = set(SLO_REASONS)
+    for module in OPERATOR.glob("*.py"):
+        reasons |= condition_reasons(module)
+    reasons = {r for r in reasons if r.isidentifier() and r[:1].isupper()}
+    assert {"Compressing", "ArtifactsReady", "Unschedulable", "InvalidSpec"} <= reasons
+    rows = {
+        line.split("|")[1].strip().strip("`")
+        for line in TROUBLESHOOTING.read_text().splitlines()
+        if line.startswith("| `")
+    }
+    assert not reasons - rows, f"undocumented reasons: {sorted(reasons - rows)}"
+
+
+def test_docs_say_helm_keeps_the_crds() -> None:
+    for doc in ("docs/install-k3s.md", "README.md", "charts/edgemodel/templates/NOTES.txt"):
+        text = (ROOT / doc).read_text()
+        assert "kubectl apply --server-side -f charts/edgemodel/crds/" in text, doc
+    assert "never deletes" in (ROOT / "docs" / "install-k3s.md").read_text()

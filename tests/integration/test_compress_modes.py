@@ -1,0 +1,112 @@
+"""Every compression mode on every fixture, through the library entry point.
+
+The BERT-shaped fixture is the 2-layer version of the benchmark's encoder (full hidden size
+and vocabulary), so these runs exercise the real transformer paths: fusion, embedding Gather
+quantization, fp16 with blocked ops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgemodel_runtime.compress import Request, compress
+from edgemodel_sandbox.models import ModelFixture
+
+# (mode, max size ratio, min cosine) — fp16 halves weights; int8 quarters them.
+EXPECT = {
+    "dynamic-int8": (0.30, 0.99),
+    "static-int8": (0.35, 0.98),
+    "fp16": (0.65, 0.999),
+    "none": (1.01, 0.99999),
+}
+
+
+def run_mode(fixture: ModelFixture, mode: str, out: Path) -> dict[str, Any]:
+    outcome = compress(
+        Request(
+            source=str(fixture.model),
+            output=out,
+            mode=mode,
+            calibration=fixture.calibration,
+            evaluation=fixture.evaluation,
+            search_budget_s=0,
+            measure_latency=False,
+        )
+    )
+    assert outcome.passed, outcome.report["gate"]
+    artifact = outcome.directory / "model.onnx"
+    onnx.checker.check_model(str(artifact))
+    ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    if mode == "none":  # portable: only standard ONNX ops, never layout-specific contrib ops
+        domains = {n.domain for n in onnx.load_model(str(artifact)).graph.node}
+        assert domains <= {"", "ai.onnx", "ai.onnx.ml"}, domains
+    return outcome.report
+
+
+@pytest.mark.parametrize("mode", list(EXPECT))
+def test_digits_every_mode(digits: ModelFixture, tmp_path: Path, mode: str) -> None:
+    report = run_mode(digits, mode, tmp_path)
+    max_ratio, min_cosine = EXPECT[mode]
+    accuracy = report["accuracy"]
+    assert isinstance(accuracy, dict)
+    assert accuracy["cosine"] >= min_cosine
+    assert accuracy["accuracy_drop"] <= 0.5  # labels exist: the gate judged real accuracy
+    if mode != "fp16":  # skl2onnx's MLP keeps some fp32 around its blocked ops
+        assert report["sizes"]["ratio"] <= max_ratio
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(EXPECT))
+def test_bert_encoder_every_mode(bert2: ModelFixture, tmp_path: Path, mode: str) -> None:
+    report = run_mode(bert2, mode, tmp_path)
+    max_ratio, min_cosine = EXPECT[mode]
+    assert report["sizes"]["ratio"] <= max_ratio
+    assert report["accuracy"]["cosine"] >= min_cosine
+    assert report["accuracy"]["accuracy_drop"] is None  # no labels for random token ids
+    if mode == "dynamic-int8":
+        effective = report["effective"]
+        assert isinstance(effective, dict)
+        assert "Gather" in effective["quantized_op_types"]
+        assert "Attention" in effective["preprocessing"]  # fused before quantizing
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_digits_static_int8_every_calibration_method(
+    digits: ModelFixture, tmp_path: Path, method: str
+) -> None:
+    outcome = compress(
+        Request(
+            source=str(digits.model),
+            output=tmp_path,
+            mode="static-int8",
+            calibration=digits.calibration,
+            calibration_method=method,
+            evaluation=digits.evaluation,
+            max_accuracy_drop=1.0,
+            search_budget_s=0,
+            measure_latency=False,
+        )
+    )
+    assert outcome.passed, outcome.report["gate"]
+    assert outcome.report["settings"]["calibration_method"] == method
+
+
+@pytest.mark.parametrize(
+    ("target", "mode", "activation"),
+    [("gpu", "fp16", None), ("amd64", "dynamic-int8", "uint8"), ("arm64", "dynamic-int8", "uint8")],
+)
+def test_target_picks_the_mode_when_none_is_given(
+    digits: ModelFixture, tmp_path: Path, target: str, mode: str, activation: str | None
+) -> None:
+    outcome = compress(
+        Request(source=str(digits.model), output=tmp_path, target=target, measure_latency=False)
+    )
+    settings = outcome.report["settings"]
+    assert (settings["mode"], settings["activation_type"]) == (mode, activation)
+    assert outcome.report["accuracy"] is None  # no --eval: nothing to gate, still passes
+    assert outcome.passed

@@ -1,0 +1,122 @@
+"""The accuracy search's ordering logic, driven with fake attempts and a fake clock."""
+
+from __future__ import annotations
+
+from edgemodel_runtime.compress.gate import Figures
+from edgemodel_runtime.compress.quantize import Variant
+from edgemodel_runtime.compress.search import (
+    Attempt,
+    Sensitivity,
+    exclusion_plan,
+    method_order,
+    run_search,
+)
+
+
+def figures(agreement: float) -> Figures:
+    return Figures("y", 10, agreement, None, None, None, agreement, 1 - agreement, 1 - agreement)
+
+
+def attempt_of(variant: Variant, agreement: float, required: float = 0.99) -> Attempt:
+    reasons = () if agreement >= required else (f"agreement {agreement}",)
+    return Attempt(variant, figures(agreement), reasons, None)
+
+
+CANDIDATES = [(f"n{i}", "MatMul") for i in range(10)]
+SENSITIVITY = {f"n{i}": float(i) for i in range(10)}  # n9 is the most sensitive
+
+
+def ranked(n: int) -> list[Sensitivity]:
+    return [Sensitivity(f"n{i}", "MatMul", float(i)) for i in reversed(range(n))]
+
+
+def test_exclusion_plan_doubles_and_caps_at_half_the_candidates() -> None:
+    plan = exclusion_plan(ranked(10), 10)
+    assert [len(p) for p in plan] == [1, 2, 4, 5]
+    assert plan[0] == ("n9",) and plan[-1] == ("n9", "n8", "n7", "n6", "n5")
+    assert exclusion_plan(ranked(1), 1) == []  # never everything in float
+    assert exclusion_plan(ranked(3), 10) == [("n2",), ("n2", "n1"), ("n2", "n1", "n0")]
+
+
+def test_method_order_starts_with_the_requested_method() -> None:
+    assert method_order("entropy", ("minmax", "entropy", "percentile")) == [
+        "entropy",
+        "minmax",
+        "percentile",
+    ]
+    assert method_order(None, ("minmax",)) == [None]
+
+
+def test_search_keeps_the_most_sensitive_nodes_in_float_until_the_gate_passes() -> None:
+    tried: list[Variant] = []
+
+    def attempt(variant: Variant) -> Attempt:
+        tried.append(variant)
+        # Passes once n9 and n8 (the two worst) stay in float.
+        ok = {"n9", "n8"} <= set(variant.nodes_to_exclude)
+        return attempt_of(variant, 0.995 if ok else 0.9)
+
+    first = attempt_of(Variant(), 0.8)
+    chosen, log = run_search(
+        first,
+        candidates=CANDIDATES,
+        methods=[None],
+        attempt=attempt,
+        sensitivity=SENSITIVITY.__getitem__,
+        budget_s=100,
+        clock=iter(range(1000)).__next__,
+    )
+    assert chosen.passed and chosen.variant.nodes_to_exclude == ("n9", "n8")
+    assert [v.nodes_to_exclude for v in tried] == [("n9",), ("n9", "n8")]
+    assert log.sensitivities[0].node == "n9" and not log.budget_exhausted
+
+
+def test_other_calibration_methods_are_tried_first() -> None:
+    def attempt(variant: Variant) -> Attempt:
+        return attempt_of(variant, 0.995 if variant.calibration_method == "percentile" else 0.9)
+
+    chosen, log = run_search(
+        attempt_of(Variant("minmax"), 0.9),
+        candidates=CANDIDATES,
+        methods=["minmax", "entropy", "percentile"],
+        attempt=attempt,
+        sensitivity=SENSITIVITY.__getitem__,
+        budget_s=100,
+        clock=iter(range(1000)).__next__,
+    )
+    assert chosen.variant == Variant("percentile") and len(log.attempts) == 3
+    assert log.sensitivities == []  # never needed
+
+
+def test_budget_stops_the_search_and_the_best_attempt_is_reported() -> None:
+    clock = iter(range(1000)).__next__
+    agreements = iter([0.85, 0.95, 0.9, 0.9, 0.9])
+
+    def attempt(variant: Variant) -> Attempt:
+        return attempt_of(variant, next(agreements))
+
+    chosen, log = run_search(
+        attempt_of(Variant(), 0.8),
+        candidates=CANDIDATES,
+        methods=[None],
+        attempt=attempt,
+        sensitivity=SENSITIVITY.__getitem__,
+        budget_s=14,
+        clock=clock,
+    )
+    assert log.budget_exhausted and not chosen.passed
+    assert chosen.figures is not None
+    assert chosen.figures.agreement == 0.95  # the best seen, not the last
+
+
+def test_zero_budget_means_no_search() -> None:
+    first = attempt_of(Variant(), 0.5)
+    chosen, log = run_search(
+        first,
+        candidates=CANDIDATES,
+        methods=[None],
+        attempt=lambda v: (_ for _ in ()).throw(AssertionError("no attempts")),
+        sensitivity=SENSITIVITY.__getitem__,
+        budget_s=0,
+    )
+    assert chosen is first and log.attempts == [first]
