@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from edgemodel_operator.settings import RUNTIME_IMAGE, TRITON_IMAGE, Settings
 
@@ -71,13 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
-    from edgemodel_operator import handlers
+    from edgemodel_operator import handlers, logs
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.verbose)
     # kopf logs every handler's success at INFO: one line per watch event is noise here.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = Settings(

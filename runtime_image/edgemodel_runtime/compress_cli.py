@@ -13,10 +13,12 @@ import argparse
 import contextlib
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from edgemodel_runtime.compress.errors import CompressError
 from edgemodel_runtime.compress.settings import CALIBRATION_METHODS, MODES, TARGETS
+from edgemodel_runtime.sources import SourceError, fetch_to_file
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -35,9 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--calibration",
-        type=Path,
         metavar="F.npz",
-        help="static-int8 calibration arrays keyed by input name",
+        help="static-int8 calibration arrays keyed by input name (path, file://, http(s)://)",
+    )
+    parser.add_argument(
+        "--calibration-sha256", metavar="HEX", help="expected sha256 of --calibration"
     )
     parser.add_argument(
         "--calibration-method",
@@ -46,10 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--eval",
-        type=Path,
         metavar="F.npz",
-        help="evaluation arrays keyed by input name, optional 'labels'",
+        help="evaluation arrays keyed by input name, optional 'labels' (path, file://, http(s)://)",
     )
+    parser.add_argument("--eval-sha256", metavar="HEX", help="expected sha256 of --eval")
     parser.add_argument(
         "--prune-sparsity",
         type=float,
@@ -84,19 +88,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(message)s")
+    with tempfile.TemporaryDirectory(prefix="edgemodel-inputs-") as scratch:
+        try:
+            calibration = _data_file(
+                args.calibration, args.calibration_sha256, "--calibration", Path(scratch)
+            )
+            evaluation = _data_file(args.eval, args.eval_sha256, "--eval", Path(scratch))
+        except SourceError as exc:
+            print(f"edgemodel compress: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return _compress(args, calibration, evaluation)
+
+
+def _data_file(value: str | None, sha256: str | None, flag: str, scratch: Path) -> Path | None:
+    """A local, digest-checked copy of a calibration or evaluation file given as path or URI."""
+    if value is None:
+        if sha256:
+            raise SourceError(f"{flag}-sha256 given without {flag}")
+        return None
+    if "://" not in value and not sha256:
+        return Path(value)  # a plain path: read in place, as before
+    dest = scratch / f"{flag.strip('-')}.npz"
+    fetch_to_file(value, dest, expected_sha256=sha256)
+    return dest
+
+
+def _compress(args: argparse.Namespace, calibration: Path | None, evaluation: Path | None) -> int:
     # Imported here so `edgemodel compress --help` does not load onnxruntime.
     from edgemodel_runtime.compress.pipeline import Request, compress
     from edgemodel_runtime.compress.report import dumps
 
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(message)s")
     request = Request(
         source=args.source,
         output=args.output,
         mode=args.mode,
         target=args.target,
-        calibration=args.calibration,
+        calibration=calibration,
         calibration_method=args.calibration_method,
-        evaluation=args.eval,
+        evaluation=evaluation,
         prune_sparsity=args.prune_sparsity,
         sha256=args.sha256,
         max_accuracy_drop=args.max_accuracy_drop,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import zlib
 from typing import Any
 
 import numpy as np
@@ -154,6 +155,9 @@ def test_edgemodel_lifecycle_across_arm64_amd64_and_gpu_nodes(
     assert glabels is not None and (glabels == labels).all()
 
     # A spec change that touches compression makes a new revision, which replaces the old one.
+    # (A sparsity unique to this run: the store is content-addressed and would otherwise hand
+    # back an artifact an earlier run made, with no compression to interrupt.)
+    sparsity = 0.05 + (zlib.crc32(ns.encode()) % 40) / 100
     cluster.kubectl(
         "patch",
         "em",
@@ -162,7 +166,9 @@ def test_edgemodel_lifecycle_across_arm64_amd64_and_gpu_nodes(
         ns,
         "--type=merge",
         "-p",
-        json.dumps({"spec": {"compression": {"quantization": "fp16"}}}),
+        json.dumps(
+            {"spec": {"compression": {"quantization": "fp16", "pruning": {"sparsity": sparsity}}}}
+        ),
     )
     # Kill the operator mid-way (while it compresses), restart it: same end state, no duplicates.
     wait_for(
@@ -230,12 +236,14 @@ def test_failed_accuracy_gate_reports_the_figures(
         "strict",
         seeded,
         targets=[{"name": "cpu", "arch": "amd64"}],
+        # Pruning 95% of the weights wrecks this classifier: the gate must catch it.
         compression={
             "quantization": "dynamic-int8",
+            "pruning": {"sparsity": 0.95},
             "accuracyGate": {
                 "evaluation": {"uri": uri, "sha256": sha},
-                "minAgreement": 1.0,
-                "maxAccuracyDrop": 0.0,
+                "minAgreement": 0.99,
+                "maxAccuracyDrop": 0.01,
             },
         },
     )
@@ -248,7 +256,10 @@ def test_failed_accuracy_gate_reports_the_figures(
     )
     compressed = {c["type"]: c for c in failed["status"]["conditions"]}["Compressed"]
     assert compressed["reason"] == "AccuracyGateFailed"
-    assert "agreement" in compressed["message"]
+    assert "agreement" in compressed["message"] and "< required 0.99" in compressed["message"]
+    # Not retried: a failed gate gives the same answer every time (podFailurePolicy FailJob).
+    jobs = items(cluster, "jobs", namespace, "edgemodel.dev/name=strict")
+    assert len(jobs) == 1 and jobs[0]["status"].get("failed") == 1
     assert items(cluster, "deployments", namespace, "edgemodel.dev/name=strict") == []
 
 

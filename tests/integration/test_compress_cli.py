@@ -234,6 +234,46 @@ def test_http_source(
     assert published(tmp_path / "s2") == []
 
 
+def test_calibration_and_evaluation_from_uris_are_digest_checked(
+    run_compress: CliRunner, digits: ModelFixture, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    # What a compression Job runs: every input fetched by URI and pinned by its digest.
+    root, url = http_root
+    (root / "calibration.npz").write_bytes(digits.calibration.read_bytes())
+    (root / "evaluation.npz").write_bytes(digits.evaluation.read_bytes())
+    calib_sha = hashlib.sha256(digits.calibration.read_bytes()).hexdigest()
+    eval_sha = hashlib.sha256(digits.evaluation.read_bytes()).hexdigest()
+    result = run_compress(
+        digits.model,
+        "--output",
+        tmp_path / "u",
+        "--mode",
+        "static-int8",
+        "--calibration",
+        f"{url}/calibration.npz",
+        "--calibration-sha256",
+        calib_sha,
+        "--eval",
+        f"{url}/evaluation.npz",
+        "--eval-sha256",
+        eval_sha,
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert report_of(result.stdout)["accuracy"]["agreement"] > 0.95
+    bad = run_compress(
+        digits.model,
+        "--output",
+        tmp_path / "v",
+        "--eval",
+        f"{url}/evaluation.npz",
+        "--eval-sha256",
+        "0" * 64,
+    )
+    assert bad.returncode == 2 and eval_sha in bad.stderr and "0" * 64 in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
 def _bad_inputs(tmp: Path, digits: ModelFixture) -> dict[str, tuple[list[object], str]]:
     """name -> (CLI args after SOURCE-less prefix, text the one-line message must contain)."""
     not_onnx = tmp / "notes.onnx"
