@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--artifact-service", default="edgemodel-artifacts")
     parser.add_argument(
+        "--artifact-url",
+        default="",
+        metavar="URL",
+        help="where the operator looks artifacts up (default: the artifact Service); "
+        "pods still fetch through the Service",
+    )
+    parser.add_argument(
         "--node-cache-path",
         default="/var/lib/edgemodel/cache",
         help="hostPath of the node-local artifact cache; empty: an emptyDir",
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         namespace=args.operator_namespace,
         artifact_service=args.artifact_service,
         manage_artifact_store=not args.no_artifact_store,
+        artifact_lookup_url=args.artifact_url,
         node_cache_path=args.node_cache_path,
         prometheus_url=args.prometheus_url,
         prometheus_token_file=args.prometheus_token_file,

@@ -394,6 +394,8 @@ async def _measure(
 
 async def _artifact_base_url(runtime: Runtime, kube: Kube) -> str | None:
     settings = runtime.settings
+    if settings.artifact_lookup_url:
+        return settings.artifact_lookup_url
     if not runtime.resolve_services:
         return settings.artifact_url
     address = await kube.service_address(settings.namespace, settings.artifact_service, "http")

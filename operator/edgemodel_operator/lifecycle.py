@@ -793,7 +793,7 @@ def _target_status(
         message = observed.unschedulable.get(target.name)
         if message:
             row["message"] = message
-        if deps and serving and ready < target.replicas.min:
+        if serving and ready < target.replicas.min:
             unavailable.append(f"target {target.name}: {ready}/{target.replicas.min} ready")
         rows.append(row)
     return rows, ready_total, desired_total, unavailable

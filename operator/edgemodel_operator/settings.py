@@ -23,6 +23,9 @@ class Settings:
     artifact_port: int = 8080
     artifact_storage: str = "10Gi"
     manage_artifact_store: bool = True
+    # Where the operator itself asks the store for existing artifacts; empty: the Service
+    # (pods always fetch through the Service, `artifact_url`).
+    artifact_lookup_url: str = ""
     # A node-local cache lets a restarted pod on a disconnected site start from disk. It is a
     # hostPath volume, which Pod Security "restricted" (and "baseline") refuse: an empty value
     # falls back to an emptyDir, compliant but without the offline restart.

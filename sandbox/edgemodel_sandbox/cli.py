@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulated edge nodes (at least the default six: 2 arm64, 2 amd64, 2 GPU)",
     )
     parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    parser.add_argument(
+        "--kwok-pods",
+        action="store_true",
+        help="kwok marks every pod Running/Ready, EdgeModel's too; no pod runner (benchmarks)",
+    )
     parser.add_argument("--json", action="store_true", help="status as JSON")
 
 
@@ -27,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     sandbox = Sandbox.default()
     try:
         if args.action == "up":
-            sandbox.up(nodes=args.nodes, prometheus=not args.no_prometheus)
+            sandbox.up(
+                nodes=args.nodes, prometheus=not args.no_prometheus, kwok_pods=args.kwok_pods
+            )
             _print_env(sandbox)
             return 0
         if args.action == "down":

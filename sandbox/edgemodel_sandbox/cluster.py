@@ -35,6 +35,8 @@ from edgemodel_sandbox import fleet, pki
 from edgemodel_sandbox.tools import Tools, ensure_tools
 
 STAGES = Path(__file__).with_name("kwok") / "stages.yaml"
+# The label that keeps EdgeModel's pods away from kwok's pod stages (the pod runner's own).
+RUNNER_LABEL = "app.kubernetes.io/part-of"
 SERVICE_CIDR = "10.96.0.0/16"
 COMPONENT_ORDER = (
     "etcd",
@@ -198,7 +200,15 @@ class Sandbox:
 
     # ---------------------------------------------------------------- up
 
-    def up(self, nodes: int = len(fleet.DEFAULT_FLEET), prometheus: bool = True) -> State:
+    def up(
+        self,
+        nodes: int = len(fleet.DEFAULT_FLEET),
+        prometheus: bool = True,
+        kwok_pods: bool = False,
+    ) -> State:
+        """Start (or reuse) the sandbox. `kwok_pods`: kwok plays every pod, EdgeModel's too, and
+        no pod runner starts: pods go Running/Ready without a process behind them (for
+        benchmarks of the control loop at a scale real processes cannot reach here)."""
         with self._locked():
             state = self.state()
             if state is not None and self.healthy(state):
@@ -207,14 +217,14 @@ class Sandbox:
                 if state is not None or self.directory.exists():
                     _log("found a stopped or broken sandbox: cleaning it up first")
                     self._down_locked()
-                state = self._start(ensure_tools(), prometheus)
+                state = self._start(ensure_tools(), prometheus, kwok_pods)
             self._ensure_storage_class()
             if state.nodes < nodes:
                 self._create_nodes(state, nodes)
             self._wait_nodes_ready(state.nodes)
             return state
 
-    def _start(self, tools: Tools, prometheus: bool) -> State:
+    def _start(self, tools: Tools, prometheus: bool, kwok_pods: bool = False) -> State:
         started = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
@@ -289,7 +299,7 @@ class Sandbox:
                 tools.kwok,
                 [
                     f"--kubeconfig={kubeconfig}",
-                    f"--config={STAGES}",
+                    f"--config={self._kwok_stages() if kwok_pods else STAGES}",
                     f"--manage-nodes-with-annotation-selector={fleet.FAKE_NODE_ANNOTATION}=fake",
                     "--cidr=10.244.0.0/16",
                     "--node-lease-duration-seconds=40",
@@ -298,20 +308,21 @@ class Sandbox:
                 [],
             )
             # The kubelet for EdgeModel's pods on kwok nodes (see edgemodel_sandbox.runner).
-            self._spawn(
-                state,
-                "pod-runner",
-                Path(sys.executable),
-                [
-                    "-m",
-                    "edgemodel_sandbox.runner",
-                    "--kubeconfig",
-                    kubeconfig,
-                    "--state",
-                    str(self.directory / "runner"),
-                ],
-                [],
-            )
+            if not kwok_pods:
+                self._spawn(
+                    state,
+                    "pod-runner",
+                    Path(sys.executable),
+                    [
+                        "-m",
+                        "edgemodel_sandbox.runner",
+                        "--kubeconfig",
+                        kubeconfig,
+                        "--state",
+                        str(self.directory / "runner"),
+                    ],
+                    [],
+                )
             if prometheus:
                 if tools.prometheus is None:
                     raise SandboxError("prometheus is not installed (Debian package `prometheus`)")
@@ -346,6 +357,12 @@ class Sandbox:
             raise
         _log(f"control plane up in {time.monotonic() - started:.1f} s")
         return state
+
+    def _kwok_stages(self) -> Path:
+        """stages.yaml without the exclusion of EdgeModel's pods, written into the state dir."""
+        path = self.directory / "kwok-stages-all-pods.yaml"
+        path.write_text(yaml.safe_dump_all(kwok_stages_for_all_pods(STAGES.read_text())))
+        return path
 
     def _etcd_args(self, ports: dict[str, int]) -> list[str]:
         client_url = f"http://127.0.0.1:{ports['etcd']}"
@@ -433,7 +450,28 @@ class Sandbox:
         self.kubeconfig.write_text(yaml.safe_dump(config))
         self.kubeconfig.chmod(0o600)
 
-    def _spawn(self, state: State, name: str, exe: Path, args: list[str], ports: list[int]) -> None:
+    def ensure_process(self, name: str, exe: Path, args: list[str], env: dict[str, str]) -> bool:
+        """Starts an extra component (the operator, in the demo) unless it already runs; `down`
+        stops it with the rest. True when it was started now."""
+        with self._locked():
+            state = self.state()
+            if state is None:
+                raise SandboxError("the sandbox is not up")
+            if any(p.name == name and p.alive() for p in state.processes):
+                return False
+            state.processes = [p for p in state.processes if p.name != name]
+            self._spawn(state, name, exe, args, [], env=env)
+            return True
+
+    def _spawn(
+        self,
+        state: State,
+        name: str,
+        exe: Path,
+        args: list[str],
+        ports: list[int],
+        env: dict[str, str] | None = None,
+    ) -> None:
         _log(f"starting {name}")
         log = (self.logs / f"{name}.log").open("ab")
         process = subprocess.Popen(
@@ -443,6 +481,7 @@ class Sandbox:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=self.directory,
+            env={**os.environ, **(env or {})},
         )
         log.close()
         state.processes.append(Process(name=name, pid=process.pid, ports=ports, exe=str(exe)))
@@ -609,6 +648,19 @@ def prometheus_config(discovery_url: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def kwok_stages_for_all_pods(text: str) -> list[dict[str, Any]]:
+    """The stage documents in `text` with every `RUNNER_LABEL` selector dropped."""
+    documents = [doc for doc in yaml.safe_load_all(text) if doc]
+    for doc in documents:
+        selector = (doc.get("spec") or {}).get("selector") or {}
+        expressions = selector.get("matchExpressions")
+        if expressions:
+            selector["matchExpressions"] = [
+                e for e in expressions if RUNNER_LABEL not in str(e.get("key", ""))
+            ]
+    return documents
 
 
 def _http_ok(url: str) -> bool:

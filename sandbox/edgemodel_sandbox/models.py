@@ -8,7 +8,9 @@ are generated on first use into a cache folder and never committed.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez's format, byte-for-byte reproducible: np.savez stamps each member with the
+    current time, which would give the same data a new sha256 on every machine and run."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(
+                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue()
+            )
     os.replace(tmp, path)
 
 

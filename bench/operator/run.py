@@ -1,0 +1,591 @@
+"""Operator benchmark: apply-to-Deployments latency, fleet-scale convergence, operator RSS.
+
+Brings up its own sandbox (temporary state dir, `--nodes` kwok nodes, `kwok_pods=True`: kwok
+marks every pod Running/Ready, so no real runtime process runs and the control loop is
+measured end to end at a scale real processes cannot reach on one machine) and tears it down
+at the end. Compression is cached: a local `edgemodel artifact-server` holds the digits
+model and a passed revision record for every (revision, variant) the spec needs, and the
+operator looks artifacts up there (`--artifact-url`), so it goes straight to Deployments.
+
+Measured:
+  1. one EdgeModel (3 targets) at a time, `--single` times: API create -> all 3 of its
+     Deployments exist (seen on a watch); p50 / p95; also create -> phase Ready.
+  2. `--models` EdgeModels x 3 targets created at once (16 client threads): time until all
+     Deployments exist and until every EdgeModel is phase Ready.
+  3. the operator process's peak RSS (VmHWM at the end; VmRSS sampled each second).
+Baseline: the same bulk apply against a second operator with `--workers 1` (serial
+reconcile), in its own namespace (each operator watches only its namespaces).
+
+Run: .venv/bin/python bench/operator/run.py [--nodes 1000] [--models 300] [--single 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgemodel_operator.api import parse_spec
+from edgemodel_operator.revision import revision_of, variants
+from edgemodel_sandbox import pki
+from edgemodel_sandbox.cluster import Sandbox, free_port
+from edgemodel_sandbox.models import digits_classifier, sha256_file
+from edgemodel_sandbox.tools import Tools, tools_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+EDGEMODEL = Path(sys.executable).with_name("edgemodel")
+GROUP, VERSION, PLURAL = "edgemodel.dev", "v1alpha1", "edgemodels"
+TARGET_P50_S = 3.0
+TARGET_CONVERGE_S = 120.0
+TARGET_RSS_MB = 300.0
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def spec(model_sha: str) -> dict[str, Any]:
+    """Three CPU targets (the 1000-node fleet has ~125 GPUs: too few for 300 GPU replicas)."""
+    return {
+        "model": {
+            "uri": "http://edgemodel-artifacts.edgemodel-system.svc:8080/m",
+            "sha256": model_sha,
+        },
+        "compression": {"quantization": "dynamic-int8"},
+        "targets": [
+            {"name": "arm64-cpu", "arch": "arm64"},
+            {"name": "amd64-cpu", "arch": "amd64"},
+            {
+                "name": "pi5",
+                "arch": "arm64",
+                "nodeSelector": {"edgemodel.dev/hardware": "raspberry-pi-5"},
+            },
+        ],
+    }
+
+
+def edgemodel(name: str, body_spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EdgeModel",
+        "metadata": {"name": name},
+        "spec": body_spec,
+    }
+
+
+# ------------------------------------------------------------------ a minimal API client
+
+
+class Api:
+    """Raw HTTPS to the sandbox API server (cheap enough to watch hundreds of objects)."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        state = sandbox.state()
+        assert state is not None
+        credentials = pki.PKI(sandbox.directory / "pki")
+        self.host, self.port = "127.0.0.1", state.ports["apiserver"]
+        self.token = credentials.admin_token
+        self.context = ssl.create_default_context(cafile=str(credentials.ca_cert))
+        self._local = threading.local()
+
+    def connection(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=60)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.connection()
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException):
+            self._local.conn = None
+            raise
+        if response.status >= 300 and response.status != 409:
+            raise RuntimeError(f"{method} {path}: {response.status} {payload[:300]!r}")
+        return json.loads(payload) if payload else None
+
+    def create_namespace(self, name: str) -> None:
+        self.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+
+    def create_edgemodel(self, namespace: str, body: dict[str, Any]) -> None:
+        self.request("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}", body)
+
+
+@dataclass
+class Watch:
+    """First-seen times of Deployments (by owning EdgeModel) and of EdgeModels going Ready."""
+
+    api: Api
+    namespace: str
+    deployments: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> owner, t
+    ready: dict[str, float] = field(default_factory=dict)
+    status_writes: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    _conns: list[http.client.HTTPSConnection] = field(default_factory=list)
+
+    def start(self) -> None:
+        paths = (
+            f"/apis/apps/v1/namespaces/{self.namespace}/deployments",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}",
+        )
+        for path in paths:
+            conn = self.api.connection()
+            conn.request(
+                "GET",
+                f"{path}?watch=1&allowWatchBookmarks=false&timeoutSeconds=3600",
+                headers={"Authorization": f"Bearer {self.api.token}"},
+            )
+            response = conn.getresponse()  # headers arrive once the watch is established
+            if response.status != 200:
+                raise RuntimeError(f"watch {path}: {response.status}")
+            self._conns.append(conn)
+            threading.Thread(target=self._read, args=(response,), daemon=True).start()
+
+    def _read(self, response: http.client.HTTPResponse) -> None:
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
+            for line in response:
+                now = time.monotonic()
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                kind = obj.get("kind")
+                name = (obj.get("metadata") or {}).get("name", "")
+                with self.lock:
+                    if kind == "Deployment" and event.get("type") != "DELETED":
+                        owner = (obj["metadata"].get("labels") or {}).get("edgemodel.dev/name", "")
+                        self.deployments.setdefault(name, (owner, now))
+                    elif kind == "EdgeModel":
+                        if event.get("type") == "MODIFIED":
+                            self.status_writes += 1
+                        if (obj.get("status") or {}).get("phase") == "Ready":
+                            self.ready.setdefault(name, now)
+                    self.lock.notify_all()
+
+    def deployments_of(self, owner: str) -> list[float]:
+        return [t for o, t in self.deployments.values() if o == owner]
+
+    def wait(self, check: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while not check():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.lock.wait(min(left, 1.0))
+        return True
+
+    def stop(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                if conn.sock is not None:
+                    conn.sock.shutdown(2)
+                conn.close()
+
+
+# ------------------------------------------------------------------ processes
+
+
+@dataclass
+class Operator:
+    """One operator process, its RSS sampled every second."""
+
+    kubeconfig: Path
+    store_url: str
+    workers: int
+    namespaces: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    peak_sampled_kb: int = 0
+    samples: list[int] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        command = [
+            str(EDGEMODEL),
+            "operator",
+            "--standalone",
+            "--resolve-services-via-endpoints",
+            "--no-artifact-store",
+            "--artifact-url",
+            self.store_url,
+            "--workers",
+            str(self.workers),
+        ]
+        for namespace in self.namespaces:
+            command += ["--namespace", namespace]
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, KUBECONFIG=str(self.kubeconfig)),
+                start_new_session=True,
+            )
+        threading.Thread(target=self._sample, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while "operator started" not in self.log_path.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"operator did not start; see {self.log_path}")
+            time.sleep(0.2)
+
+    def _field(self, name: str) -> int:
+        assert self.process is not None
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(1.0):
+            rss = self._field("VmRSS")
+            if rss:
+                self.samples.append(rss)
+                self.peak_sampled_kb = max(self.peak_sampled_kb, rss)
+
+    def hwm_mb(self) -> float:
+        return self._field("VmHWM") / 1024
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def artifact_server(root: Path, log_path: Path) -> Iterator[str]:
+    port = free_port()
+    with log_path.open("ab") as out:
+        process = subprocess.Popen(
+            [
+                *(str(EDGEMODEL), "artifact-server", "--root", str(root)),
+                *("--host", "127.0.0.1", "--port", str(port)),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"artifact server did not start; see {log_path}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def put(url: str, data: bytes, content_type: str) -> None:
+    request = urllib.request.Request(
+        url, data=data, method="PUT", headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status in (200, 201), response.status
+
+
+def seed_store(store: str, model: Path, body_spec: dict[str, Any]) -> str:
+    """The model blob plus a passed revision record per variant: compression is cached."""
+    digest = sha256_file(model)
+    put(f"{store}/v1/artifacts/{digest}", model.read_bytes(), "application/octet-stream")
+    parsed = parse_spec(body_spec)
+    revision = revision_of(parsed)
+    size = model.stat().st_size
+    for variant in variants(parsed):
+        record = {
+            "artifactSha256": digest,
+            "report": {"mode": "dynamic-int8", "sizes": {"ratio": 1.0, "artifact_bytes": size}},
+            "artifactUri": f"{store}/v1/artifacts/{digest}",
+            "sizeBytes": size,
+            "ratio": 1.0,
+            "mode": "dynamic-int8",
+            "result": "passed",
+        }
+        put(
+            f"{store}/v1/revisions/{revision}-{variant}",
+            json.dumps(record).encode(),
+            "application/json",
+        )
+    return revision
+
+
+# ------------------------------------------------------------------ measurements
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def single(api: Api, namespace: str, count: int, body_spec: dict[str, Any]) -> dict[str, Any]:
+    api.create_namespace(namespace)
+    watch = Watch(api, namespace)
+    watch.start()
+    to_deployments, to_ready = [], []
+    try:
+        for i in range(count):
+            name = f"single-{i:03d}"
+            started = time.monotonic()
+            api.create_edgemodel(namespace, edgemodel(name, body_spec))
+            if not watch.wait(lambda n=name: len(watch.deployments_of(n)) >= 3, 60):
+                raise RuntimeError(f"{name}: no 3 Deployments within 60 s")
+            to_deployments.append(max(watch.deployments_of(name)) - started)
+            if watch.wait(lambda n=name: n in watch.ready, 60):
+                to_ready.append(watch.ready[name] - started)
+    finally:
+        watch.stop()
+    return {
+        "p50": statistics.median(to_deployments),
+        "p95": percentile(to_deployments, 0.95),
+        "ready_p50": statistics.median(to_ready) if to_ready else float("nan"),
+    }
+
+
+def bulk(
+    api: Api, namespace: str, count: int, body_spec: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    api.create_namespace(namespace)
+    watch = Watch(api, namespace)
+    watch.start()
+    names = [f"m-{i:04d}" for i in range(count)]
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(
+                pool.map(lambda n: api.create_edgemodel(namespace, edgemodel(n, body_spec)), names)
+            )
+        created = time.monotonic() - started
+        log(f"{count} EdgeModels created in {created:.1f} s")
+        want = 3 * count
+        all_deps = watch.wait(lambda: len(watch.deployments) >= want, timeout)
+        deps_at = (
+            max(t for _, t in watch.deployments.values()) - started if all_deps else float("nan")
+        )
+        log(f"{len(watch.deployments)}/{want} Deployments after {time.monotonic() - started:.1f} s")
+        left = max(1.0, timeout - (time.monotonic() - started))
+        all_ready = watch.wait(lambda: len(watch.ready) >= count, left)
+        ready_at = max(watch.ready.values()) - started if all_ready else float("nan")
+        log(f"{len(watch.ready)}/{count} Ready after {time.monotonic() - started:.1f} s")
+        ready_times = sorted(t - started for t in watch.ready.values())
+    finally:
+        watch.stop()
+    return {
+        "create_s": created,
+        "deployments_s": deps_at,
+        "deployments": len(watch.deployments),
+        "ready_s": ready_at,
+        "ready": len(watch.ready),
+        "ready_p50_s": statistics.median(ready_times) if ready_times else float("nan"),
+        "status_writes": watch.status_writes,
+        "writes_per_s": watch.status_writes / ready_at if all_ready else float("nan"),
+    }
+
+
+# ------------------------------------------------------------------ report
+
+
+def fmt(value: float, unit: str) -> str:
+    return "n/a" if value != value else f"{value:.2f} {unit}"  # NaN: did not happen
+
+
+def report(args: argparse.Namespace, ours: dict[str, Any], naive: dict[str, Any] | None) -> bool:
+    s, b = ours["single"], ours["bulk"]
+    nb = naive["bulk"] if naive else None
+    dash = "-"
+    rows = [
+        (
+            f"apply -> 3 Deployments, p50 over {args.single} (cached)",
+            fmt(s["p50"], "s"),
+            f"<= {TARGET_P50_S:.0f} s",
+            dash,
+            s["p50"] <= TARGET_P50_S,
+        ),
+        ("apply -> 3 Deployments, p95", fmt(s["p95"], "s"), dash, dash, None),
+        ("apply -> phase Ready, p50", fmt(s["ready_p50"], "s"), dash, dash, None),
+        (
+            f"{args.models} models: all {3 * args.models} Deployments exist",
+            fmt(b["deployments_s"], "s"),
+            dash,
+            fmt(nb["deployments_s"], "s") if nb else dash,
+            None,
+        ),
+        (
+            f"{args.models} models x 3 targets: all Ready (converged)",
+            fmt(b["ready_s"], "s"),
+            f"<= {TARGET_CONVERGE_S:.0f} s",
+            fmt(nb["ready_s"], "s") if nb else dash,
+            b["ready"] == args.models and b["ready_s"] <= TARGET_CONVERGE_S,
+        ),
+        (
+            f"{args.models} models: median model Ready",
+            fmt(b["ready_p50_s"], "s"),
+            dash,
+            fmt(nb["ready_p50_s"], "s") if nb else dash,
+            None,
+        ),
+        (
+            "status writes/s during convergence",
+            f"{b['writes_per_s']:.1f}",
+            dash,
+            f"{nb['writes_per_s']:.1f}" if nb else dash,
+            None,
+        ),
+        (
+            "operator peak RSS (VmHWM)",
+            f"{ours['hwm_mb']:.0f} MB",
+            f"<= {TARGET_RSS_MB:.0f} MB",
+            f"{naive['hwm_mb']:.0f} MB" if naive else dash,
+            ours["hwm_mb"] <= TARGET_RSS_MB,
+        ),
+        (
+            "operator peak RSS (1 s samples)",
+            f"{ours['sampled_mb']:.0f} MB",
+            dash,
+            f"{naive['sampled_mb']:.0f} MB" if naive else dash,
+            None,
+        ),
+    ]
+    naive_title = "naive: --workers 1 (serial)" if naive else "naive baseline"
+    print()
+    print(
+        f"Operator benchmark: {args.nodes} kwok nodes, kwok-played pods, compression cached; "
+        f"operator --workers {args.workers}; {os.cpu_count()} CPUs shared"
+    )
+    print()
+    print(f"| metric | measured | target | {naive_title} | ok |")
+    print("|---|---|---|---|---|")
+    ok = True
+    for metric, measured, target, baseline, passed in rows:
+        mark = "" if passed is None else ("yes" if passed else "NO")
+        ok = ok and passed is not False
+        print(f"| {metric} | {measured} | {target} | {baseline} | {mark} |")
+    print()
+    return ok
+
+
+def run_operator(
+    args: argparse.Namespace,
+    sandbox: Sandbox,
+    api: Api,
+    store: str,
+    workers: int,
+    label: str,
+    body_spec: dict[str, Any],
+    work: Path,
+    with_single: bool,
+) -> dict[str, Any]:
+    namespaces = [f"bench-{label}-bulk"] + ([f"bench-{label}-single"] if with_single else [])
+    operator = Operator(
+        sandbox.kubeconfig, store, workers, namespaces, work / f"operator-{label}.log"
+    )
+    log(f"starting operator ({label}, --workers {workers})")
+    operator.start()
+    try:
+        out: dict[str, Any] = {}
+        if with_single:
+            out["single"] = single(api, namespaces[1], args.single, body_spec)
+            log(f"single: {out['single']}")
+        out["bulk"] = bulk(api, namespaces[0], args.models, body_spec, args.timeout)
+        log(f"bulk: {out['bulk']}")
+        out["hwm_mb"] = operator.hwm_mb()
+        out["sampled_mb"] = operator.peak_sampled_kb / 1024
+        return out
+    finally:
+        operator.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--models", type=int, default=300)
+    parser.add_argument("--single", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=240.0, help="per bulk run, seconds")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the --workers 1 run")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="edgemodel-bench-operator-"))
+    sandbox = Sandbox(work / "sandbox")
+    started = time.monotonic()
+    try:
+        fixture = digits_classifier()
+        body_spec = spec(sha256_file(fixture.model))
+        log(f"sandbox with {args.nodes} nodes in {sandbox.directory}")
+        sandbox.up(nodes=args.nodes, prometheus=False, kwok_pods=True)
+        log(f"sandbox up after {time.monotonic() - started:.0f} s")
+        kubectl = Tools.at(tools_dir()).kubectl
+        env = dict(os.environ, KUBECONFIG=str(sandbox.kubeconfig))
+        subprocess.run(
+            [str(kubectl), "apply", "-f", str(ROOT / "crds" / "edgemodel.yaml")],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            [
+                *(str(kubectl), "wait", "--for=condition=Established"),
+                *("--timeout=60s", f"crd/{PLURAL}.{GROUP}"),
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        api = Api(sandbox)
+        with artifact_server(work / "store", work / "artifact-server.log") as store:
+            revision = seed_store(store, fixture.model, body_spec)
+            log(f"store {store} holds revision {revision}")
+            ours = run_operator(args, sandbox, api, store, args.workers, "w", body_spec, work, True)
+            naive = None
+            if not args.no_baseline:
+                naive = run_operator(args, sandbox, api, store, 1, "serial", body_spec, work, False)
+        ok = report(args, ours, naive)
+        print(f"total bench time {time.monotonic() - started:.0f} s")
+        return 0 if ok else 1
+    finally:
+        log("tearing the sandbox down")
+        try:
+            sandbox.down()
+        finally:
+            if args.keep:
+                log(f"logs kept in {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
