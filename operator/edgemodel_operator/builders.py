@@ -398,6 +398,9 @@ def _server_container(
         str(GRPC_PORT),
         "--metrics-port",
         str(METRICS_PORT),
+        # Keep serving for a moment after SIGTERM while the endpoint leaves the Service.
+        "--shutdown-delay-s",
+        "3",
     ]
     if target.gpu:
         args += ["--providers", "cuda"]

@@ -502,7 +502,9 @@ def transition(
         elif stable == rev:
             for target in spec.targets:
                 run(rev, target, counts[target.name])
-            phase = "Ready" if available(rev, counts) else "Deploying"
+            # Scaling a stable revision is not a deployment: it stays Ready (or Degraded
+            # below its minimum, decided with availability below).
+            phase = "Ready"
             progressing = (False, "RevisionStable", f"revision {rev} is stable")
             if rollout.canary_revision == rev and rollout.guard_active(
                 ts, spec.rollout.post_promotion_guard_seconds

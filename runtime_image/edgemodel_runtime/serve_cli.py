@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="latency SLO, a histogram bucket boundary (default: $EDGEMODEL_SLO_MS or 50)",
     )
     parser.add_argument(
+        "--shutdown-delay-s",
+        type=float,
+        default=0.0,
+        help="after SIGTERM, keep serving (reported not ready) this long before draining",
+    )
+    parser.add_argument(
         "--drain-timeout-s",
         type=_positive_float,
         default=20.0,
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         model_cache=args.model_cache,
         slo_ms=slo_ms,
         drain_timeout_s=args.drain_timeout_s,
+        shutdown_delay_s=args.shutdown_delay_s,
         execution=args.execution,
     )
     return asyncio.run(serve(options))

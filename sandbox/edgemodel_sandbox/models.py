@@ -305,3 +305,61 @@ def bert_encoder(
                 )
             _save_npz(path, **arrays)
     return ModelFixture(model_path, sha256_file(model_path), calib_path, eval_path, "input_ids")
+
+
+def wide_classifier(
+    width: int = 2048, layers: int = 3, directory: Path | None = None
+) -> ModelFixture:
+    """A much larger classifier with the digits model's interface (`input` float32 [N, 64] ->
+    `label` int64 [N], `probabilities` float32 [N, 10]): `layers` dense ReLU layers of `width`
+    units, each initialised independently from a fixed seed. Its answers are not meant to be
+    good; its cost is real — the "genuinely slower revision" of the SLO tests.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    directory = directory or cache_dir() / f"wide-mlp-{width}x{layers}"
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / "model.onnx"
+    if not model_path.exists():
+        rng = np.random.default_rng(20261125)
+        nodes, inits = [], []
+        previous, size = "input", 64
+        for i in range(layers + 1):
+            out = 10 if i == layers else width
+            weight = (rng.standard_normal((size, out)) / np.sqrt(size)).astype(np.float32)
+            inits += [
+                numpy_helper.from_array(weight, f"W{i}"),
+                numpy_helper.from_array(np.zeros(out, np.float32), f"B{i}"),
+            ]
+            nodes += [
+                helper.make_node("MatMul", [previous, f"W{i}"], [f"m{i}"]),
+                helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"]),
+            ]
+            previous = f"a{i}"
+            if i < layers:
+                nodes.append(helper.make_node("Relu", [previous], [f"r{i}"]))
+                previous = f"r{i}"
+            size = out
+        nodes += [
+            helper.make_node("Softmax", [previous], ["probabilities"], axis=1),
+            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "wide_mlp",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
+            [
+                helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10]),
+            ],
+            inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        _atomic_write(model_path, model.SerializeToString())
+    digits = digits_classifier()
+    return ModelFixture(
+        model_path, sha256_file(model_path), digits.calibration, digits.evaluation, "input"
+    )

@@ -4,6 +4,7 @@ evaluation data) seeded into that store so EdgeModels can point at http URIs of 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -23,6 +24,10 @@ from tests.conftest import Cluster
 
 STORE_NS = "edgemodel-system"
 STORE_SVC = "edgemodel-artifacts"
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -46,11 +51,17 @@ class Operator:
                 "--resolve-services-via-endpoints",
                 "--workers",
                 "4",
+                *(
+                    ["--prometheus-url", self.cluster.prometheus_url]
+                    if self.cluster.prometheus_url
+                    else []
+                ),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl; a killed run leaves no operator
         )
         log.close()
 
@@ -157,3 +168,16 @@ def seeded(store_url: str) -> Seeded:
         (f"{IN_CLUSTER}/v1/artifacts/{eval_sha}", eval_sha),
         (f"{IN_CLUSTER}/v1/artifacts/{calib_sha}", calib_sha),
     )
+
+
+def describe_for(cluster: Cluster, ns: str, name: str, operator: Operator) -> Any:
+    """What a failed wait prints: the EdgeModel, its workloads and the operator's log tail."""
+
+    def detail() -> str:
+        em = cluster.kubectl("get", "em", name, "-n", ns, "-o", "yaml", check=False).stdout
+        pods = cluster.kubectl(
+            "get", "pods,jobs,deploy", "-n", ns, "-o", "wide", check=False
+        ).stdout
+        return f"{em}\n{pods}\n--- operator log ---\n{operator.log_tail()}"
+
+    return detail

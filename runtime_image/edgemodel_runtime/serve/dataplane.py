@@ -120,6 +120,7 @@ class DataPlane:
         self._batcher: Batcher | None = None
         self._ready = False
         self._draining = False
+        self._leaving = False  # SIGTERM seen: not ready, still serving (see announce_shutdown)
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -138,7 +139,11 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return self._ready and not self._draining
+        return self._ready and not self._draining and not self._leaving
+
+    def announce_shutdown(self) -> None:
+        """Report not ready but keep serving, while load balancers take this endpoint out."""
+        self._leaving = True
 
     async def start(self, model: Runner) -> None:
         """Attach the loaded model, warm it up (off the loop), start the batcher, become ready."""
@@ -320,8 +325,13 @@ class DataPlane:
             rows = first.shape[0] if first is not None and first.ndim else 1
         return feeds, names, rows
 
+    @property
+    def serving(self) -> bool:
+        """Takes inference requests: loaded and not draining (while leaving, it still serves)."""
+        return self._ready and not self._draining
+
     async def infer(self, request: InferRequest) -> InferResponse:
-        if not self.ready:
+        if not self.serving:
             raise ServeError(ErrorKind.UNAVAILABLE, f"model {self.name!r} is not ready")
         feeds, names, rows = self.validate(request)
         timeout = self.config.request_timeout_s

@@ -63,6 +63,7 @@ class ServeOptions:
     model_cache: Path | None = None
     slo_ms: float = 50.0
     drain_timeout_s: float = 20.0
+    shutdown_delay_s: float = 0.0
     execution: str = "auto"
 
 
@@ -214,6 +215,12 @@ async def _shutdown(
     grpc_srv: grpc.aio.Server,
     metrics_runner: web.AppRunner,
 ) -> None:
+    if options.shutdown_delay_s > 0:
+        # Endpoints (EndpointSlices, a client's pool) learn of the shutdown a moment after the
+        # signal: keep answering, reported not ready, so no request lands on a closed socket.
+        dataplane.announce_shutdown()
+        log.info("shutting down: not ready, still serving for %.1fs", options.shutdown_delay_s)
+        await asyncio.sleep(options.shutdown_delay_s)
     log.info("draining: inflight_grace_s=%.1f", options.drain_timeout_s)
     dataplane.stop_accepting()
     # gRPC: refuse new RPCs now, let running ones finish within the grace period.

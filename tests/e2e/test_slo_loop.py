@@ -1,0 +1,342 @@
+"""The SLO control loop in the sandbox, with real Prometheus scraping the real runtime
+processes and real load from tritonclient:
+
+1. load rises -> scale-up within two intervals; load drops -> scale-down only after the
+   stabilization window;
+2. a new revision whose model is genuinely slower (a 4096-wide, unquantized MLP instead of the
+   int8 digits model) -> the canary fails its analysis -> rollback within failureThreshold + 1
+   intervals, while the client sees zero failed requests;
+3. a healthy new revision is promoted through every step;
+4. Prometheus stopped mid-rollout -> no rollback, no promotion, MetricsAvailable=False;
+   Prometheus back -> the rollout continues to promotion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from edgemodel_sandbox.models import wide_classifier
+from tests.conftest import Cluster
+from tests.e2e.conftest import Operator, Seeded, _upload, describe_for, wait_for
+from tests.e2e.load import Load
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+INTERVAL = 10
+
+
+def em(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "em", name, "-n", ns, "-o", "json").stdout
+    )
+    return result
+
+
+def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(
+        (c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == kind), {}
+    )
+
+
+def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        f"involvedObject.name={name},involvedObject.kind=EdgeModel",
+        "-o",
+        "json",
+    ).stdout
+    return sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or "")
+
+
+def manifest(name: str, seeded: Seeded, slo_ms: float, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"uri": seeded.model_uri, "sha256": seeded.fixture.sha256},
+        "targets": [{"name": "cpu", "arch": "amd64", "replicas": {"min": 2, "max": 4}}],
+        "slo": {"latencyP95Ms": slo_ms, "maxErrorRate": 0.01},
+        "rollout": {
+            "steps": [50, 100],
+            "analysisIntervalSeconds": INTERVAL,
+            "failureThreshold": 2,
+            "postPromotionGuardSeconds": 0,
+        },
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "edgemodel.dev/v1alpha1",
+        "kind": "EdgeModel",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def ready(cluster: Cluster, ns: str, name: str, not_revision: str | None = None) -> Any:
+    def check() -> Any:
+        body = em(cluster, ns, name)
+        status = body.get("status") or {}
+        if (
+            status.get("phase") != "Ready"
+            or status.get("observedGeneration") != body["metadata"]["generation"]
+        ):
+            return None
+        if not_revision is not None and status.get("stableRevision") == not_revision:
+            return None
+        return body
+
+    return check
+
+
+def batch(seeded: Seeded) -> np.ndarray:
+    data = np.load(seeded.fixture.evaluation)
+    return data["input"][:1].astype(np.float32)
+
+
+def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
+    cluster: Cluster, namespace: str, operator: Operator, seeded: Seeded
+) -> None:
+    name = "scaled"
+    body = manifest(
+        name,
+        seeded,
+        2.0,
+        autoscaling={
+            "enabled": True,
+            "intervalSeconds": INTERVAL,
+            "scaleUpAt": 0.9,
+            "scaleDownAt": 0.5,
+            "stabilizationSeconds": 30,
+        },
+    )
+    body["spec"]["targets"][0]["replicas"] = {"min": 1, "max": 4}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    wait_for(
+        "Ready",
+        ready(cluster, namespace, name),
+        300,
+        on_fail=describe_for(cluster, namespace, name, operator),
+    )
+    load = Load(cluster, namespace, f"{name}-cpu", name, batch(seeded), workers=16).start()
+    try:
+
+        def scaled_up() -> Any:
+            target = em(cluster, namespace, name)["status"]["targets"][0]
+            return target if target["replicas"] > 1 else None
+
+        target = wait_for(
+            "a scale-up",
+            scaled_up,
+            6 * INTERVAL,
+            on_fail=describe_for(cluster, namespace, name, operator),
+        )
+        # (How fast, in seconds, is bench/slo's business; here: it happens, for that reason.)
+        assert target["lastScaleDecision"].startswith("up") and "p95" in target["lastScaleReason"]
+
+        def all_ready() -> Any:
+            target = em(cluster, namespace, name)["status"]["targets"][0]
+            return target if target["readyReplicas"] == target["replicas"] > 1 else None
+
+        peak = wait_for("the extra replicas Ready", all_ready, 60)
+        # Load drops to a trickle: below scaleDownAt x SLO, but measured, so not blind.
+        load.stop()
+        heavy = load
+        load = Load(
+            cluster, namespace, f"{name}-cpu", name, batch(seeded), workers=1, pause_s=0.2
+        ).start()
+        dropped = time.monotonic()
+
+        def scaled_down() -> Any:
+            target = em(cluster, namespace, name)["status"]["targets"][0]
+            return target if target["replicas"] < peak["replicas"] else None
+
+        target = wait_for(
+            "a scale-down",
+            scaled_down,
+            180,
+            on_fail=describe_for(cluster, namespace, name, operator),
+        )
+        # Never before the stabilization window (30 s) has passed below scaleDownAt x SLO.
+        assert time.monotonic() - dropped >= 30, "scaled down before the stabilization window"
+        assert target["lastScaleDecision"].startswith("down")
+    finally:
+        load.stop()
+    reasons = [e["reason"] for e in events(cluster, namespace, name)]
+    assert "ScaledUp" in reasons and "ScaledDown" in reasons
+    assert heavy.failed == 0 and load.failed == 0, (heavy.errors + load.errors)[:5]
+
+
+def test_slower_revision_is_rolled_back_without_a_failed_request(
+    cluster: Cluster, namespace: str, operator: Operator, seeded: Seeded, store_url: str
+) -> None:
+    name = "guarded"
+    cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(name, seeded, 15.0))
+    )
+    stable = wait_for(
+        "Ready",
+        ready(cluster, namespace, name),
+        300,
+        on_fail=describe_for(cluster, namespace, name, operator),
+    )["status"]["stableRevision"]
+    wide = wide_classifier(4096, 3)
+    wide_sha = _upload(store_url, wide.model)
+    load = Load(
+        cluster, namespace, f"{name}-cpu", name, batch(seeded), workers=4, pause_s=0.01
+    ).start()
+    try:
+        time.sleep(5)
+        patch = {
+            "spec": {
+                "model": {
+                    "uri": seeded.model_uri.rsplit("/", 1)[0] + f"/{wide_sha}",
+                    "sha256": wide_sha,
+                },
+                "compression": {"quantization": "none"},
+            }
+        }
+        cluster.kubectl(
+            "patch", "em", name, "-n", namespace, "--type=merge", "-p", json.dumps(patch)
+        )
+
+        def canary_serving() -> Any:
+            body = em(cluster, namespace, name)
+            return body if (body.get("status") or {}).get("canaryRevision") else None
+
+        canary = wait_for(
+            "the canary to take traffic",
+            canary_serving,
+            300,
+            on_fail=describe_for(cluster, namespace, name, operator),
+        )["status"]["canaryRevision"]
+        started = time.monotonic()
+
+        def rolled_back() -> Any:
+            body = em(cluster, namespace, name)
+            last = (body.get("status") or {}).get("lastRollback") or {}
+            return body if last.get("from") == canary else None
+
+        body = wait_for(
+            "the rollback",
+            rolled_back,
+            180,
+            on_fail=describe_for(cluster, namespace, name, operator),
+        )
+        took = time.monotonic() - started
+        time.sleep(5)  # the client keeps going through the canary's removal
+    finally:
+        load.stop()
+    status = body["status"]
+    assert status["lastRollback"]["to"] == stable and status["stableRevision"] == stable
+    # failureThreshold 2 -> within 3 analysis intervals, plus the first window of data.
+    assert took <= (2 + 1) * INTERVAL + 20, took
+    assert load.failed == 0, load.errors[:5]
+    assert load.ok > 100
+    wait_for(
+        "only stable Deployments left",
+        lambda: all(
+            d["metadata"]["labels"]["edgemodel.dev/revision"] == stable
+            for d in json.loads(
+                cluster.kubectl(
+                    "get",
+                    "deploy",
+                    "-n",
+                    namespace,
+                    "-l",
+                    f"edgemodel.dev/name={name}",
+                    "-o",
+                    "json",
+                ).stdout
+            )["items"]
+        ),
+        60,
+    )
+    assert "RolledBack" in [e["reason"] for e in events(cluster, namespace, name)]
+    assert condition(em(cluster, namespace, name), "Progressing")["reason"] == "RolledBack"
+
+
+def test_healthy_revision_is_promoted_and_a_prometheus_outage_only_holds(
+    cluster: Cluster, namespace: str, operator: Operator, seeded: Seeded
+) -> None:
+    name = "promoted"
+    body = manifest(name, seeded, 50.0)
+    body["spec"]["rollout"]["steps"] = [25, 50, 100]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    first = wait_for(
+        "Ready",
+        ready(cluster, namespace, name),
+        300,
+        on_fail=describe_for(cluster, namespace, name, operator),
+    )["status"]["stableRevision"]
+    load = Load(
+        cluster, namespace, f"{name}-cpu", name, batch(seeded), workers=2, pause_s=0.02
+    ).start()
+    prometheus = next(p for p in cluster.sandbox.state().processes if p.name == "prometheus")
+    try:
+        cluster.kubectl(
+            "patch",
+            "em",
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"compression": {"pruning": {"sparsity": 0.1}}}}),
+        )
+        wait_for(
+            "the canary",
+            lambda: (em(cluster, namespace, name).get("status") or {}).get("canaryRevision"),
+            300,
+            on_fail=describe_for(cluster, namespace, name, operator),
+        )
+        # Prometheus stops answering mid-rollout.
+        os.kill(prometheus.pid, signal.SIGSTOP)
+        try:
+
+            def unavailable() -> Any:
+                body = em(cluster, namespace, name)
+                return (
+                    body
+                    if condition(body, "MetricsAvailable").get("reason") == "PrometheusUnreachable"
+                    else None
+                )
+
+            held = wait_for(
+                "MetricsAvailable=False",
+                unavailable,
+                60,
+                on_fail=describe_for(cluster, namespace, name, operator),
+            )
+            step = held["status"]["rollout"]["canary"]["stepIndex"]
+            time.sleep(3 * INTERVAL)
+            during = em(cluster, namespace, name)["status"]
+            assert during["rollout"]["canary"]["stepIndex"] == step
+            assert during.get("lastRollback") is None and during["stableRevision"] == first
+            assert during["phase"] == "Progressing"
+        finally:
+            os.kill(prometheus.pid, signal.SIGCONT)
+        promoted = wait_for(
+            "promotion after Prometheus is back",
+            ready(cluster, namespace, name, not_revision=first),
+            300,
+            on_fail=describe_for(cluster, namespace, name, operator),
+        )
+    finally:
+        load.stop()
+    reasons = [e["reason"] for e in events(cluster, namespace, name)]
+    assert (
+        reasons.count("CanaryAdvanced") >= 2
+        and "Promoted" in reasons
+        and "RolledBack" not in reasons
+    )
+    assert condition(promoted, "MetricsAvailable")["status"] == "True"
+    assert load.failed == 0, load.errors[:5]
