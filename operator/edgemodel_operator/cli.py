@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prometheus-ca-file", default="", help="CA bundle for an https Prometheus"
     )
     parser.add_argument("--prometheus-insecure", action="store_true", help="skip TLS verification")
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="serve the operator's metrics here (0: off)"
+    )
     parser.add_argument("--workers", type=int, default=8, help="reconciles running at once")
     parser.add_argument(
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             settings=settings,
             resolve_services=args.resolve_services_via_endpoints,
             worker_count=args.workers,
+            metrics_port=args.metrics_port,
         ),
     )
     namespaces = args.namespace

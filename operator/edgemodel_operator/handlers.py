@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from edgemodel_operator import artifact_lookup, builders, canary, metrics, observe
+from edgemodel_operator import artifact_lookup, builders, canary, metrics, observe, telemetry
 from edgemodel_operator.api import GROUP, KIND, PLURAL, VERSION, SpecError, parse_spec
 from edgemodel_operator.conditions import set_condition
 from edgemodel_operator.kube import Credentials, Kube, KubeError
@@ -60,6 +60,7 @@ class Runtime:
     resolve_services: bool = False
     worker_count: int = 8
     reconciles: int = 0
+    metrics_port: int = 0
     _prometheus: dict[str, metrics.PrometheusClient] = field(default_factory=dict)
 
     def prometheus_client(self, url: str) -> metrics.PrometheusClient:
@@ -109,6 +110,8 @@ async def startup(
     runtime.kube = Kube(Credentials.from_kopf(info))
     if runtime.settings.manage_artifact_store:
         await _ensure_artifact_store(runtime)
+    if runtime.metrics_port:
+        telemetry.serve(runtime.metrics_port)
     runtime.workers = [
         asyncio.create_task(_worker(runtime, i)) for i in range(runtime.worker_count)
     ]
@@ -136,6 +139,7 @@ def edgemodel_event(type: str, namespace: str | None, name: str, memo: Any, **_:
     key: Key = (namespace or "", name)
     if type == "DELETED":
         runtime.queue.forget(key)
+        telemetry.forget(*key)
         runtime.unplaceable.discard(key)
         return
     runtime.queue.add(key)
@@ -178,18 +182,21 @@ async def _worker(runtime: Runtime, index: int) -> None:
     while True:
         key = await runtime.queue.get()
         started = time.monotonic()
+        result = "ok"
         try:
             delay = await reconcile(runtime, key)
         except asyncio.CancelledError:
             raise
         except KubeError as exc:
             log.warning("reconcile failed; retrying", extra={"key": key, "error": str(exc)})
-            delay = 5.0
+            delay, result = 5.0, "error"
         except Exception:
             log.exception("reconcile crashed; retrying", extra={"key": key})
-            delay = 10.0
+            delay, result = 10.0, "error"
         finally:
             runtime.queue.done(key)
+            telemetry.RECONCILE_SECONDS.labels(result).observe(time.monotonic() - started)
+            telemetry.QUEUE_DEPTH.set(len(runtime.queue))
         runtime.reconciles += 1
         if delay is not None:
             runtime.queue.add_after(key, delay)
@@ -226,6 +233,9 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     new_status = new_state.to_status(generation)
     if _changed(status, new_status):
         await kube.patch_status(EM_API, KIND, namespace, name, new_status)
+    telemetry.record_status(
+        namespace, name, new_status, spec.slo.latency_p95_ms if spec.slo else None
+    )
     delay = REQUEUE_SECONDS.get(new_state.phase, 30.0)
     if spec.slo is not None:
         # The SLO loop runs on its own clock: each analysis or scaling interval, a pass.
@@ -409,6 +419,8 @@ async def _apply(kube: Kube, body: dict[str, Any], action: Apply | Delete | Even
         await kube.delete(action.api_version, action.kind, action.namespace, action.name)
     else:
         log.info("event", extra={"reason": action.reason, "text": action.message})
+        meta = body["metadata"]
+        telemetry.record_decision(meta["namespace"], meta["name"], action.reason)
         await kube.event(body, action.type, action.reason, action.message)
 
 

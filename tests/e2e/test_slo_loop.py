@@ -23,14 +23,18 @@ import numpy as np
 import pytest
 import yaml
 
+from edgemodel_sandbox.load import Load
 from edgemodel_sandbox.models import wide_classifier
 from tests.conftest import Cluster
 from tests.e2e.conftest import Operator, Seeded, _upload, describe_for, wait_for
-from tests.e2e.load import Load
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 INTERVAL = 10
+
+
+def kubectl(cluster: Cluster) -> Any:
+    return lambda *args: cluster.kubectl(*args, check=False)
 
 
 def em(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
@@ -126,7 +130,7 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
         300,
         on_fail=describe_for(cluster, namespace, name, operator),
     )
-    load = Load(cluster, namespace, f"{name}-cpu", name, batch(seeded), workers=16).start()
+    load = Load(kubectl(cluster), namespace, f"{name}-cpu", name, batch(seeded), workers=16).start()
     try:
 
         def scaled_up() -> Any:
@@ -151,7 +155,7 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
         load.stop()
         heavy = load
         load = Load(
-            cluster, namespace, f"{name}-cpu", name, batch(seeded), workers=1, pause_s=0.2
+            kubectl(cluster), namespace, f"{name}-cpu", name, batch(seeded), workers=1, pause_s=0.2
         ).start()
         dropped = time.monotonic()
 
@@ -191,7 +195,7 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
     wide = wide_classifier(4096, 3)
     wide_sha = _upload(store_url, wide.model)
     load = Load(
-        cluster, namespace, f"{name}-cpu", name, batch(seeded), workers=4, pause_s=0.01
+        kubectl(cluster), namespace, f"{name}-cpu", name, batch(seeded), workers=4, pause_s=0.01
     ).start()
     try:
         time.sleep(5)
@@ -278,7 +282,7 @@ def test_healthy_revision_is_promoted_and_a_prometheus_outage_only_holds(
         on_fail=describe_for(cluster, namespace, name, operator),
     )["status"]["stableRevision"]
     load = Load(
-        cluster, namespace, f"{name}-cpu", name, batch(seeded), workers=2, pause_s=0.02
+        kubectl(cluster), namespace, f"{name}-cpu", name, batch(seeded), workers=2, pause_s=0.02
     ).start()
     prometheus = next(p for p in cluster.sandbox.state().processes if p.name == "prometheus")
     try:

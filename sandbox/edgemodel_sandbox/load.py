@@ -1,25 +1,27 @@
-"""A load generator for end-to-end tests: real tritonclient requests spread over a Service's
-ready endpoints (refreshed from its EndpointSlices every half second, as kube-proxy would),
-counting every success and failure. Bounded: it stops when told, or at its own deadline."""
+"""Owns the load generator of the e2e tests and benchmarks: real tritonclient requests spread
+over a Service's ready endpoints (refreshed from its EndpointSlices every half second, as
+kube-proxy would), counting every success and failure. Bounded: it stops when told, or at its
+own deadline. Traffic goes only to the sandbox's own pod addresses."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from tests.conftest import Cluster
+KubectlFn = Callable[..., Any]  # kubectl(*args) -> CompletedProcess with .stdout
 
 
 @dataclass
 class Load:
     """`workers` threads sending requests to the ready endpoints of one Service."""
 
-    cluster: Cluster
+    kubectl: KubectlFn
     namespace: str
     service: str
     model: str
@@ -45,25 +47,15 @@ class Load:
             thread.start()
         return self
 
-    def set_rate(self, workers_pause_s: float) -> None:
-        self.pause_s = workers_pause_s
-
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=10)
 
     def _refresh(self) -> None:
-        out = self.cluster.kubectl(
-            "get",
-            "endpointslices",
-            "-n",
-            self.namespace,
-            "-l",
-            f"kubernetes.io/service-name={self.service}",
-            "-o",
-            "json",
-            check=False,
+        selector = f"kubernetes.io/service-name={self.service}"
+        out = self.kubectl(
+            "get", "endpointslices", "-n", self.namespace, "-l", selector, "-o", "json"
         ).stdout
         found = []
         for item in json.loads(out or '{"items": []}')["items"]:
