@@ -199,7 +199,7 @@ def scale_timing(bench: Bench, digits_sha: str, batch: np.ndarray) -> dict[str, 
         stdin=em_manifest(
             name,
             digits_sha,
-            10.0,
+            5.0,
             targets=[{"name": "cpu", "arch": "amd64", "replicas": {"min": 1, "max": 4}}],
             autoscaling={"enabled": True, "intervalSeconds": INTERVAL, "stabilizationSeconds": 60},
         ),

@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prometheus-insecure", action="store_true", help="skip TLS verification")
     parser.add_argument(
+        "--listen-address",
+        default="0.0.0.0",
+        help="address of the metrics server (the pod IP, where pods share a network)",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=0, help="serve the operator's metrics here (0: off)"
     )
     parser.add_argument("--workers", type=int, default=8, help="reconciles running at once")
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             resolve_services=args.resolve_services_via_endpoints,
             worker_count=args.workers,
             metrics_port=args.metrics_port,
+            listen_address=args.listen_address,
         ),
     )
     namespaces = args.namespace

@@ -61,6 +61,7 @@ class Runtime:
     worker_count: int = 8
     reconciles: int = 0
     metrics_port: int = 0
+    listen_address: str = "0.0.0.0"
     _prometheus: dict[str, metrics.PrometheusClient] = field(default_factory=dict)
 
     def prometheus_client(self, url: str) -> metrics.PrometheusClient:
@@ -111,7 +112,7 @@ async def startup(
     if runtime.settings.manage_artifact_store:
         await _ensure_artifact_store(runtime)
     if runtime.metrics_port:
-        telemetry.serve(runtime.metrics_port)
+        telemetry.serve(runtime.metrics_port, runtime.listen_address)
     runtime.workers = [
         asyncio.create_task(_worker(runtime, i)) for i in range(runtime.worker_count)
     ]

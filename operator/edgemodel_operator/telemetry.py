@@ -55,8 +55,8 @@ QUEUE_DEPTH = Gauge(
 )
 
 
-def serve(port: int) -> None:
-    start_http_server(port, addr="0.0.0.0", registry=REGISTRY)
+def serve(port: int, address: str = "0.0.0.0") -> None:
+    start_http_server(port, addr=address, registry=REGISTRY)
 
 
 def record_decision(namespace: str, name: str, reason: str) -> None:

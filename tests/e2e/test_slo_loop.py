@@ -302,6 +302,16 @@ def test_healthy_revision_is_promoted_and_a_prometheus_outage_only_holds(
             300,
             on_fail=describe_for(cluster, namespace, name, operator),
         )
+        # kill -9 the operator mid-analysis: the rollout lives in status, so a new operator
+        # resumes at the same step with the same count of failed checks.
+        before = em(cluster, namespace, name)["status"]["rollout"]["canary"]
+        operator.kill(signal.SIGKILL)
+        operator.start()
+        time.sleep(2)
+        after = em(cluster, namespace, name)["status"]["rollout"]["canary"]
+        assert after["canaryRevision"] == before["canaryRevision"]
+        assert after["stepIndex"] >= before["stepIndex"]
+        assert after["failedChecks"] == before["failedChecks"] == 0
         # Prometheus stops answering mid-rollout.
         os.kill(prometheus.pid, signal.SIGSTOP)
         try:

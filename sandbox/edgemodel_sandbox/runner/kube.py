@@ -107,6 +107,10 @@ class Kube:
             url += "?" + urllib.parse.urlencode(query)
         return url
 
+    @property
+    def server(self) -> str:
+        return self._server
+
     def request(
         self,
         method: str,

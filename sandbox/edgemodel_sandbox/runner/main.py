@@ -25,6 +25,7 @@ from edgemodel_sandbox.runner import (
     FAKE_NODE_ANNOTATION,
     PART_OF_LABEL,
     PART_OF_VALUE,
+    apiproxy,
     network,
     plan,
 )
@@ -188,13 +189,27 @@ def main(argv: list[str] | None = None) -> int:
     for sub in ("pods", "nodes", "pvs"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     pod_network = network.claim(state, args.pod_cidr)
+    kube = Kube.from_kubeconfig(args.kubeconfig)
+    # In-cluster clients find the API where a real cluster puts it: the `kubernetes` Service.
+    stop_proxy = threading.Event()
+    if pod_network.netns_path and apiproxy.start(pod_network.netns_path, kube.server, stop_proxy):
+        service = (apiproxy.SERVICE_IP, str(apiproxy.SERVICE_PORT))
+    else:
+        host, port = apiproxy.upstream_of(kube.server)
+        service = (host, str(port))
+    env = base_env()
+    env.update(
+        KUBERNETES_SERVICE_HOST=service[0],
+        KUBERNETES_SERVICE_PORT=service[1],
+        KUBERNETES_SERVICE_PORT_HTTPS=service[1],
+    )
     ctx = Context(
-        kube=Kube.from_kubeconfig(args.kubeconfig),
+        kube=kube,
         ipam=Allocator(ipaddress.IPv4Network(pod_network.cidr)),
         state=state,
         python=sys.executable,
         triton=find_triton(),
-        base_env=base_env(),
+        base_env=env,
         dns_timeout=args.dns_timeout,
         netns_path=pod_network.netns_path,
     )
@@ -223,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         runner.stop()
     finally:
+        stop_proxy.set()
         network.release(pod_network)
     log.info("pod runner stopped")
     return 0

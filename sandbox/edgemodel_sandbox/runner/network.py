@@ -126,6 +126,8 @@ class Plumbing:
             [*ns, "route", "add", f"{self.host_ip}/32", "dev", self.pod_if],
             [*ns, "route", "add", "default", "via", self.host_ip, "dev", self.pod_if],
             [*ns, "route", "add", "local", self.pods, "dev", "lo", "table", "local"],
+            # The `kubernetes` Service's address, served in the namespace by runner.apiproxy.
+            [*ns, "addr", "add", "10.96.0.1/32", "dev", "lo"],
         ]
 
 
@@ -209,10 +211,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def enter(netns_path: str) -> None:
-    """Moves the calling process into a network namespace; runs between fork and exec."""
+    """Moves the calling thread (or a child between fork and exec) into a network namespace."""
     fd = os.open(netns_path, os.O_RDONLY)
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {netns_path}")
+        enter_fd(fd)
     finally:
         os.close(fd)
+
+
+def enter_fd(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")

@@ -254,6 +254,23 @@ def _object_key(source: Mapping[str, Any], kind: str) -> tuple[str, str]:
     return kind, str(source.get("name", ""))
 
 
+SERVICE_ACCOUNT_TOKEN = "serviceaccounttoken"
+
+
+def service_account(pod: Mapping[str, Any]) -> str:
+    spec = pod.get("spec") or {}
+    return str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
+
+
+def wants_token(pod: Mapping[str, Any]) -> bool:
+    """Whether a projected volume asks for the pod's service-account token."""
+    return any(
+        "serviceAccountToken" in source
+        for volume in (pod.get("spec") or {}).get("volumes") or []
+        for source in (volume.get("projected") or {}).get("sources") or []
+    )
+
+
 def referenced_objects(pod: Mapping[str, Any]) -> set[tuple[str, str]]:
     """(kind, name) of every ConfigMap and Secret the pod's env and volumes read."""
     refs: set[tuple[str, str]] = set()
@@ -603,9 +620,11 @@ def volume_sources(
                                 continue
                             files[str(item["path"])] = value.encode()
                 if "serviceAccountToken" in source:
-                    # No token is minted for sandbox processes; the file exists so readers
-                    # fail on authentication, not on a missing path.
-                    files[str(source["serviceAccountToken"].get("path") or "token")] = b""
+                    # Minted by the runner with the TokenRequest API, as the kubelet does;
+                    # empty when that failed, so readers fail on authentication, not a path.
+                    token = objects.get((SERVICE_ACCOUNT_TOKEN, service_account(pod))) or {}
+                    path = str(source["serviceAccountToken"].get("path") or "token")
+                    files[path] = token.get("token", "").encode()
             sources.append(VolumeSource(name, host_path=own, files=files))
         else:
             # emptyDir, and any other kind: a private folder of the pod.

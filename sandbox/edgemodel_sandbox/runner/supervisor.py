@@ -461,7 +461,86 @@ class PodWorker:
             if kind == "secrets":
                 data = {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
             objects[(kind, name)] = data
+        if plan.wants_token(pod):
+            token = self._token(pod)
+            if token:
+                objects[(plan.SERVICE_ACCOUNT_TOKEN, plan.service_account(pod))] = {"token": token}
+                ca = objects.get(("configmaps", "kube-root-ca.crt"), {}).get("ca.crt", "")
+                self._write_kubeconfig(token, ca)
         return objects
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.pod_dir / "serviceaccount.kubeconfig"
+
+    def _write_kubeconfig(self, token: str, ca: str) -> None:
+        """The pod's in-cluster credentials as a kubeconfig (its KUBECONFIG).
+
+        A container reads them from /var/run/secrets/kubernetes.io/serviceaccount; these
+        processes share the host's filesystem, so the same token, CA and namespace, and the
+        `kubernetes` Service's address from the environment, are handed over this way.
+        """
+        import base64
+        import json as _json
+
+        host = self._ctx.base_env.get("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        port = self._ctx.base_env.get("KUBERNETES_SERVICE_PORT", "443")
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "in-cluster",
+                    "cluster": {
+                        "server": f"https://{host}:{port}",
+                        "certificate-authority-data": base64.b64encode(ca.encode()).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": "serviceaccount", "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "in-cluster",
+                    "context": {
+                        "cluster": "in-cluster",
+                        "user": "serviceaccount",
+                        "namespace": self.namespace,
+                    },
+                }
+            ],
+            "current-context": "in-cluster",
+        }
+        self.pod_dir.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig.write_text(_json.dumps(config))
+        self.kubeconfig.chmod(0o600)
+
+    def _token(self, pod: Mapping[str, Any]) -> str:
+        """A token for the pod's service account, bound to the pod (the TokenRequest API)."""
+        meta = pod.get("metadata") or {}
+        account = plan.service_account(pod)
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 86400,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta.get("name"),
+                    "uid": meta.get("uid"),
+                },
+            },
+        }
+        try:
+            found = self._ctx.kube.request(
+                "POST",
+                f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token",
+                body=body,
+            )
+        except ApiError as exc:
+            log.warning("no token for service account %s: %s", account, exc)
+            return ""
+        return str((found.get("status") or {}).get("token") or "")
 
     def _claim_path(self, claim: str) -> str | None:
         found = self._ctx.kube.get(
@@ -542,6 +621,8 @@ class PodWorker:
         resolved = self._resolve_services(container_plan) if container_plan.services else {}
         argv = [dns.substitute(word, resolved) for word in container_plan.argv]
         env = {k: dns.substitute(v, resolved) for k, v in container_plan.env.items()}
+        if self.kubeconfig.exists():
+            env.setdefault("KUBECONFIG", str(self.kubeconfig))
         if record.ever_ran:
             record.restart_count += 1
             record.last = record.terminated or record.last

@@ -231,7 +231,7 @@ def test_operator_flags_follow_the_values(
     assert container["image"] == "ghcr.io/edgemodel/runtime:0.1.0"
     assert args.runtime_image == "ghcr.io/edgemodel/runtime:0.1.0"
     assert args.operator_namespace == "edgemodel-system"
-    assert args.liveness == "http://0.0.0.0:8080/healthz"
+    assert args.liveness == "http://$(POD_IP):8080/healthz"  # kubelet expands POD_IP
     assert args.workers == 8
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
