@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ class Operator:
                 "operator",
                 "--standalone",
                 "--resolve-services-via-endpoints",
+                # Only the e2e tests' namespaces: other tests' EdgeModels stay untouched.
+                "--namespace",
+                f"{E2E_PREFIX}*",
                 "--workers",
                 "4",
                 *(
@@ -73,6 +77,18 @@ class Operator:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+E2E_PREFIX = "e2e-"
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace the e2e operator watches (it watches e2e-* only)."""
+    name = f"{E2E_PREFIX}{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="session")

@@ -150,6 +150,7 @@ def test_pod_network_plumbing_keeps_pods_in_their_own_namespace() -> None:
     # On the host only a route to the pod range through the veth; every pod address is local
     # inside the namespace alone.
     assert "ip route add 10.201.0.0/17 dev emhabc123" in commands
+    assert "ip route add 10.201.128.2/32 dev emhabc123" in commands  # pods -> host replies
     assert "ip netns exec em-abc123 ip route add local 10.201.0.0/17 dev lo table local" in commands
     # ... and the `kubernetes` Service's address, served there by the runner's API proxy.
     assert commands[-1] == "ip netns exec em-abc123 ip addr add 10.96.0.1/32 dev lo"

@@ -10,6 +10,7 @@ workplace's terms — so traffic to pod IPs never leaves this machine or its nam
     host netns                         sandbox netns (em-<id>)
     emh<id> 10.N.128.1/32  <--veth-->  emp<id> 10.N.128.2/32, default via 10.N.128.1
     route 10.N.0.0/17 dev emh<id>      local route 10.N.0.0/17 dev lo (every pod IP is local)
+    route 10.N.128.2/32 dev emh<id>    10.96.0.1/32 on lo (the `kubernetes` Service)
 
 Every pod process is started inside that namespace (setns before exec) and binds its pod IP;
 the operator, Prometheus and tests on the host reach it through the veth. That needs
@@ -120,6 +121,8 @@ class Plumbing:
             ["ip", "addr", "add", f"{self.host_ip}/32", "dev", self.host_if],
             ["ip", "link", "set", self.host_if, "up"],
             ["ip", "route", "add", self.pods, "dev", self.host_if],
+            # Replies to connections the pods open to this host (from the veth's far end).
+            ["ip", "route", "add", f"{self.pod_side_ip}/32", "dev", self.host_if],
             [*ns, "link", "set", "lo", "up"],
             [*ns, "addr", "add", f"{self.pod_side_ip}/32", "dev", self.pod_if],
             [*ns, "link", "set", self.pod_if, "up"],
