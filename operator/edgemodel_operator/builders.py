@@ -7,6 +7,8 @@ server-side apply idempotent and a restarted operator converge on the same objec
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
@@ -414,6 +416,16 @@ def _server_container(
     }
 
 
+SPEC_HASH = "edgemodel.dev/spec-hash"
+
+
+def stamp(manifest: Manifest) -> Manifest:
+    """Adds a digest of the manifest as an annotation: an unchanged object need not be applied."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    manifest["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest
+    return manifest
+
+
 def runtime_deployment(
     name: str,
     namespace: str,
@@ -440,54 +452,56 @@ def runtime_deployment(
         else {"name": "cache", "emptyDir": {}}
     )
     triton = target.runtime == "triton"
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": deployment_name(name, target.name, revision),
-            "namespace": namespace,
-            "labels": pod_labels,
-            "annotations": {"edgemodel.dev/artifact-sha256": artifact_sha256},
-            "ownerReferences": [owner_reference(name, uid)],
-        },
-        "spec": {
-            "replicas": replicas,
-            "revisionHistoryLimit": 2,
-            "selector": {"matchLabels": selector},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    return stamp(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": deployment_name(name, target.name, revision),
+                "namespace": namespace,
+                "labels": pod_labels,
+                "annotations": {"edgemodel.dev/artifact-sha256": artifact_sha256},
+                "ownerReferences": [owner_reference(name, uid)],
             },
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(METRICS_PORT),
-                        "prometheus.io/path": "/metrics",
-                        "edgemodel.dev/artifact-sha256": artifact_sha256,
+            "spec": {
+                "replicas": replicas,
+                "revisionHistoryLimit": 2,
+                "selector": {"matchLabels": selector},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                },
+                "template": {
+                    "metadata": {
+                        "labels": pod_labels,
+                        "annotations": {
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": str(METRICS_PORT),
+                            "prometheus.io/path": "/metrics",
+                            "edgemodel.dev/artifact-sha256": artifact_sha256,
+                        },
+                    },
+                    "spec": {
+                        "nodeSelector": node_selector(target),
+                        "tolerations": tolerations(target),
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "securityContext": pod_security_context(),
+                        "terminationGracePeriodSeconds": 30,
+                        "initContainers": [
+                            _fetch_container(name, target, artifact_sha256, settings, triton)
+                        ],
+                        "containers": [_server_container(name, target, revision, spec, settings)],
+                        "volumes": [
+                            {"name": "models", "emptyDir": {}},
+                            {"name": "tmp", "emptyDir": {}},
+                            cache,
+                        ],
                     },
                 },
-                "spec": {
-                    "nodeSelector": node_selector(target),
-                    "tolerations": tolerations(target),
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "terminationGracePeriodSeconds": 30,
-                    "initContainers": [
-                        _fetch_container(name, target, artifact_sha256, settings, triton)
-                    ],
-                    "containers": [_server_container(name, target, revision, spec, settings)],
-                    "volumes": [
-                        {"name": "models", "emptyDir": {}},
-                        {"name": "tmp", "emptyDir": {}},
-                        cache,
-                    ],
-                },
             },
-        },
-    }
+        }
+    )
 
 
 def target_service(name: str, namespace: str, uid: str, target: Target) -> Manifest:

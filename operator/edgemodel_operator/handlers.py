@@ -229,8 +229,13 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     else:
         runtime.unplaceable.discard(key)
     new_state, actions = transition(state, desired, observed, datetime.now(UTC))
+    # Writes of different objects go out together (a model's first pass makes a dozen);
+    # deletions and Events follow, in the order decided.
+    applies = [a for a in actions if isinstance(a, Apply)]
+    await asyncio.gather(*(_apply(kube, body, a) for a in applies))
     for action in actions:
-        await _apply(kube, body, action)
+        if not isinstance(action, Apply):
+            await _apply(kube, body, action)
     new_status = new_state.to_status(generation)
     if _changed(status, new_status):
         await kube.patch_status(EM_API, KIND, namespace, name, new_status)

@@ -19,6 +19,7 @@ from typing import Any
 
 from edgemodel_operator import autoscaler, builders, canary
 from edgemodel_operator.api import EdgeModelSpec, Target
+from edgemodel_operator.builders import SPEC_HASH
 from edgemodel_operator.conditions import set_condition
 from edgemodel_operator.metrics import Outcome, Reading
 from edgemodel_operator.revision import compression_plan, variant_of, variants
@@ -68,6 +69,7 @@ class DeploymentObs:
     updated: int
     current: bool  # status.observedGeneration caught up with metadata.generation
     artifact_sha256: str = ""
+    spec_hash: str = ""  # of the manifest last applied (builders.stamp)
 
     @property
     def fully_available(self) -> bool:
@@ -398,21 +400,21 @@ def transition(
         sha = sha_for(revision, target)
         if not sha:
             return
-        actions.append(
-            Apply(
-                builders.runtime_deployment(
-                    desired.name,
-                    desired.namespace,
-                    desired.uid,
-                    spec,
-                    target,
-                    revision,
-                    sha,
-                    replicas,
-                    settings,
-                )
-            )
+        manifest = builders.runtime_deployment(
+            desired.name,
+            desired.namespace,
+            desired.uid,
+            spec,
+            target,
+            revision,
+            sha,
+            replicas,
+            settings,
         )
+        seen = by_target_rev.get((target.name, revision))
+        if seen is not None and seen.spec_hash == manifest["metadata"]["annotations"][SPEC_HASH]:
+            return  # already as wanted: skip the write (most passes change nothing)
+        actions.append(Apply(manifest))
 
     def remove(revision: str) -> None:
         for dep in observed.deployments:

@@ -98,6 +98,7 @@ def deployment_observation(dep: Mapping[str, Any]) -> DeploymentObs:
         updated=int(status.get("updatedReplicas") or 0),
         current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
         artifact_sha256=(meta.get("annotations") or {}).get("edgemodel.dev/artifact-sha256", ""),
+        spec_hash=(meta.get("annotations") or {}).get("edgemodel.dev/spec-hash", ""),
     )
 
 

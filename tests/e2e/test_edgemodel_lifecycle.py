@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import Operator, Seeded, wait_for
+from tests.e2e.conftest import Operator, Seeded, describe_for, wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -70,17 +70,6 @@ def phase_is(cluster: Cluster, ns: str, name: str, phase: str, revision: str | N
     return check
 
 
-def describe(cluster: Cluster, ns: str, name: str, operator: Operator) -> Any:
-    def detail() -> str:
-        em = cluster.kubectl("get", "em", name, "-n", ns, "-o", "yaml", check=False).stdout
-        pods = cluster.kubectl(
-            "get", "pods,jobs,deploy", "-n", ns, "-o", "wide", check=False
-        ).stdout
-        return f"{em}\n{pods}\n--- operator log ---\n{operator.log_tail()}"
-
-    return detail
-
-
 def test_edgemodel_lifecycle_across_arm64_amd64_and_gpu_nodes(
     cluster: Cluster, namespace: str, operator: Operator, seeded: Seeded
 ) -> None:
@@ -90,7 +79,7 @@ def test_edgemodel_lifecycle_across_arm64_amd64_and_gpu_nodes(
         "Ready",
         phase_is(cluster, ns, name, "Ready"),
         420,
-        on_fail=describe(cluster, ns, name, operator),
+        on_fail=describe_for(cluster, ns, name, operator),
     )
     status = em["status"]
     first = status["stableRevision"]
@@ -186,7 +175,7 @@ def test_edgemodel_lifecycle_across_arm64_amd64_and_gpu_nodes(
         "the new revision Ready",
         phase_is(cluster, ns, name, "Ready", revision=first),
         420,
-        on_fail=describe(cluster, ns, name, operator),
+        on_fail=describe_for(cluster, ns, name, operator),
     )
     second = em["status"]["stableRevision"]
     assert second != first
@@ -252,7 +241,7 @@ def test_failed_accuracy_gate_reports_the_figures(
         "Failed",
         phase_is(cluster, namespace, "strict", "Failed"),
         300,
-        on_fail=describe(cluster, namespace, "strict", operator),
+        on_fail=describe_for(cluster, namespace, "strict", operator),
     )
     compressed = {c["type"]: c for c in failed["status"]["conditions"]}["Compressed"]
     assert compressed["reason"] == "AccuracyGateFailed"
@@ -290,7 +279,7 @@ def test_target_no_node_can_host_waits_for_such_a_node(
         "an Unschedulable condition",
         unschedulable,
         300,
-        on_fail=describe(cluster, namespace, "remote", operator),
+        on_fail=describe_for(cluster, namespace, "remote", operator),
     )
     assert f"topology.kubernetes.io/zone={zone}" in available["message"]
     # Such a node appears: the target is picked up again, no manual step.
@@ -306,7 +295,7 @@ def test_target_no_node_can_host_waits_for_such_a_node(
             "Ready once the node exists",
             phase_is(cluster, namespace, "remote", "Ready"),
             300,
-            on_fail=describe(cluster, namespace, "remote", operator),
+            on_fail=describe_for(cluster, namespace, "remote", operator),
         )
     finally:
         cluster.kubectl("delete", "em", "remote", "-n", namespace, "--wait=true", check=False)

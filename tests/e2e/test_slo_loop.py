@@ -107,13 +107,18 @@ def batch(seeded: Seeded) -> np.ndarray:
 
 
 def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
-    cluster: Cluster, namespace: str, operator: Operator, seeded: Seeded
+    cluster: Cluster, namespace: str, operator: Operator, seeded: Seeded, store_url: str
 ) -> None:
     name = "scaled"
+    # A model heavy enough (a 2048-wide fp32 MLP, a few ms a request) that 16 clients queue up
+    # well past the SLO while a trickle stays far below it, on a fast machine or a slow one.
+    wide = wide_classifier(2048, 3)
+    wide_sha = _upload(store_url, wide.model)
     body = manifest(
         name,
         seeded,
-        2.0,
+        20.0,
+        compression={"quantization": "none"},
         autoscaling={
             "enabled": True,
             "intervalSeconds": INTERVAL,
@@ -123,6 +128,10 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
         },
     )
     body["spec"]["targets"][0]["replicas"] = {"min": 1, "max": 4}
+    body["spec"]["model"] = {
+        "uri": seeded.model_uri.rsplit("/", 1)[0] + f"/{wide_sha}",
+        "sha256": wide_sha,
+    }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
     wait_for(
         "Ready",
@@ -130,7 +139,9 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
         300,
         on_fail=describe_for(cluster, namespace, name, operator),
     )
-    load = Load(kubectl(cluster), namespace, f"{name}-cpu", name, batch(seeded), workers=16).start()
+    # Load rises: 16 clients sending 32-row batches.
+    rows = np.load(seeded.fixture.evaluation)["input"][:32].astype(np.float32)
+    load = Load(kubectl(cluster), namespace, f"{name}-cpu", name, rows, workers=16).start()
     try:
 
         def scaled_up() -> Any:
@@ -140,7 +151,7 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
         target = wait_for(
             "a scale-up",
             scaled_up,
-            6 * INTERVAL,
+            12 * INTERVAL,
             on_fail=describe_for(cluster, namespace, name, operator),
         )
         # (How fast, in seconds, is bench/slo's business; here: it happens, for that reason.)

@@ -595,3 +595,23 @@ def test_no_room_for_a_surge_replaces_the_target_in_place() -> None:
     assert replicas[(old, "gpu")] == 0 and replicas[(old, "arm")] == 2
     assert any(isinstance(a, Event) and a.reason == "ReplacingInPlace" for a in actions)
     assert state.stable_revision == old and state.phase == "Deploying"
+
+
+def test_a_deployment_already_as_wanted_is_not_written_again() -> None:
+    d = desired()
+    obs = Observed(
+        deployments=deployments(d, d.revision, True),
+        services=frozenset({"digits-arm", "digits-gpu"}),
+    )
+    _, actions = transition(State(revisions=passed_records(d)), d, obs, NOW)
+    written = {
+        m["metadata"]["name"]: m["metadata"]["annotations"]["edgemodel.dev/spec-hash"]
+        for m in applied(actions, "Deployment")
+    }
+    assert len(written) == 2
+    same = Observed(
+        deployments=[replace(o, spec_hash=written[o.name]) for o in obs.deployments],
+        services=obs.services,
+    )
+    _, again = transition(State(revisions=passed_records(d)), d, same, NOW)
+    assert applied(again, "Deployment") == []
