@@ -197,3 +197,18 @@ def describe_for(cluster: Cluster, ns: str, name: str, operator: Operator) -> An
         return f"{em}\n{pods}\n--- operator log ---\n{operator.log_tail()}"
 
     return detail
+
+
+def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    """The Events posted on one EdgeModel, oldest first."""
+    out = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        f"involvedObject.name={name},involvedObject.kind=EdgeModel",
+        "-o",
+        "json",
+    ).stdout
+    return sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or "")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import Operator, Seeded, describe_for, wait_for
+from tests.e2e.conftest import Operator, Seeded, describe_for, events, wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -189,17 +189,7 @@ def test_edgemodel_lifecycle_across_arm64_amd64_and_gpu_nodes(
     assert sorted(d["metadata"]["name"] for d in deployments) == sorted(
         f"{name}-{t}-{second}" for t in ("arm64-cpu", "amd64-cpu", "gpu")
     )
-    events = cluster.kubectl(
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        f"involvedObject.name={name},involvedObject.kind=EdgeModel",
-        "-o",
-        "json",
-    ).stdout
-    reasons = {e["reason"] for e in json.loads(events)["items"]}
+    reasons = {e["reason"] for e in events(cluster, ns, name)}
     assert {"PhaseChanged", "Compressed", "RevisionStable"} <= reasons
 
     # Deleting the EdgeModel removes everything it owned (the real garbage collector).

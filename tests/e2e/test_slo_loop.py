@@ -26,7 +26,7 @@ import yaml
 from edgemodel_sandbox.load import Load
 from edgemodel_sandbox.models import wide_classifier
 from tests.conftest import Cluster
-from tests.e2e.conftest import Operator, Seeded, _upload, describe_for, wait_for
+from tests.e2e.conftest import Operator, Seeded, _upload, describe_for, events, wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -48,20 +48,6 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(
         (c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == kind), {}
     )
-
-
-def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
-    out = cluster.kubectl(
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        f"involvedObject.name={name},involvedObject.kind=EdgeModel",
-        "-o",
-        "json",
-    ).stdout
-    return sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or "")
 
 
 def manifest(name: str, seeded: Seeded, slo_ms: float, **spec: Any) -> dict[str, Any]:
