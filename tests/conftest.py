@@ -53,6 +53,20 @@ class Cluster:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of this machine's processes that contain `text` (to prove none is left)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     from edgemodel_sandbox.cluster import Sandbox, state_dir

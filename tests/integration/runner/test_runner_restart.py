@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -18,30 +17,12 @@ from typing import Any
 
 import pytest
 
+from edgemodel_sandbox.cluster import port_open
 from edgemodel_sandbox.models import digits_classifier
-from tests.conftest import Cluster
+from tests.conftest import Cluster, processes_mentioning
 from tests.integration.runner.conftest import apply, container, get, pod_manifest, wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(cmdline)
-    return found
 
 
 def ready_status(cluster: Cluster, namespace: str, restarts: int) -> dict[str, Any] | None:
@@ -70,7 +51,7 @@ def test_runner_restart_stops_then_adopts_its_pods(
     apply(cluster, namespace, pod_manifest("server", server, restartPolicy="Always"))
     before = wait_for(lambda: ready_status(cluster, namespace, 0), 90, "the server Ready")
     ip = before["podIP"]
-    assert port_open(ip, 8000)
+    assert port_open(8000, ip)
 
     sandbox = cluster.sandbox
     state = sandbox.state()
@@ -104,4 +85,4 @@ def test_runner_restart_stops_then_adopts_its_pods(
     assert after["podIP"] == ip
     (entry,) = after["containerStatuses"]
     assert entry["lastState"]["terminated"]["reason"] == "Unknown"
-    assert port_open(ip, 8000)
+    assert port_open(8000, ip)

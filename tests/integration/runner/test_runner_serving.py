@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -18,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from edgemodel_sandbox.cluster import port_open
 from edgemodel_sandbox.models import ModelFixture, digits_classifier
-from tests.conftest import Cluster
+from tests.conftest import Cluster, processes_mentioning
 from tests.integration.runner.conftest import (
     PART_OF,
     apply,
@@ -128,25 +128,6 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return loaded
 
 
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(cmdline)
-    return found
-
-
 def test_deployment_serves_on_its_pod_ip_and_stops_on_delete(
     cluster: Cluster,
     namespace: str,
@@ -203,12 +184,12 @@ def test_deployment_serves_on_its_pod_ip_and_stops_on_delete(
         return found is None or found["metadata"]["uid"] != uid
 
     wait_for(gone, 30, "the pod to be deleted")
-    assert not port_open(ip, 8000)
+    assert not port_open(8000, ip)
     assert not processes_mentioning(f"--host={ip} ")
     # The ReplicaSet's replacement runs again, on an address of its own.
     replacement = wait_for(lambda: ready_pod(cluster, namespace), 90, "the replacement")
     assert replacement["metadata"]["uid"] != uid
-    assert port_open(replacement["status"]["podIP"], 8000)
+    assert port_open(8000, replacement["status"]["podIP"])
 
 
 def test_failing_liveness_probe_restarts_the_container(

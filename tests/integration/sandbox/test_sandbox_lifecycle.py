@@ -17,6 +17,7 @@ import pytest
 
 from edgemodel_sandbox.cluster import Sandbox, port_open
 from edgemodel_sandbox.tools import Tools, tools_dir
+from tests.conftest import processes_mentioning
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -31,19 +32,6 @@ def _edgemodel(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=600,
         check=False,
     )
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(f"{proc.name}: {cmdline[:120]}")
-    return found
 
 
 def test_up_status_up_again_and_down_with_1000_nodes(tmp_path: Path) -> None:
@@ -153,6 +141,6 @@ def test_up_status_up_again_and_down_with_1000_nodes(tmp_path: Path) -> None:
     down = _edgemodel(state, "down")
     assert down.returncode == 0, down.stderr
     assert not state.exists()
-    assert _processes_mentioning(str(state)) == []
+    assert processes_mentioning(str(state)) == []
     assert [port for port in after.ports.values() if port_open(port)] == []
     assert _edgemodel(state, "status").returncode == 3
