@@ -2,7 +2,8 @@
 
 One table per fixture (BERT-base-shaped encoder, 12 layers; digits MLP classifier): size and
 on-the-wire (zstd-10) ratios against fp32, p50 latency at batch 1 with 2 intra-op threads
-(measured in interleaved rounds so background load hits every model alike), and accuracy
+(measured in interleaved rounds of short blocks so background load hits every model alike;
+see runner.p50_latency_ms), and accuracy
 figures against fp32 on the fixture's evaluation set. Targets are checked and printed.
 
 Run: .venv/bin/python bench/compress/run.py [--layers N] [--runs N]
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +28,7 @@ from edgemodel_runtime.compress import Request, compress
 from edgemodel_runtime.compress.gate import compare
 from edgemodel_runtime.compress.inputs import float_output_names, input_specs
 from edgemodel_runtime.compress.report import zstd_size
-from edgemodel_runtime.compress.runner import make_session, run_all
+from edgemodel_runtime.compress.runner import make_session, p50_latency_ms, run_all
 from edgemodel_sandbox.models import ModelFixture, bert_encoder, digits_classifier
 
 
@@ -40,21 +40,6 @@ class Row:
     p50_ms: float = 0.0
 
 
-def interleaved_p50(rows: list[Row], feed: dict[str, np.ndarray], runs: int) -> None:
-    sessions = [make_session(r.path) for r in rows]
-    for session in sessions:
-        for _ in range(3):
-            session.run(None, feed)
-    timings: list[list[float]] = [[] for _ in rows]
-    for _ in range(runs):
-        for index, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(None, feed)
-            timings[index].append(time.perf_counter() - start)
-    for row, samples in zip(rows, timings, strict=True):
-        row.p50_ms = statistics.median(samples) * 1000
-
-
 def table(
     title: str, fixture: ModelFixture, rows: list[Row], runs: int
 ) -> dict[str, dict[str, float]]:
@@ -64,13 +49,14 @@ def table(
     evaluation = dict(np.load(fixture.evaluation))
     labels = evaluation.pop("labels", None)
     feed = {s.name: evaluation[s.name][:1] for s in specs}
-    interleaved_p50(rows, feed, runs)
+    for row, p50 in zip(rows, p50_latency_ms([r.path for r in rows], feed, runs), strict=True):
+        row.p50_ms = p50
     reference = run_all(make_session(rows[0].path), evaluation, specs)
     base_size = rows[0].path.stat().st_size
     results: dict[str, dict[str, float]] = {}
     print(
         f"\n## {title}  ({len(next(iter(evaluation.values())))} eval rows; "
-        f"p50 over {runs} interleaved runs, batch 1, 2 threads)"
+        f"p50 over {runs} runs in interleaved blocks, batch 1, 2 threads)"
     )
     header = (
         "| model | MB | size x | wire MB | wire x | p50 ms | latency x "

@@ -199,7 +199,7 @@ def convert(
         else:
             out.write_bytes(prepared.path.read_bytes())
         if settings.mode in ("dynamic-int8", "static-int8"):
-            _finish_int8(out)
+            _finish_int8(out, cpu=settings.target != "gpu")
     except CompressError:
         raise
     except Exception as exc:  # a quantizer crash on a model that passed validation
@@ -209,9 +209,12 @@ def convert(
         ) from None
 
 
-def _finish_int8(path: Path) -> None:
+def _finish_int8(path: Path, *, cpu: bool) -> None:
     model = onnx.load_model(str(path))
-    if graph.compress_large_constants(model):
+    changed = bool(graph.compress_large_constants(model))
+    if cpu:
+        changed |= graph.residual_sums_before_layernorm(model) > 0
+    if changed:
         onnx.save_model(model, str(path))
 
 

@@ -133,8 +133,18 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+# Bumped whenever the same settings start producing a different artifact (a new graph
+# rewrite, a changed fusion), so a store never hands back what an older recipe made.
+RECIPE = 2
+
+
 def artifact_key(input_sha256: str, settings: Settings, tool_version: str) -> str:
     payload = canonical_json(
-        {"input": input_sha256, "settings": settings.canonical(), "tool": tool_version}
+        {
+            "input": input_sha256,
+            "settings": settings.canonical(),
+            "tool": tool_version,
+            "recipe": RECIPE,
+        }
     )
     return hashlib.sha256(payload.encode()).hexdigest()
