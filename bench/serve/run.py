@@ -9,6 +9,13 @@ concurrency 1, 8 and 32. Rows:
   triton         the `tritonserver` binary from the nvidia-pytriton wheel, Python backend
                  calling onnxruntime (model.py in triton_repo.py), with and without its
                  dynamic batcher
+  echo floor     echo_server.py: grpc.aio + aiohttp answering a canned response, no work at
+                 all. The client, the transport and these Python server stacks cost this much
+                 before any server does anything: no server built on them can beat this row.
+
+Client and servers share this machine's cores, so throughput is partly the client's; the
+"server CPU" column (user + system time of the server's process tree, Triton's Python backend
+stubs included, per answered request) is the server's own cost, whatever the client does.
 
 Every server gets one onnxruntime intra-op thread so the comparison is serving overhead.
 Prints a side-by-side table and the three targets from the issue. Usage:
@@ -59,6 +66,7 @@ class Row:
     p99_ms: float
     throughput: float
     errors: int
+    server_cpu_us: float | None = None
 
 
 def free_port() -> int:
@@ -76,6 +84,7 @@ def summarize(
     latencies: list[float],
     elapsed: float,
     errors: int,
+    server_cpu_s: float | None = None,
 ) -> Row:
     lat = np.asarray(latencies) * 1000.0
     return Row(
@@ -87,7 +96,33 @@ def summarize(
         float(np.percentile(lat, 99)) if len(lat) else float("nan"),
         len(lat) / elapsed,
         errors,
+        server_cpu_s / len(lat) * 1e6 if server_cpu_s is not None and len(lat) else None,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and all its descendants (Triton's backend stubs)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return sum(times.get(member, 0.0) for member in tree)
 
 
 def run_threads(
@@ -204,6 +239,7 @@ class Target:
     batching: str
     http_port: int
     grpc_port: int
+    pid: int
 
 
 def check_correct(target: Target, x: np.ndarray, expected: np.ndarray) -> None:
@@ -269,12 +305,12 @@ def wait_ready(http_port: int, process: subprocess.Popen[bytes], timeout: float 
 @contextlib.contextmanager
 def process(
     command: list[str], http_port: int, log: Path, env: dict[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[int]:
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             wait_ready(http_port, proc)
-            yield
+            yield proc.pid
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -312,7 +348,17 @@ def edgemodel_command(model: Path, ports: tuple[int, int, int], max_batch_size: 
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ("system", "protocol", "batching", "conc", "p50 ms", "p99 ms", "req/s", "errors")
+    header = (
+        "system",
+        "protocol",
+        "batching",
+        "conc",
+        "p50 ms",
+        "p99 ms",
+        "req/s",
+        "server CPU us/req",
+        "errors",
+    )
     lines = [header] + [
         (
             r.system,
@@ -322,6 +368,7 @@ def print_table(rows: list[Row]) -> None:
             f"{r.p50_ms:.3f}",
             f"{r.p99_ms:.3f}",
             f"{r.throughput:.0f}",
+            f"{r.server_cpu_us:.0f}" if r.server_cpu_us is not None else "-",
             str(r.errors),
         )
         for r in rows
@@ -362,6 +409,13 @@ def print_targets(rows: list[Row]) -> None:
             f"target 1: gRPC c=1 p50 over raw onnxruntime: +{added:.3f} ms "
             f"(target <= 0.3 ms): {verdict}"
         )
+        echo = find(rows, "echo floor", "gRPC", "-", 1)
+        if echo:
+            print(
+                f"          the echo floor (no work at all) is already "
+                f"+{echo.p50_ms - floor.p50_ms:.3f} ms; edgemodel adds "
+                f"{ours.p50_ms - echo.p50_ms:+.3f} ms to it"
+            )
     for protocol in ("HTTP", "gRPC"):
         for batching in ("off", "on"):
             ours8 = find(rows, "edgemodel", protocol, batching, 8)
@@ -422,8 +476,14 @@ def main() -> int:
         for max_batch, label in ((0, "off"), (32, "on")):
             ports = (free_port(), free_port(), free_port())
             command = edgemodel_command(fixture.model, ports, max_batch)
-            stack.enter_context(process(command, ports[0], work / f"edgemodel-{label}.log"))
-            targets.append(Target("edgemodel", label, ports[0], ports[1]))
+            pid = stack.enter_context(process(command, ports[0], work / f"edgemodel-{label}.log"))
+            targets.append(Target("edgemodel", label, ports[0], ports[1], pid))
+        echo_ports = (free_port(), free_port())
+        np.save(work / "expected.npy", expected)
+        echo = [sys.executable, str(Path(__file__).with_name("echo_server.py")), MODEL_NAME]
+        echo += [str(echo_ports[0]), str(echo_ports[1]), str(work / "expected.npy")]
+        pid = stack.enter_context(process(echo, echo_ports[0], work / "echo.log"))
+        targets.append(Target("echo floor", "-", echo_ports[0], echo_ports[1], pid))
         if not args.skip_triton:
             for triton_batching, label in ((False, "off"), (True, "on")):
                 root = work / f"triton-{label}"
@@ -444,27 +504,31 @@ def main() -> int:
                     f"--grpc-port={grpc}", f"--metrics-port={metrics}", "--allow-metrics=false",
                     "--log-verbose=0", "--log-info=false",
                 ]  # fmt: skip
-                stack.enter_context(process(command, http, work / f"triton-{label}.log", env=env))
-                targets.append(Target("triton", label, http, grpc))
+                pid = stack.enter_context(
+                    process(command, http, work / f"triton-{label}.log", env=env)
+                )
+                targets.append(Target("triton", label, http, grpc, pid))
         for target in targets:
             check_correct(target, x, expected)
         print(f"servers ready: {len(targets)}; {args.rounds} rounds", flush=True)
-        cells: dict[tuple[str, str, str, int], tuple[list[float], float, int]] = {}
+        cells: dict[tuple[str, str, str, int], tuple[list[float], float, int, float]] = {}
         for round_index in range(args.rounds):
             for concurrency in concurrencies:
                 for target in targets:
                     for protocol in ("HTTP", "gRPC"):
                         key = (target.system, protocol, target.batching, concurrency)
+                        cpu_before = cpu_seconds(target.pid)
                         lat, elapsed, errors = measure(
                             target, protocol, concurrency, args.duration / args.rounds, x
                         )
-                        old = cells.get(key, ([], 0.0, 0))
-                        cells[key] = (old[0] + lat, old[1] + elapsed, old[2] + errors)
+                        cpu = cpu_seconds(target.pid) - cpu_before
+                        old = cells.get(key, ([], 0.0, 0, 0.0))
+                        cells[key] = (old[0] + lat, old[1] + elapsed, old[2] + errors, old[3] + cpu)
             print(f"round {round_index + 1}/{args.rounds} done", flush=True)
-    for (system, protocol, batching, concurrency), (lat, elapsed, errors) in sorted(
+    for (system, protocol, batching, concurrency), (lat, elapsed, errors, cpu) in sorted(
         cells.items(), key=lambda item: (item[0][0], item[0][2], item[0][3], item[0][1])
     ):
-        rows.append(summarize(system, protocol, batching, concurrency, lat, elapsed, errors))
+        rows.append(summarize(system, protocol, batching, concurrency, lat, elapsed, errors, cpu))
 
     print()
     print_table(rows)

@@ -334,6 +334,12 @@ class DataPlane:
         if not self.serving:
             raise ServeError(ErrorKind.UNAVAILABLE, f"model {self.name!r} is not ready")
         feeds, names, rows = self.validate(request)
+        if self._batcher is None and self._inline:
+            # Runs to completion without yielding to the loop, so no timeout could ever fire;
+            # skipping the timer saves ~4 us of a ~200 us request.
+            self.metrics.batch_size.observe(rows)
+            arrays = self.model.run(feeds, names)
+            return self._response(request, names, arrays)
         timeout = self.config.request_timeout_s
         if request.timeout_s is not None and request.timeout_s > 0:
             timeout = min(timeout, request.timeout_s)
@@ -348,6 +354,11 @@ class DataPlane:
             raise ServeError(
                 ErrorKind.DEADLINE_EXCEEDED, f"inference did not finish within {timeout:g} s"
             ) from None
+        return self._response(request, names, arrays)
+
+    def _response(
+        self, request: InferRequest, names: list[str], arrays: list[Array]
+    ) -> InferResponse:
         outputs = [(self._outputs[name], array) for name, array in zip(names, arrays, strict=True)]
         return InferResponse(self.name, MODEL_VERSION, request.request_id, outputs)
 

@@ -254,13 +254,16 @@ def http_app(dataplane: DataPlane, max_request_bytes: int) -> web.Application:
     endpoints = HttpEndpoints(dataplane, max_request_bytes)
     app = web.Application(client_max_size=max_request_bytes)
     router = app.router
+    prefixes = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    # aiohttp tries resources in registration order: the hot route goes first.
+    for prefix in prefixes:
+        router.add_post(f"{prefix}/infer", endpoints.infer)
     router.add_get("/v2/health/live", endpoints.live)
     router.add_get("/v2/health/ready", endpoints.ready)
     router.add_get("/v2", endpoints.server_metadata)
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    for prefix in prefixes:
         router.add_get(prefix, endpoints.model_metadata)
         router.add_get(f"{prefix}/ready", endpoints.model_ready)
         router.add_get(f"{prefix}/config", endpoints.model_config)
-        router.add_post(f"{prefix}/infer", endpoints.infer)
     router.add_route("*", "/{tail:.*}", endpoints.not_found)
     return app
