@@ -111,6 +111,7 @@ class Compression:
     calibration: DataRef | None = _f("calibration", None)
     pruning: Pruning | None = _f("pruning", None)
     accuracy_gate: AccuracyGate | None = _f("accuracyGate", None)
+    embedding_bits: Literal[4, 8] | None = _f("embeddingBits", None)
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,10 @@ def _check_cross_field(spec: EdgeModelSpec) -> None:
     comp = spec.compression
     if comp.quantization == "static-int8" and comp.calibration is None:
         raise SpecError("spec.compression.calibration", "required when quantization is static-int8")
+    if comp.embedding_bits == 4 and comp.quantization not in ("dynamic-int8", "static-int8"):
+        raise SpecError(
+            "spec.compression.embeddingBits", "4 needs quantization dynamic-int8 or static-int8"
+        )
     if not 1 <= len(spec.targets) <= 16:
         raise SpecError("spec.targets", "must have 1 to 16 items")
     seen: set[str] = set()

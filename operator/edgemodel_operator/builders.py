@@ -149,6 +149,10 @@ def compress_args(
         ]
     if comp.pruning is not None:
         args += ["--prune-sparsity", repr(comp.pruning.sparsity)]
+    # 4-bit tables are a CPU kernel (GatherBlockQuantized): GPU artifacts keep int8 tables.
+    cpu_int8 = plan.variant != "gpu" and plan.mode in ("dynamic-int8", "static-int8")
+    if comp.embedding_bits is not None and cpu_int8:
+        args += ["--embedding-bits", str(comp.embedding_bits)]
     gate = comp.accuracy_gate
     if gate is not None:
         args += ["--eval", paths["evaluation"], "--eval-sha256", gate.evaluation.sha256]

@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="magnitude-prune weights to this sparsity (0..0.95)",
     )
     parser.add_argument(
+        "--embedding-bits",
+        type=int,
+        metavar="N",
+        help="int8 modes: 8 (default) or 4 for embedding tables in 4-bit blocks (CPU targets)",
+    )
+    parser.add_argument(
         "--sha256", metavar="HEX", help="expected sha256 of SOURCE, checked before any work"
     )
     parser.add_argument(
@@ -132,6 +138,7 @@ def _compress(args: argparse.Namespace, calibration: Path | None, evaluation: Pa
         max_accuracy_drop=args.max_accuracy_drop,
         min_agreement=args.min_agreement,
         search_budget_s=args.search_budget_seconds,
+        embedding_bits=args.embedding_bits,
     )
     try:
         # Libraries underneath sometimes print progress; stdout belongs to the report.

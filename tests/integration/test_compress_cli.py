@@ -334,6 +334,11 @@ def _bad_inputs(tmp: Path, digits: ModelFixture) -> dict[str, tuple[list[object]
         "sparsity too high": ([m, "--prune-sparsity", "0.99"], "prune-sparsity"),
         "sparsity negative": ([m, "--prune-sparsity", "-0.1"], "prune-sparsity"),
         "threshold without eval": ([m, "--min-agreement", "0.9"], "need --eval"),
+        "embedding bits unsupported": ([m, "--embedding-bits", "2"], "--embedding-bits 2"),
+        "embedding bits with fp16": (
+            [m, "--mode", "fp16", "--embedding-bits", "4"],
+            "applies to the int8 modes",
+        ),
         "unknown scheme": (["s3://bucket/model.onnx"], "unsupported scheme"),
         "output is a file": ([m, "--output", digits.evaluation], "cannot create"),
     }
@@ -357,6 +362,8 @@ BAD_CASES = [
     "sparsity too high",
     "sparsity negative",
     "threshold without eval",
+    "embedding bits unsupported",
+    "embedding bits with fp16",
     "unknown scheme",
     "output is a file",
 ]

@@ -84,6 +84,41 @@ def test_bert_encoder_every_mode(bert2: ModelFixture, tmp_path: Path, mode: str)
         assert "LayerNormalization" in ops
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["dynamic-int8", "static-int8"])
+def test_bert_encoder_4bit_embedding_tables(bert2: ModelFixture, tmp_path: Path, mode: str) -> None:
+    def run(bits: int) -> dict[str, Any]:
+        outcome = compress(
+            Request(
+                source=str(bert2.model),
+                output=tmp_path / str(bits),
+                mode=mode,
+                target="arm64",
+                calibration=bert2.calibration,
+                evaluation=bert2.evaluation,
+                embedding_bits=bits,
+                search_budget_s=0,
+                measure_latency=False,
+            )
+        )
+        assert outcome.passed, outcome.report["gate"]
+        artifact = outcome.directory / "model.onnx"
+        onnx.checker.check_model(str(artifact))
+        ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load_model(str(artifact)).graph.node]
+        return {**outcome.report, "ops": ops}
+
+    int8, four = run(8), run(4)
+    assert four["effective"]["embedding_tables_4bit"] == ["Gather_embeddings.word_out"]
+    assert int8["effective"]["embedding_tables_4bit"] == []
+    assert four["ops"].count("GatherBlockQuantized") == 1
+    # The 2-layer encoder is mostly its 30522 x 768 word table: 4-bit blocks save ~8.7 MB.
+    assert four["sizes"]["ratio"] < int8["sizes"]["ratio"] - 0.04
+    assert four["sizes"]["wire_ratio"] < int8["sizes"]["wire_ratio"]
+    assert four["accuracy"]["cosine"] >= 0.98
+    assert all(entry["node"] != "Gather_embeddings.word_out" for entry in four["kept_in_float"])
+
+
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_digits_static_int8_every_calibration_method(
     digits: ModelFixture, tmp_path: Path, method: str

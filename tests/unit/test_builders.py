@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from edgemodel_operator import builders
-from edgemodel_operator.api import Target, parse_spec
-from edgemodel_operator.revision import revision_of
+from edgemodel_operator.api import Target, parse_spec, to_dict
+from edgemodel_operator.revision import Variant, revision_of
 from edgemodel_operator.settings import Settings
 
 SHA = "b" * 64
@@ -213,6 +213,30 @@ def test_compression_job_reads_every_source_scheme(
     assert job["spec"]["activeDeadlineSeconds"] == SETTINGS.job_deadline_seconds
     assert pod_spec["containers"][0]["args"][:2] == ["publish", "/work/out"]
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_embedding_bits_reach_cpu_compression_jobs_only() -> None:
+    raw: dict[str, Any] = {
+        "model": {"uri": "https://x/m.onnx", "sha256": SHA},
+        "targets": [
+            {"name": "cpu", "arch": "arm64"},
+            {"name": "gpu", "arch": "amd64", "accelerator": "nvidia-gpu"},
+        ],
+    }
+    spec = parse_spec({**raw, "compression": {"embeddingBits": 4}})
+
+    def args(variant: Variant) -> list[str]:
+        job = builders.compression_job("m", "ns", "uid", spec, "r1", variant, SETTINGS)
+        return list(job["spec"]["template"]["spec"]["initContainers"][0]["args"])
+
+    cpu = args("arm64")
+    assert cpu[cpu.index("--embedding-bits") + 1] == "4"
+    gpu = args("gpu")  # fp16 artifact: GatherBlockQuantized is a CPU kernel
+    assert "--embedding-bits" not in gpu and gpu[gpu.index("--mode") + 1] == "fp16"
+    # A new revision when it is set; specs that never set it keep the revision they had.
+    unset = parse_spec(raw)
+    assert "embeddingBits" not in to_dict(unset.compression)
+    assert revision_of(unset) != revision_of(spec)
 
 
 def test_names_fit_kubernetes_limits() -> None:

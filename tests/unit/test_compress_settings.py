@@ -70,12 +70,26 @@ def test_static_int8_types_follow_the_target(target: str, activation: str) -> No
         ({"evaluation_sha256": EVAL, "max_accuracy_drop": -1.0}, "max-accuracy-drop"),
         ({"mode": "int4"}, "unknown --mode"),
         ({"search_budget_s": -1.0}, "search-budget"),
+        ({"embedding_bits": 2}, "--embedding-bits 2 is not supported"),
+        ({"mode": "fp16", "embedding_bits": 8}, "applies to the int8 modes"),
+        ({"mode": "none", "embedding_bits": 4}, "applies to the int8 modes"),
+        ({"target": "gpu", "mode": "dynamic-int8", "embedding_bits": 4}, "CPU targets"),
     ],
 )
 def test_invalid_requests_are_bad_input(overrides: dict[str, Any], problem: str) -> None:
     with pytest.raises(CompressError, match=problem) as info:
         settings(**overrides)
     assert info.value.exit_code == 2
+
+
+def test_embedding_tables_default_to_int8_in_the_int8_modes_only() -> None:
+    assert settings().embedding_bits == 8
+    assert settings(target="arm64", embedding_bits=4).embedding_bits == 4
+    assert (
+        settings(mode="static-int8", calibration_sha256=CAL, embedding_bits=4).embedding_bits == 4
+    )
+    assert settings(target="gpu").embedding_bits is None  # fp16: no integer tables at all
+    assert settings(mode="none").embedding_bits is None
 
 
 def test_calibration_is_ignored_outside_static_int8() -> None:
@@ -93,5 +107,6 @@ def test_key_is_stable_and_changes_with_everything_that_matters() -> None:
         artifact_key("a" * 64, settings(evaluation_sha256=EVAL, prune_sparsity=0.5), "1.0"),
         artifact_key("a" * 64, settings(mode="fp16", evaluation_sha256=EVAL), "1.0"),
         artifact_key("a" * 64, settings(), "1.0"),
+        artifact_key("a" * 64, settings(evaluation_sha256=EVAL, embedding_bits=4), "1.0"),
     }
-    assert key not in variants and len(variants) == 6
+    assert key not in variants and len(variants) == 7

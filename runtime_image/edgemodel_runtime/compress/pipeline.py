@@ -50,6 +50,7 @@ class Request:
     search_budget_s: float | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
     measure_latency: bool = True
+    embedding_bits: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def _settings(request: Request) -> Settings:
         max_accuracy_drop=request.max_accuracy_drop,
         min_agreement=request.min_agreement,
         search_budget_s=request.search_budget_s,
+        embedding_bits=request.embedding_bits,
     )
 
 
@@ -297,6 +299,7 @@ def _build(
             "opset_upgraded_from": prepared.opset_upgraded_from,
             "quantized_op_types": list(quantize.op_types(settings)),
             "candidate_nodes": len(prepared.candidates),
+            "embedding_tables_4bit": list(prepared.embeddings),
         },
         "pruning": None
         if prepared.pruning is None

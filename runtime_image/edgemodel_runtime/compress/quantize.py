@@ -6,7 +6,10 @@ prepared graph for a `Variant` (calibration method, nodes kept in float, or only
 quantized when the search measures sensitivity).
 
 Mode notes. dynamic-int8: MatMul/Gemm, embedding Gather and (after transformer fusion, CPU
-targets only) Attention become int8 with U8 activations computed at run time. static-int8: QDQ
+targets only) Attention become int8 with U8 activations computed at run time. In both int8
+modes `--embedding-bits 4` leaves embedding Gathers to the post-pass, which stores their tables
+as 4-bit blocks from the original fp32 values; CPU artifacts also get their residual norms
+written so onnxruntime's slow SkipLayerNormalization is not used (see graph). static-int8: QDQ
 with per-channel weights and ranges from the calibration set (MinMax, Entropy or Percentile).
 fp16: weights and most ops in fp16, inputs/outputs kept fp32 (keep_io_types) and numerically
 sensitive ops blocked in fp32. The converter is onnxruntime.transformers.float16, the maintained
@@ -81,6 +84,7 @@ class Prepared:
     pruning: PruneStats | None
     preprocessing: str
     candidates: list[tuple[str, str]] = field(default_factory=list)
+    embeddings: list[str] = field(default_factory=list)  # Gathers whose tables go 4-bit
 
 
 def op_types(settings: Settings) -> tuple[str, ...]:
@@ -142,7 +146,14 @@ def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: st
         loaded = onnx.load_model(str(prepared))
         graph.ensure_node_names(loaded)  # the optimiser may add unnamed nodes
         onnx.save_model(loaded, str(prepared))
-        result.candidates = graph.quantizable_nodes(loaded, op_types(settings))
+        if settings.embedding_bits == 4:
+            result.embeddings = graph.embedding_tables(loaded)
+        # 4-bit tables are not the accuracy search's to keep in float (or to probe).
+        result.candidates = [
+            candidate
+            for candidate in graph.quantizable_nodes(loaded, op_types(settings))
+            if candidate[0] not in result.embeddings
+        ]
     return result
 
 
@@ -181,8 +192,9 @@ def convert(
 ) -> None:
     """Write one candidate artifact for `variant` to `out`."""
     try:
+        selection = _selection(variant, prepared.embeddings)
         if settings.mode == "dynamic-int8":
-            _dynamic(prepared.path, out, settings, variant)
+            _dynamic(prepared.path, out, settings, selection)
         elif settings.mode == "static-int8":
             assert calibration is not None  # settings.resolve guarantees it
             _static(
@@ -190,6 +202,7 @@ def convert(
                 out,
                 settings=settings,
                 variant=variant,
+                selection=selection,
                 calibration=calibration,
                 specs=specs,
                 workdir=workdir,
@@ -199,7 +212,7 @@ def convert(
         else:
             out.write_bytes(prepared.path.read_bytes())
         if settings.mode in ("dynamic-int8", "static-int8"):
-            _finish_int8(out, cpu=settings.target != "gpu")
+            _finish_int8(out, cpu=settings.target != "gpu", embeddings=prepared.embeddings)
     except CompressError:
         raise
     except Exception as exc:  # a quantizer crash on a model that passed validation
@@ -209,19 +222,24 @@ def convert(
         ) from None
 
 
-def _finish_int8(path: Path, *, cpu: bool) -> None:
+def _finish_int8(path: Path, *, cpu: bool, embeddings: list[str]) -> None:
     model = onnx.load_model(str(path))
-    changed = bool(graph.compress_large_constants(model))
+    # The quantizer left these Gathers float (see _selection): their tables go 4-bit from the
+    # original fp32 values, not from an int8 copy, so the rounding happens once.
+    changed = bool(graph.block_quantize_embeddings(model, embeddings))
+    changed |= bool(graph.compress_large_constants(model))
     if cpu:
         changed |= graph.residual_sums_before_layernorm(model) > 0
     if changed:
         onnx.save_model(model, str(path))
 
 
-def _selection(variant: Variant) -> dict[str, list[str] | None]:
+def _selection(variant: Variant, embeddings: list[str]) -> dict[str, list[str] | None]:
+    """The quantizer's node lists; 4-bit embedding Gathers are never the quantizer's."""
     if variant.only_node is not None:
         return {"nodes_to_quantize": [variant.only_node], "nodes_to_exclude": None}
-    return {"nodes_to_quantize": None, "nodes_to_exclude": list(variant.nodes_to_exclude) or None}
+    excluded = [*variant.nodes_to_exclude, *embeddings]
+    return {"nodes_to_quantize": None, "nodes_to_exclude": excluded or None}
 
 
 def _qtype(name: str | None) -> object:
@@ -240,7 +258,9 @@ def _extra_options() -> dict[str, object]:
     }
 
 
-def _dynamic(src: Path, out: Path, settings: Settings, variant: Variant) -> None:
+def _dynamic(
+    src: Path, out: Path, settings: Settings, selection: dict[str, list[str] | None]
+) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     quantize_dynamic(
@@ -250,7 +270,7 @@ def _dynamic(src: Path, out: Path, settings: Settings, variant: Variant) -> None
         per_channel=settings.per_channel,
         weight_type=_qtype(settings.weight_type),
         extra_options=_extra_options(),
-        **_selection(variant),
+        **selection,
     )
 
 
@@ -260,6 +280,7 @@ def _static(
     *,
     settings: Settings,
     variant: Variant,
+    selection: dict[str, list[str] | None],
     calibration: dict[str, np.ndarray],
     specs: list[InputSpec],
     workdir: Path,
@@ -293,7 +314,7 @@ def _static(
         # ("truth value of an array is ambiguous"); biases stay representable without it.
         extra_options={**_extra_options(), "QDQDisableWeightAdjustForInt32Bias": True},
         calibration_cache_path=str(cache),
-        **_selection(variant),
+        **selection,
     )
 
 

@@ -11,7 +11,9 @@ activations (onnxruntime's MatMulInteger/DynamicQuantizeLinear path) with S8 wei
 int8 uses U8 activations / S8 weights on amd64 (VNNI's u8*s8 dot product) and S8/S8 on arm64
 (the SDOT/SMMLA path onnxruntime recommends there) and on gpu (TensorRT only takes symmetric
 int8). Weights are per-channel for static QDQ, per-tensor for dynamic (per-channel dynamic
-MatMulInteger is slower in onnxruntime and the gate catches the accuracy cases).
+MatMulInteger is slower in onnxruntime and the gate catches the accuracy cases). Embedding
+tables are int8 too unless `--embedding-bits 4` asks for 4-bit blocks (CPU targets only: the
+GatherBlockQuantized kernel is onnxruntime's CPU contrib op).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from edgemodel_runtime.compress.errors import CompressError
 MODES = ("dynamic-int8", "static-int8", "fp16", "none")
 TARGETS = ("amd64", "arm64", "gpu")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+EMBEDDING_BITS = (8, 4)  # the default first
 MAX_SPARSITY = 0.95
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points of top-1 accuracy; only checked when labels exist
 DEFAULT_SEARCH_BUDGET_S = 120.0
@@ -47,6 +50,7 @@ class Settings:
     max_accuracy_drop: float | None
     min_agreement: float | None
     search_budget_s: float
+    embedding_bits: int | None = None  # int8 modes: 8, or 4 for block-quantized tables
 
     def canonical(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +71,7 @@ def resolve(
     max_accuracy_drop: float | None,
     min_agreement: float | None,
     search_budget_s: float | None,
+    embedding_bits: int | None = None,
 ) -> Settings:
     """Validate the request and fill in defaults; raises CompressError (bad input) on conflicts."""
     if target is not None and target not in TARGETS:
@@ -113,6 +118,20 @@ def resolve(
         weight = "int8"
     if mode == "none":
         budget = 0.0  # nothing was converted, so there is nothing to keep in float
+    bits: int | None = None
+    if mode in ("dynamic-int8", "static-int8"):
+        bits = EMBEDDING_BITS[0] if embedding_bits is None else embedding_bits
+        if bits not in EMBEDDING_BITS:
+            raise CompressError(
+                f"--embedding-bits {bits} is not supported (choose from "
+                f"{', '.join(map(str, EMBEDDING_BITS))})"
+            )
+        if bits == 4 and target == "gpu":
+            raise CompressError(
+                "--embedding-bits 4 is for CPU targets (amd64, arm64), not --target gpu"
+            )
+    elif embedding_bits is not None:
+        raise CompressError(f"--embedding-bits applies to the int8 modes, not --mode {mode}")
     return Settings(
         mode=mode,
         target=target,
@@ -126,6 +145,7 @@ def resolve(
         max_accuracy_drop=max_accuracy_drop,
         min_agreement=min_agreement,
         search_budget_s=budget,
+        embedding_bits=bits,
     )
 
 

@@ -90,6 +90,16 @@ INVALID: list[tuple[str, Mutation, str]] = [
         "spec.compression.calibration",
     ),
     (
+        "embedding-bits-unknown",
+        _set("compression.embeddingBits", 6),
+        "spec.compression.embeddingBits",
+    ),
+    (
+        "embedding-bits-4-with-fp16",
+        _both(_set("compression.quantization", "fp16"), _set("compression.embeddingBits", 4)),
+        "spec.compression.embeddingBits",
+    ),
+    (
         "calibration-bad-digest",
         _set("compression.calibration", {"uri": "https://x/c.npz", "sha256": "zz"}),
         "spec.compression.calibration.sha256",
