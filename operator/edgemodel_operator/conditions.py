@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-ORDER = ("Ready", "Compressed", "Available", "Progressing", "Degraded", "MetricsAvailable")
+ORDER = (
+    "Ready",
+    "Compressed",
+    "Available",
+    "Progressing",
+    "Degraded",
+    "Stalled",
+    "MetricsAvailable",
+)
 
 
 def set_condition(

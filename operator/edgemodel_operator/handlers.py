@@ -437,9 +437,12 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
 async def _invalid_spec(
     kube: Kube, body: dict[str, Any], status: dict[str, Any], message: str, generation: int
 ) -> None:
+    now = _now()
     conditions = set_condition(
-        status.get("conditions") or [], "Ready", False, "InvalidSpec", message, _now(), generation
+        status.get("conditions") or [], "Ready", False, "InvalidSpec", message, now, generation
     )
+    # Stalled: nothing changes until the spec does (kstatus/Flux fail it at once).
+    conditions = set_condition(conditions, "Stalled", True, "InvalidSpec", message, now, generation)
     new = {"phase": "Failed", "observedGeneration": generation, "conditions": conditions}
     if _changed(status, new):
         meta = body["metadata"]

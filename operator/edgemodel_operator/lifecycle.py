@@ -685,6 +685,19 @@ def transition(
             else cond.get("Available", {})
         )
         condition("Ready", False, str(why.get("reason") or phase), str(why.get("message") or phase))
+    # kstatus (Flux's health checks, `kubectl wait --for=condition=Stalled`): a failed revision
+    # waits for a spec change, not for time, so say so rather than leave GitOps tools waiting
+    # for their timeout. The previous stable revision, if any, keeps serving meanwhile.
+    if phase == "Failed":
+        failed = {c["type"]: c for c in conditions}.get("Compressed", {})
+        condition(
+            "Stalled",
+            True,
+            str(failed.get("reason") or "CompressionFailed"),
+            f"{failed.get('message') or 'compression failed'}; needs a spec change",
+        )
+    else:
+        condition("Stalled", False, "AsExpected", "")
 
     if phase != state.phase:
         actions.append(

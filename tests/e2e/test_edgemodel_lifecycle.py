@@ -233,9 +233,18 @@ def test_failed_accuracy_gate_reports_the_figures(
         300,
         on_fail=describe_for(cluster, namespace, "strict", operator),
     )
-    compressed = {c["type"]: c for c in failed["status"]["conditions"]}["Compressed"]
+    conditions = {c["type"]: c for c in failed["status"]["conditions"]}
+    compressed = conditions["Compressed"]
     assert compressed["reason"] == "AccuracyGateFailed"
     assert "agreement" in compressed["message"] and "< required 0.99" in compressed["message"]
+    # Stalled for kstatus (Flux fails it at once); what `kubectl wait` sees too.
+    assert (conditions["Stalled"]["status"], conditions["Stalled"]["reason"]) == (
+        "True",
+        "AccuracyGateFailed",
+    )
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Stalled", "em/strict", "--timeout=30s"
+    )
     # Not retried: a failed gate gives the same answer every time (podFailurePolicy FailJob).
     jobs = items(cluster, "jobs", namespace, "edgemodel.dev/name=strict")
     assert len(jobs) == 1 and jobs[0]["status"].get("failed") == 1

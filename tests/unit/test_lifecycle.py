@@ -204,6 +204,14 @@ def test_compression_outcomes(arm_job: str, gpu_job: str, store_ready: bool) -> 
     # Jobs are requested exactly for the variants that have none, and only when the store is up.
     assert created == (missing if store_ready else set())
     assert conditions["Ready"]["status"] == "False"
+    # kstatus: only a failure is Stalled (it waits for a spec change, not for time).
+    stalled = conditions["Stalled"]
+    if state.phase == "Failed":
+        assert stalled["status"] == "True"
+        assert stalled["reason"] == conditions["Compressed"]["reason"]
+        assert stalled["message"].endswith("needs a spec change")
+    else:
+        assert (stalled["status"], stalled["reason"]) == ("False", "AsExpected")
 
 
 def test_failed_compression_keeps_the_figures_and_is_not_retried() -> None:
@@ -248,7 +256,8 @@ def test_deploy_and_promote(available: bool, has_stable: bool) -> None:
     )
     if available:
         assert state.phase == "Ready" and state.stable_revision == d.revision
-        assert {c["type"]: c["status"] for c in state.conditions}["Ready"] == "True"
+        statuses = {c["type"]: c["status"] for c in state.conditions}
+        assert (statuses["Ready"], statuses["Stalled"]) == ("True", "False")
         expected_gone = (
             {deployment_name("digits", t, old) for t in ("arm", "gpu")} if has_stable else set()
         )

@@ -123,15 +123,18 @@ def _em(
     if observed is not None:
         status["observedGeneration"] = observed
     if ready is not None:
-        status["conditions"].append(
-            {
-                "type": "Ready",
-                "status": ready,
-                "reason": "R",
-                "message": "m",
-                "observedGeneration": observed,
-            }
-        )
+        # As the operator writes them: Ready, and Stalled only True for a Failed revision.
+        stalled = "True" if phase == "Failed" else "False"
+        for kind, value in (("Ready", ready), ("Stalled", stalled)):
+            status["conditions"].append(
+                {
+                    "type": kind,
+                    "status": value,
+                    "reason": "R",
+                    "message": "m",
+                    "observedGeneration": observed,
+                }
+            )
     obj["status"] = status
     return obj
 
@@ -157,12 +160,14 @@ def test_health_rules_agree_with_kstatus(fields: tuple[Any, ...], expected: str)
     obj = _em(*fields)
     verdict = health(obj)
     assert verdict == expected
-    # Argo CD's health and Flux's kstatus verdict agree on Healthy and on stale statuses. The
-    # operator sets no Stalled condition, so kstatus reads a Failed EdgeModel as InProgress
-    # (Flux reports it at its timeout); docs/gitops.md says so.
+    # Argo CD's health and Flux's kstatus verdict agree on Healthy, on stale statuses and on
+    # failures: a Failed EdgeModel is Stalled, so Flux fails it at once, not at its timeout.
+    # Degraded (replicas lost, may recover by itself) stays InProgress for kstatus.
     assert (verdict == "Healthy") == (kstatus(obj) == "Current")
     if verdict == "Progressing":
         assert kstatus(obj) == "InProgress"
+    phase_failed = obj.get("status", {}).get("phase") == "Failed"
+    assert (kstatus(obj) == "Failed") == (phase_failed and verdict == "Degraded")
 
 
 def test_lua_snippet_states_the_same_rules() -> None:
