@@ -309,20 +309,7 @@ class Sandbox:
             )
             # The kubelet for EdgeModel's pods on kwok nodes (see edgemodel_sandbox.runner).
             if not kwok_pods:
-                self._spawn(
-                    state,
-                    "pod-runner",
-                    Path(sys.executable),
-                    [
-                        "-m",
-                        "edgemodel_sandbox.runner",
-                        "--kubeconfig",
-                        kubeconfig,
-                        "--state",
-                        str(self.directory / "runner"),
-                    ],
-                    [],
-                )
+                self.start_pod_runner(state)
             if prometheus:
                 if tools.prometheus is None:
                     raise SandboxError("prometheus is not installed (Debian package `prometheus`)")
@@ -462,6 +449,23 @@ class Sandbox:
             state.processes = [p for p in state.processes if p.name != name]
             self._spawn(state, name, exe, args, [], env=env)
             return True
+
+    def start_pod_runner(self, state: State) -> None:
+        """Start the pod runner (the sandbox's kubelet for EdgeModel's pods on kwok nodes)."""
+        self._spawn(
+            state,
+            "pod-runner",
+            Path(sys.executable),
+            [
+                "-m",
+                "edgemodel_sandbox.runner",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--state",
+                str(self.directory / "runner"),
+            ],
+            [],
+        )
 
     def _spawn(
         self,

@@ -159,6 +159,24 @@ class Seeded:
     calibration: tuple[str, str]
 
 
+def edgemodel(name: str, seeded: Seeded, body: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """An EdgeModel manifest serving the seeded model: `body` with `spec`'s keys on top."""
+    model = {"uri": seeded.model_uri, "sha256": seeded.fixture.sha256}
+    return {
+        "apiVersion": "edgemodel.dev/v1alpha1",
+        "kind": "EdgeModel",
+        "metadata": {"name": name},
+        "spec": {"model": model, **body, **spec},
+    }
+
+
+def get_em(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "em", name, "-n", ns, "-o", "json").stdout
+    )
+    return result
+
+
 def _upload(store: str, path: Path) -> str:
     digest = sha256_file(path)
     request = urllib.request.Request(

@@ -19,34 +19,26 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import Operator, Seeded, describe_for, events, wait_for
+from tests.e2e.conftest import (
+    Operator,
+    Seeded,
+    describe_for,
+    edgemodel,
+    events,
+    get_em,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 
 def manifest(name: str, seeded: Seeded, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": {"uri": seeded.model_uri, "sha256": seeded.fixture.sha256},
-        "targets": [
-            {"name": "arm64-cpu", "arch": "arm64"},
-            {"name": "amd64-cpu", "arch": "amd64"},
-            {"name": "gpu", "arch": "amd64", "accelerator": "nvidia-gpu"},
-        ],
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "edgemodel.dev/v1alpha1",
-        "kind": "EdgeModel",
-        "metadata": {"name": name},
-        "spec": body,
-    }
-
-
-def get_em(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(
-        cluster.kubectl("get", "em", name, "-n", ns, "-o", "json").stdout
-    )
-    return result
+    targets = [
+        {"name": "arm64-cpu", "arch": "arm64"},
+        {"name": "amd64-cpu", "arch": "amd64"},
+        {"name": "gpu", "arch": "amd64", "accelerator": "nvidia-gpu"},
+    ]
+    return edgemodel(name, seeded, {"targets": targets}, **spec)
 
 
 def items(cluster: Cluster, kind: str, ns: str, selector: str) -> list[dict[str, Any]]:

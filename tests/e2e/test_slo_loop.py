@@ -26,7 +26,16 @@ import yaml
 from edgemodel_sandbox.load import Load
 from edgemodel_sandbox.models import wide_classifier
 from tests.conftest import Cluster
-from tests.e2e.conftest import Operator, Seeded, _upload, describe_for, events, wait_for
+from tests.e2e.conftest import (
+    Operator,
+    Seeded,
+    _upload,
+    describe_for,
+    edgemodel,
+    events,
+    get_em,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -37,13 +46,6 @@ def kubectl(cluster: Cluster) -> Any:
     return lambda *args: cluster.kubectl(*args, check=False)
 
 
-def em(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(
-        cluster.kubectl("get", "em", name, "-n", ns, "-o", "json").stdout
-    )
-    return result
-
-
 def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(
         (c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == kind), {}
@@ -52,7 +54,6 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def manifest(name: str, seeded: Seeded, slo_ms: float, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "model": {"uri": seeded.model_uri, "sha256": seeded.fixture.sha256},
         "targets": [{"name": "cpu", "arch": "amd64", "replicas": {"min": 2, "max": 4}}],
         "slo": {"latencyP95Ms": slo_ms, "maxErrorRate": 0.01},
         "rollout": {
@@ -62,18 +63,12 @@ def manifest(name: str, seeded: Seeded, slo_ms: float, **spec: Any) -> dict[str,
             "postPromotionGuardSeconds": 0,
         },
     }
-    body.update(spec)
-    return {
-        "apiVersion": "edgemodel.dev/v1alpha1",
-        "kind": "EdgeModel",
-        "metadata": {"name": name},
-        "spec": body,
-    }
+    return edgemodel(name, seeded, body, **spec)
 
 
 def ready(cluster: Cluster, ns: str, name: str, not_revision: str | None = None) -> Any:
     def check() -> Any:
-        body = em(cluster, ns, name)
+        body = get_em(cluster, ns, name)
         status = body.get("status") or {}
         if (
             status.get("phase") != "Ready"
@@ -131,7 +126,7 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
     try:
 
         def scaled_up() -> Any:
-            target = em(cluster, namespace, name)["status"]["targets"][0]
+            target = get_em(cluster, namespace, name)["status"]["targets"][0]
             return target if target["replicas"] > 1 else None
 
         target = wait_for(
@@ -144,7 +139,7 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
         assert target["lastScaleDecision"].startswith("up") and "p95" in target["lastScaleReason"]
 
         def all_ready() -> Any:
-            target = em(cluster, namespace, name)["status"]["targets"][0]
+            target = get_em(cluster, namespace, name)["status"]["targets"][0]
             return target if target["readyReplicas"] == target["replicas"] > 1 else None
 
         peak = wait_for("the extra replicas Ready", all_ready, 60)
@@ -157,7 +152,7 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
         dropped = time.monotonic()
 
         def scaled_down() -> Any:
-            target = em(cluster, namespace, name)["status"]["targets"][0]
+            target = get_em(cluster, namespace, name)["status"]["targets"][0]
             return target if target["replicas"] < peak["replicas"] else None
 
         target = wait_for(
@@ -210,7 +205,7 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
         )
 
         def canary_serving() -> Any:
-            body = em(cluster, namespace, name)
+            body = get_em(cluster, namespace, name)
             return body if (body.get("status") or {}).get("canaryRevision") else None
 
         canary = wait_for(
@@ -222,7 +217,7 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
         started = time.monotonic()
 
         def rolled_back() -> Any:
-            body = em(cluster, namespace, name)
+            body = get_em(cluster, namespace, name)
             last = (body.get("status") or {}).get("lastRollback") or {}
             return body if last.get("from") == canary else None
 
@@ -262,7 +257,7 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
         60,
     )
     assert "RolledBack" in [e["reason"] for e in events(cluster, namespace, name)]
-    assert condition(em(cluster, namespace, name), "Progressing")["reason"] == "RolledBack"
+    assert condition(get_em(cluster, namespace, name), "Progressing")["reason"] == "RolledBack"
 
 
 def test_healthy_revision_is_promoted_and_a_prometheus_outage_only_holds(
@@ -295,17 +290,17 @@ def test_healthy_revision_is_promoted_and_a_prometheus_outage_only_holds(
         )
         wait_for(
             "the canary",
-            lambda: (em(cluster, namespace, name).get("status") or {}).get("canaryRevision"),
+            lambda: (get_em(cluster, namespace, name).get("status") or {}).get("canaryRevision"),
             300,
             on_fail=describe_for(cluster, namespace, name, operator),
         )
         # kill -9 the operator mid-analysis: the rollout lives in status, so a new operator
         # resumes at the same step with the same count of failed checks.
-        before = em(cluster, namespace, name)["status"]["rollout"]["canary"]
+        before = get_em(cluster, namespace, name)["status"]["rollout"]["canary"]
         operator.kill(signal.SIGKILL)
         operator.start()
         time.sleep(2)
-        after = em(cluster, namespace, name)["status"]["rollout"]["canary"]
+        after = get_em(cluster, namespace, name)["status"]["rollout"]["canary"]
         assert after["canaryRevision"] == before["canaryRevision"]
         assert after["stepIndex"] >= before["stepIndex"]
         assert after["failedChecks"] == before["failedChecks"] == 0
@@ -314,7 +309,7 @@ def test_healthy_revision_is_promoted_and_a_prometheus_outage_only_holds(
         try:
 
             def unavailable() -> Any:
-                body = em(cluster, namespace, name)
+                body = get_em(cluster, namespace, name)
                 return (
                     body
                     if condition(body, "MetricsAvailable").get("reason") == "PrometheusUnreachable"
@@ -329,7 +324,7 @@ def test_healthy_revision_is_promoted_and_a_prometheus_outage_only_holds(
             )
             step = held["status"]["rollout"]["canary"]["stepIndex"]
             time.sleep(3 * INTERVAL)
-            during = em(cluster, namespace, name)["status"]
+            during = get_em(cluster, namespace, name)["status"]
             assert during["rollout"]["canary"]["stepIndex"] == step
             assert during.get("lastRollback") is None and during["stableRevision"] == first
             assert during["phase"] == "Progressing"

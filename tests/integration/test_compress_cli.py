@@ -85,7 +85,7 @@ def test_sabotaged_calibration_fails_the_gate_without_an_artifact(
     sabotaged = tmp_path / "calibration.npz"
     np.savez(sabotaged, **calibration)
     out = tmp_path / "store"
-    result = run_compress(
+    args = (
         digits.model,
         "--output",
         out,
@@ -101,6 +101,7 @@ def test_sabotaged_calibration_fails_the_gate_without_an_artifact(
         "0",
         "--json",
     )
+    result = run_compress(*args)
     assert result.returncode == 3, result.stderr
     assert "accuracy gate failed" in result.stderr and "Traceback" not in result.stderr
     report = report_of(result.stdout)
@@ -109,22 +110,7 @@ def test_sabotaged_calibration_fails_the_gate_without_an_artifact(
     directory = out / str(report["key"])
     assert sorted(p.name for p in directory.iterdir()) == ["report.json"]  # nothing to deploy
     # The verdict is cached like a success: same request, same answer, no recompression.
-    again = run_compress(
-        digits.model,
-        "--output",
-        out,
-        "--mode",
-        "static-int8",
-        "--calibration",
-        sabotaged,
-        "--eval",
-        digits.evaluation,
-        "--max-accuracy-drop",
-        "0.5",
-        "--search-budget-seconds",
-        "0",
-        "--json",
-    )
+    again = run_compress(*args)
     assert again.returncode == 3 and report_of(again.stdout)["cache_hit"] is True
 
 

@@ -26,7 +26,9 @@ EXPECT = {
 }
 
 
-def run_mode(fixture: ModelFixture, mode: str, out: Path) -> tuple[dict[str, Any], Path]:
+def run_mode(
+    fixture: ModelFixture, mode: str, out: Path, **request: Any
+) -> tuple[dict[str, Any], Path]:
     outcome = compress(
         Request(
             source=str(fixture.model),
@@ -36,6 +38,7 @@ def run_mode(fixture: ModelFixture, mode: str, out: Path) -> tuple[dict[str, Any
             evaluation=fixture.evaluation,
             search_budget_s=0,
             measure_latency=False,
+            **request,
         )
     )
     assert outcome.passed, outcome.report["gate"]
@@ -88,25 +91,11 @@ def test_bert_encoder_every_mode(bert2: ModelFixture, tmp_path: Path, mode: str)
 @pytest.mark.parametrize("mode", ["dynamic-int8", "static-int8"])
 def test_bert_encoder_4bit_embedding_tables(bert2: ModelFixture, tmp_path: Path, mode: str) -> None:
     def run(bits: int) -> dict[str, Any]:
-        outcome = compress(
-            Request(
-                source=str(bert2.model),
-                output=tmp_path / str(bits),
-                mode=mode,
-                target="arm64",
-                calibration=bert2.calibration,
-                evaluation=bert2.evaluation,
-                embedding_bits=bits,
-                search_budget_s=0,
-                measure_latency=False,
-            )
+        report, artifact = run_mode(
+            bert2, mode, tmp_path / str(bits), target="arm64", embedding_bits=bits
         )
-        assert outcome.passed, outcome.report["gate"]
-        artifact = outcome.directory / "model.onnx"
-        onnx.checker.check_model(str(artifact))
-        ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
         ops = [n.op_type for n in onnx.load_model(str(artifact)).graph.node]
-        return {**outcome.report, "ops": ops}
+        return {**report, "ops": ops}
 
     int8, four = run(8), run(4)
     assert four["effective"]["embedding_tables_4bit"] == ["Gather_embeddings.word_out"]

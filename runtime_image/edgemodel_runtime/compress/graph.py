@@ -113,6 +113,11 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
     return result, fused
 
 
+def readers(model: onnx.ModelProto) -> Counter[str]:
+    """How many node inputs read each tensor name (a node reading it twice counts twice)."""
+    return Counter(name for node in model.graph.node for name in node.input)
+
+
 def residual_sums_before_layernorm(model: onnx.ModelProto) -> int:
     """Write each residual `Add` that feeds a LayerNormalization as the equivalent `Sum`.
 
@@ -127,7 +132,7 @@ def residual_sums_before_layernorm(model: onnx.ModelProto) -> int:
     """
     outputs = {o.name for o in model.graph.output}
     producer = {name: node for node in model.graph.node for name in node.output}
-    uses: Counter[str] = Counter(name for node in model.graph.node for name in node.input)
+    uses = readers(model)
     rewritten = 0
     for node in model.graph.node:
         if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
@@ -166,13 +171,13 @@ def embedding_tables(model: onnx.ModelProto) -> list[str]:
         and init.dims[1] % EMBEDDING_BLOCK == 0
         and int(np.prod(init.dims)) >= LARGE_CONSTANT
     }
-    readers: Counter[str] = Counter(name for node in model.graph.node for name in node.input)
+    uses = readers(model)
     found: list[str] = []
     for node in model.graph.node:
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if axis == 0 and node.input[0] in tables and readers[node.input[0]] == 1:
+        if axis == 0 and node.input[0] in tables and uses[node.input[0]] == 1:
             found.append(node.name)
     return found
 

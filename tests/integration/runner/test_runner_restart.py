@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -67,20 +66,7 @@ def test_runner_restart_stops_then_adopts_its_pods(
     assert not processes_mentioning(f"--host={ip} "), "the runner's exit stops its containers"
 
     state.processes = [p for p in state.processes if p.name != "pod-runner"]
-    sandbox._spawn(
-        state,
-        "pod-runner",
-        Path(sys.executable),
-        [
-            "-m",
-            "edgemodel_sandbox.runner",
-            "--kubeconfig",
-            str(sandbox.kubeconfig),
-            "--state",
-            str(sandbox.directory / "runner"),
-        ],
-        [],
-    )
+    sandbox.start_pod_runner(state)
     after = wait_for(lambda: ready_status(cluster, namespace, 1), 90, "the server restarted")
     assert after["podIP"] == ip
     (entry,) = after["containerStatuses"]
