@@ -26,8 +26,10 @@ system-deps:
 tools: deps system-deps
 	@$(BIN)/python -m edgemodel_sandbox.tools >/dev/null
 
+# With root, containerd and runc (see sandbox/install-system-deps.sh) the demo's amd64 CPU
+# target runs on a real kubelet node (edge-real-amd64-0); elsewhere on the kwok fleet alone.
 sandbox: tools
-	$(BIN)/edgemodel sandbox demo
+	$(BIN)/edgemodel sandbox demo $$($(BIN)/python -m edgemodel_sandbox.realnode can-run)
 
 down: deps
 	$(BIN)/edgemodel sandbox down
@@ -40,3 +42,17 @@ lint: deps
 
 test: lint tools
 	$(BIN)/pytest
+
+# The runtime image as a multi-arch OCI index (linux/amd64 + linux/arm64) and the pause image,
+# built without Docker into build/image/ (docs/architecture.md, "Images without Docker").
+.PHONY: image image-gpu image-lock
+image: deps
+	$(BIN)/python -m edgemodel_sandbox.image.build
+
+# amd64 with onnxruntime-gpu and CUDA 12 wheels from PyPI (not part of CI).
+image-gpu: deps
+	$(BIN)/python -m edgemodel_sandbox.image.build --variant gpu
+
+# Re-resolves runtime_image/requirements-*.txt from pyproject.toml (both platforms).
+image-lock: deps
+	$(BIN)/python -m edgemodel_sandbox.image.lock

@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
 # Installs what the sandbox needs from the machine's package manager: Prometheus (Debian's
-# `prometheus` package, the real server) and openssl. Go >= 1.26 must already be on PATH: the
-# control plane is built with it from the Go module proxy. Idempotent and quick when done.
+# `prometheus` package, the real server) and openssl; for the runtime image and the real node
+# (docs/architecture.md, "Real images and the real node"): mmdebstrap + arch-test (Debian base
+# filesystems), skopeo and umoci (OCI tooling), containerd + runc, the CNI plugins, iptables and
+# conntrack (kube-proxy), qemu-user-static + binfmt-support (arm64 images on amd64); espeak-ng and
+# sox make the speech the compression zoo feeds its VAD model. Go >= 1.26 must already be on PATH:
+# the control plane is built with it from the Go module proxy. Idempotent and quick when done.
 set -euo pipefail
 
 need=()
-command -v prometheus >/dev/null || need+=(prometheus)
-command -v openssl >/dev/null || need+=(openssl)
+# command  package
+wanted=(
+  "prometheus prometheus" "openssl openssl"
+  "mmdebstrap mmdebstrap" "arch-test arch-test" "skopeo skopeo" "umoci umoci"
+  "containerd containerd" "runc runc" "/usr/lib/cni/bridge containernetworking-plugins"
+  "iptables iptables" "conntrack conntrack"
+  "qemu-aarch64-static qemu-user-static" "update-binfmts binfmt-support"
+  "espeak-ng espeak-ng" "sox sox"
+)
+for entry in "${wanted[@]}"; do
+  cmd=${entry% *} pkg=${entry#* }
+  if [[ $cmd == /* ]]; then [[ -e $cmd ]] || need+=("$pkg"); else command -v "$cmd" >/dev/null || need+=("$pkg"); fi
+done
 if ((${#need[@]})); then
   echo "installing ${need[*]} from Debian's packages" >&2
   sudo=""

@@ -1,17 +1,24 @@
 """Shared pytest fixtures: the sandbox control plane (one per test session) and its clients.
 
-The sandbox is reused when one is already running (`edgemodel sandbox up` beforehand, or the
-session-wide fixture of an earlier test); otherwise the session brings up its own in a
-separate state folder and tears it down at the end (set EDGEMODEL_KEEP_SANDBOX=1 to keep it).
+Tests always run on a sandbox of their own, in the state folder `sandbox-tests` beside the
+default one, never on the sandbox `make sandbox` / `edgemodel sandbox demo` left running: that
+one's operator watches every namespace (it would reconcile the tests' EdgeModels alongside
+the tests' own operator) and its GPU pod holds the fleet's only amd64 GPU. Two control planes
+plus the pod runners on a 2-core machine (and the one real node a machine can have) do not
+coexist reliably either, so a running default sandbox is taken down first, with a notice
+on the terminal. Test sessions running at once share the tests' sandbox; the last one to
+finish tears it down (set EDGEMODEL_KEEP_SANDBOX=1 to keep it; the next session reuses a
+healthy one).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,24 +74,113 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    from edgemodel_sandbox.cluster import Sandbox, state_dir
-    from edgemodel_sandbox.tools import Tools, tools_dir
+TEST_SANDBOX = "sandbox-tests"
+
+
+def sandbox_dir_for_tests() -> Path:
+    """Where the tests' own sandbox lives: `sandbox-tests` beside the default state folder."""
+    from edgemodel_sandbox.cluster import state_dir
+
+    return state_dir().with_name(TEST_SANDBOX)
+
+
+def take_down_default_sandbox(say: Callable[[str], None]) -> bool:
+    """Stop the default (demo) sandbox if one is there; True when it was. `say`s so first."""
+    from edgemodel_sandbox.cluster import Sandbox
 
     default = Sandbox.default()
-    owned = False
-    if default.healthy():
-        sandbox = default
-    else:
-        sandbox = Sandbox(state_dir().with_name("sandbox-tests"))
-        owned = True
-    sandbox.up()
-    yield Cluster(
-        sandbox.kubeconfig, Tools.at(tools_dir()).kubectl, sandbox.prometheus_url(), sandbox
+    if default.directory == sandbox_dir_for_tests() or default.state() is None:
+        return False
+    say(
+        f"NOTICE: taking down the sandbox in {default.directory} (e.g. `make sandbox`'s demo) "
+        f"so the tests run alone on their own sandbox in {sandbox_dir_for_tests()}; "
+        "`make sandbox` brings the demo back."
     )
-    if owned and os.environ.get("EDGEMODEL_KEEP_SANDBOX") != "1":
-        sandbox.down()
+    default.down()
+    return True
+
+
+@pytest.fixture(scope="session")
+def no_demo_sandbox(request: pytest.FixtureRequest) -> None:
+    """No default (demo) sandbox runs beside the tests' own control planes."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def say(text: str) -> None:  # on the terminal, past pytest's output capture
+        with capture.global_and_fixture_disabled():
+            sys.stderr.write(f"\n{text}\n")
+            sys.stderr.flush()
+
+    take_down_default_sandbox(say)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class SandboxLease:
+    """Which test sessions use the tests' sandbox, so concurrent sessions share it safely.
+
+    Each session leaves a file named by its pid in `<sandbox-tests>.users/`; the session that
+    brought the sandbox up leaves `started` too. The last session to leave takes the sandbox
+    down if a session started it (not if one was kept with EDGEMODEL_KEEP_SANDBOX=1): a
+    session that ends first never pulls the control plane from under another one.
+    """
+
+    folder: Path
+
+    def join(self, started: bool) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / str(os.getpid())).touch()
+        if started:
+            (self.folder / "started").touch()
+
+    def others(self) -> list[int]:
+        """Live sessions besides this one (files of sessions that died are removed)."""
+        alive = []
+        for path in self.folder.iterdir():
+            if not path.name.isdigit() or int(path.name) == os.getpid():
+                continue
+            if _alive(int(path.name)):
+                alive.append(int(path.name))
+            else:
+                path.unlink(missing_ok=True)
+        return alive
+
+    def leave(self) -> bool:
+        """Leave; True when this was the last session of a sandbox a session started."""
+        (self.folder / str(os.getpid())).unlink(missing_ok=True)
+        if self.others():
+            return False
+        started = self.folder / "started"
+        last = started.exists()
+        started.unlink(missing_ok=True)
+        return last
+
+
+@pytest.fixture(scope="session")
+def cluster(no_demo_sandbox: None) -> Iterator[Cluster]:
+    from edgemodel_sandbox.cluster import Sandbox
+    from edgemodel_sandbox.tools import Tools, tools_dir
+
+    sandbox = Sandbox(sandbox_dir_for_tests())
+    lease = SandboxLease(sandbox.directory.with_name(f"{TEST_SANDBOX}.users"))
+    started = not sandbox.healthy()
+    lease.join(started)
+    try:
+        sandbox.up()
+        yield Cluster(
+            sandbox.kubeconfig, Tools.at(tools_dir()).kubectl, sandbox.prometheus_url(), sandbox
+        )
+    finally:
+        if lease.leave() and os.environ.get("EDGEMODEL_KEEP_SANDBOX") != "1":
+            sandbox.down()
 
 
 @pytest.fixture(scope="session")

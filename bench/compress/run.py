@@ -6,7 +6,10 @@ on-the-wire (zstd-10) ratios against fp32, p50 latency at batch 1 with 2 intra-o
 see runner.p50_latency_ms), and accuracy
 figures against fp32 on the fixture's evaluation set. Targets are checked and printed.
 
-Run: .venv/bin/python bench/compress/run.py [--layers N] [--runs N]
+Then the model zoo (zoo_table.py): real pretrained models with their task metrics, our modes
+beside onnxruntime's default quantize_dynamic / quantize_static, targets checked.
+
+Run: .venv/bin/python bench/compress/run.py [--layers N] [--runs N] [--no-zoo]
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--no-zoo", action="store_true", help="skip the model zoo tables")
+    parser.add_argument("--zoo-size", choices=["small", "large"], default="large")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}")
@@ -156,6 +161,10 @@ def main() -> int:
         drop = r[rows[2].name]["accuracy_drop"]
         print()
         ok &= check(f"static-int8 top-1 accuracy drop {drop:.2f} points <= 0.5", drop <= 0.5)
+    if not args.no_zoo:
+        import zoo_table  # beside this script
+
+        ok &= zoo_table.run(args.zoo_size, list(zoo_table.zoo.MODELS), 40, 120.0)
     return 0 if ok else 1
 
 

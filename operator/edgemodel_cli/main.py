@@ -48,6 +48,12 @@ def _fetch() -> _Subcommand:
     return fetch_cli
 
 
+def _prepare_cache() -> _Subcommand:
+    from edgemodel_runtime import prepare_cache_cli
+
+    return prepare_cache_cli
+
+
 def _operator() -> _Subcommand:
     from edgemodel_operator import cli
 
@@ -72,6 +78,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[], _Subcommand]]] = {
     "artifact-server": ("content-addressed artifact store over HTTP", _artifact_server),
     "publish": ("upload a compression output to the artifact server", _publish),
     "fetch": ("fetch an artifact by sha256 into the node cache and lay it out", _fetch),
+    "prepare-cache": ("hand the node cache folder to the pods' user (init step)", _prepare_cache),
     "operator": ("run the EdgeModel operator against the current kubeconfig", _operator),
     "status": ("show an EdgeModel's status per target (replicas, p95 vs SLO, scaling)", _status),
     "sandbox": ("local control plane with simulated K3s edge nodes", _sandbox),

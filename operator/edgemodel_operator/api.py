@@ -10,6 +10,7 @@ walks the CRD schema and this module together and fails on any drift.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import itertools
 import re
 import types
@@ -26,16 +27,32 @@ Quantization = Literal["dynamic-int8", "static-int8", "fp16", "none"]
 Arch = Literal["amd64", "arm64"]
 Accelerator = Literal["none", "nvidia-gpu"]
 Runtime = Literal["onnxruntime", "triton"]
-Phase = Literal[
-    "Pending",
-    "Compressing",
-    "Deploying",
-    "Progressing",
-    "Ready",
-    "Degraded",
-    "RollingBack",
-    "Failed",
-]
+
+
+class Phase(enum.StrEnum):
+    """The EdgeModel's phase; its values are the strings written to status.phase.
+
+    The edges between phases are declared in `lifecycle.phases` (docs/architecture.md,
+    "Lifecycle").
+    """
+
+    PENDING = "Pending"
+    COMPRESSING = "Compressing"
+    DEPLOYING = "Deploying"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    ROLLING_BACK = "RollingBack"
+    FAILED = "Failed"
+
+    @classmethod
+    def parse(cls, value: object) -> Phase:
+        """The phase status holds; a missing or unknown one reads as Pending."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.PENDING
+
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -192,6 +209,10 @@ class Rollout:
     post_promotion_guard_seconds: int = _f(
         "postPromotionGuardSeconds", 300, minimum=0, maximum=86400
     )
+    # Argo's inconclusiveLimit / consecutiveErrorLimit: this many analyses in a row without
+    # data (or with Prometheus unreachable) stall the rollout; the stable revision keeps serving.
+    inconclusive_limit: int = _f("inconclusiveLimit", 20, minimum=1, maximum=1000)
+    error_limit: int = _f("errorLimit", 10, minimum=1, maximum=1000)
 
 
 @dataclass(frozen=True)

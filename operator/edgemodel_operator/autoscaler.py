@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from edgemodel_operator.api import SLO, Autoscaling
-from edgemodel_operator.metrics import Outcome, Reading
+from edgemodel_operator.readings import Outcome, Reading
 
 MAX_STEP_UP = 4
 

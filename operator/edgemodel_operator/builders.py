@@ -1,6 +1,7 @@
 """Owns every manifest the operator writes: pure functions of (EdgeModel, settings) -> dict.
 
-Compression Jobs, per-target runtime Deployments and Services, and the artifact store. No
+Compression Jobs, per-target runtime Deployments and Services, the artifact store, and the
+copies of the operator's image pull secrets in the namespaces it deploys into. No
 I/O and no clock here: the same inputs always give the same manifest, which is what makes
 server-side apply idempotent and a restarted operator converge on the same objects.
 """
@@ -71,6 +72,21 @@ def container_security_context() -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def with_image_pull(pod_spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """`pod_spec` with the operator's pull secrets and every container's pull policy set.
+
+    Every pod the operator writes goes through here, so what the chart is given (its
+    `imagePullSecrets` and `image.pullPolicy`) reaches compression Jobs, runtime pods of both
+    runtimes and the artifact store alike.
+    """
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
+    if settings.image_pull_policy:
+        for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
+            container["imagePullPolicy"] = settings.image_pull_policy
+    return pod_spec
 
 
 POD_IP_ENV = [
@@ -164,6 +180,43 @@ def compress_args(
     return args
 
 
+def job_placement(spec: EdgeModelSpec, variant: Variant) -> dict[str, Any]:
+    """Where a variant's compression Job may and should run (pure): near its targets.
+
+    The Job tolerates every taint the targets of `variant` tolerate (so it may run on a
+    dedicated, tainted edge node they run on), and prefers, without requiring, the nodes that
+    every one of those targets selects: the compressed artifact is portable, so a Job never
+    waits for a node the targets themselves cannot get (their runtime pods report that), but
+    on a cluster with such a node the Job runs there, beside the image its targets pull. See
+    docs/architecture.md, "Compression Jobs"."""
+    targets = [t for t in spec.targets if variant_of(t) == variant]
+    out: dict[str, Any] = {}
+    shared: dict[str, str] | None = None
+    for target in targets:
+        here = dict(target.node_selector)
+        shared = here if shared is None else {k: v for k, v in shared.items() if here.get(k) == v}
+    if shared:
+        expressions = [
+            {"key": key, "operator": "In", "values": [value]}
+            for key, value in sorted(shared.items())
+        ]
+        out["affinity"] = {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "preference": {"matchExpressions": expressions}}
+                ]
+            }
+        }
+    toleration_list: list[dict[str, Any]] = []
+    for target in targets:
+        for toleration in tolerations(target):
+            if toleration not in toleration_list:
+                toleration_list.append(toleration)
+    if toleration_list:
+        out["tolerations"] = toleration_list
+    return out
+
+
 def compression_job(
     name: str,
     namespace: str,
@@ -225,49 +278,53 @@ def compression_job(
             },
             "template": {
                 "metadata": {"labels": job_labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "securityContext": pod_security_context(),
-                    "initContainers": [
-                        {
-                            "name": "compress",
-                            "image": settings.runtime_image,
-                            "command": ["edgemodel"],
-                            "args": compress_args(spec, plan, settings, paths),
-                            "resources": resources,
-                            "securityContext": container_security_context(),
-                            "volumeMounts": mounts,
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                        }
-                    ],
-                    "containers": [
-                        {
-                            "name": "publish",
-                            "image": settings.runtime_image,
-                            "command": ["edgemodel"],
-                            "args": [
-                                "publish",
-                                "/work/out",
-                                "--server",
-                                settings.artifact_url,
-                                "--revision",
-                                key,
-                                "--termination-log",
-                                TERMINATION_LOG,
-                            ],
-                            "resources": {
-                                "requests": {"cpu": "50m", "memory": "64Mi"},
-                                "limits": {"memory": "256Mi"},
-                            },
-                            "securityContext": container_security_context(),
-                            "volumeMounts": mounts[:2],
-                            "terminationMessagePath": TERMINATION_LOG,
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                        }
-                    ],
-                    "volumes": volumes,
-                },
+                "spec": with_image_pull(
+                    {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        **job_placement(spec, variant),
+                        "initContainers": [
+                            {
+                                "name": "compress",
+                                "image": settings.runtime_image,
+                                "command": ["edgemodel"],
+                                "args": compress_args(spec, plan, settings, paths),
+                                "resources": resources,
+                                "securityContext": container_security_context(),
+                                "volumeMounts": mounts,
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                            }
+                        ],
+                        "containers": [
+                            {
+                                "name": "publish",
+                                "image": settings.runtime_image,
+                                "command": ["edgemodel"],
+                                "args": [
+                                    "publish",
+                                    "/work/out",
+                                    "--server",
+                                    settings.artifact_url,
+                                    "--revision",
+                                    key,
+                                    "--termination-log",
+                                    TERMINATION_LOG,
+                                ],
+                                "resources": {
+                                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                                    "limits": {"memory": "256Mi"},
+                                },
+                                "securityContext": container_security_context(),
+                                "volumeMounts": mounts[:2],
+                                "terminationMessagePath": TERMINATION_LOG,
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                            }
+                        ],
+                        "volumes": volumes,
+                    },
+                    settings,
+                ),
             },
         },
     }
@@ -299,6 +356,52 @@ def tolerations(target: Target) -> list[dict[str, Any]]:
 
 def pod_requests(target: Target, settings: Settings) -> dict[str, str]:
     return _merge_resources(target, settings)["requests"]
+
+
+POD_UID = 10001  # the user every EdgeModel container runs as (pod_security_context)
+CACHE_MODE = "0750"
+
+
+def prepare_cache_container(settings: Settings) -> dict[str, Any]:
+    """The init step that hands the node cache (a hostPath) to the pods' user.
+
+    The kubelet creates a missing `DirectoryOrCreate` hostPath as root, mode 0755, and
+    hostPath volumes ignore `fsGroup`, so `fetch` (uid 10001) could not write to it. This
+    step runs first, as root with one capability, CAP_CHOWN (chmod of a root-owned folder by
+    root needs none): it changes the mode and owner of the cache folder itself, nothing below
+    it, and exits. No privilege escalation, read-only root, RuntimeDefault seccomp; the
+    containers after it run as 10001 with no capabilities. See docs/architecture.md.
+    """
+    return {
+        "name": "prepare-cache",
+        "image": settings.runtime_image,
+        "command": ["edgemodel"],
+        "args": [
+            "prepare-cache",
+            "/cache",
+            "--uid",
+            str(POD_UID),
+            "--gid",
+            str(POD_UID),
+            "--mode",
+            CACHE_MODE,
+        ],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"memory": "128Mi"},
+        },
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
 
 
 def _fetch_container(
@@ -410,6 +513,9 @@ def _server_container(
     ]
     if target.gpu:
         args += ["--providers", "cuda"]
+        if settings.strict_gpu_providers:
+            # No CUDA in the pod: exit with a termination message rather than hold the GPU.
+            args += ["--require-provider", "--termination-log", TERMINATION_LOG]
     return {
         "name": "server",
         "image": settings.runtime_image,
@@ -447,12 +553,13 @@ def runtime_deployment(
         k: pod_labels[k]
         for k in ("edgemodel.dev/name", "edgemodel.dev/target", "edgemodel.dev/revision")
     }
+    node_cache = bool(settings.node_cache_path)
     cache: dict[str, Any] = (
         {
             "name": "cache",
             "hostPath": {"path": settings.node_cache_path, "type": "DirectoryOrCreate"},
         }
-        if settings.node_cache_path
+        if node_cache
         else {"name": "cache", "emptyDir": {}}
     )
     triton = target.runtime == "triton"
@@ -485,23 +592,29 @@ def runtime_deployment(
                             "edgemodel.dev/artifact-sha256": artifact_sha256,
                         },
                     },
-                    "spec": {
-                        "nodeSelector": node_selector(target),
-                        "tolerations": tolerations(target),
-                        "automountServiceAccountToken": False,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        "terminationGracePeriodSeconds": 30,
-                        "initContainers": [
-                            _fetch_container(name, target, artifact_sha256, settings, triton)
-                        ],
-                        "containers": [_server_container(name, target, revision, spec, settings)],
-                        "volumes": [
-                            {"name": "models", "emptyDir": {}},
-                            {"name": "tmp", "emptyDir": {}},
-                            cache,
-                        ],
-                    },
+                    "spec": with_image_pull(
+                        {
+                            "nodeSelector": node_selector(target),
+                            "tolerations": tolerations(target),
+                            "automountServiceAccountToken": False,
+                            "enableServiceLinks": False,
+                            "securityContext": pod_security_context(),
+                            "terminationGracePeriodSeconds": 30,
+                            "initContainers": [
+                                *([prepare_cache_container(settings)] if node_cache else []),
+                                _fetch_container(name, target, artifact_sha256, settings, triton),
+                            ],
+                            "containers": [
+                                _server_container(name, target, revision, spec, settings)
+                            ],
+                            "volumes": [
+                                {"name": "models", "emptyDir": {}},
+                                {"name": "tmp", "emptyDir": {}},
+                                cache,
+                            ],
+                        },
+                        settings,
+                    ),
                 },
             },
         }
@@ -573,47 +686,50 @@ def artifact_store(settings: Settings) -> list[Manifest]:
                 "selector": {"matchLabels": {"app.kubernetes.io/name": "edgemodel-artifacts"}},
                 "template": {
                     "metadata": {"labels": store_labels},
-                    "spec": {
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context(),
-                        "containers": [
-                            {
-                                "name": "server",
-                                "image": settings.runtime_image,
-                                "command": ["edgemodel"],
-                                "args": [
-                                    "artifact-server",
-                                    "--root",
-                                    "/store",
-                                    "--host",
-                                    "$(POD_IP)",
-                                    "--port",
-                                    str(settings.artifact_port),
-                                ],
-                                "env": list(POD_IP_ENV),
-                                "ports": [
-                                    {"name": "http", "containerPort": settings.artifact_port}
-                                ],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/healthz", "port": "http"},
-                                    "periodSeconds": 2,
-                                },
-                                "livenessProbe": {
-                                    "httpGet": {"path": "/healthz", "port": "http"},
-                                    "periodSeconds": 10,
-                                },
-                                "resources": {
-                                    "requests": {"cpu": "50m", "memory": "64Mi"},
-                                    "limits": {"memory": "512Mi"},
-                                },
-                                "securityContext": container_security_context(),
-                                "volumeMounts": [{"name": "store", "mountPath": "/store"}],
-                            }
-                        ],
-                        "volumes": [
-                            {"name": "store", "persistentVolumeClaim": {"claimName": name}}
-                        ],
-                    },
+                    "spec": with_image_pull(
+                        {
+                            "automountServiceAccountToken": False,
+                            "securityContext": pod_security_context(),
+                            "containers": [
+                                {
+                                    "name": "server",
+                                    "image": settings.runtime_image,
+                                    "command": ["edgemodel"],
+                                    "args": [
+                                        "artifact-server",
+                                        "--root",
+                                        "/store",
+                                        "--host",
+                                        "$(POD_IP)",
+                                        "--port",
+                                        str(settings.artifact_port),
+                                    ],
+                                    "env": list(POD_IP_ENV),
+                                    "ports": [
+                                        {"name": "http", "containerPort": settings.artifact_port}
+                                    ],
+                                    "readinessProbe": {
+                                        "httpGet": {"path": "/healthz", "port": "http"},
+                                        "periodSeconds": 2,
+                                    },
+                                    "livenessProbe": {
+                                        "httpGet": {"path": "/healthz", "port": "http"},
+                                        "periodSeconds": 10,
+                                    },
+                                    "resources": {
+                                        "requests": {"cpu": "50m", "memory": "64Mi"},
+                                        "limits": {"memory": "512Mi"},
+                                    },
+                                    "securityContext": container_security_context(),
+                                    "volumeMounts": [{"name": "store", "mountPath": "/store"}],
+                                }
+                            ],
+                            "volumes": [
+                                {"name": "store", "persistentVolumeClaim": {"claimName": name}}
+                            ],
+                        },
+                        settings,
+                    ),
                 },
             },
         },
@@ -627,3 +743,81 @@ def artifact_store(settings: Settings) -> list[Manifest]:
             },
         },
     ]
+
+
+# ------------------------------------------------------------------ pull secrets
+
+
+PULL_SECRET_SOURCE = "edgemodel.dev/copied-from"
+
+
+def pull_secret_copy(source: Mapping[str, Any], namespace: str) -> Manifest:
+    """The copy of pull secret `source` (a Secret of the operator's namespace) in `namespace`.
+
+    Same name, type and data; labelled as the operator's and annotated with where it came
+    from, so it is told apart from a Secret the user made there (which is never touched).
+    """
+    meta = source["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/part-of": "edgemodel",
+                "app.kubernetes.io/managed-by": MANAGER,
+                "app.kubernetes.io/component": "pull-secret",
+            },
+            "annotations": {PULL_SECRET_SOURCE: f"{meta.get('namespace', '')}/{meta['name']}"},
+        },
+        "type": source.get("type") or "Opaque",
+        "data": dict(source.get("data") or {}),
+    }
+
+
+def pull_secret_copies(
+    settings: Settings,
+    namespace: str,
+    sources: Mapping[str, Mapping[str, Any] | None],
+    existing: Mapping[str, Mapping[str, Any] | None],
+) -> tuple[list[Manifest], list[str]]:
+    """(copies to apply in `namespace`, problems to report) for the operator's pull secrets.
+
+    `sources`: name -> that Secret in the operator's namespace (None: missing); `existing`:
+    name -> the Secret of that name in `namespace` (None: none yet). A namespace that is the
+    operator's own needs no copy; a Secret there that the operator did not make is the
+    user's and is left alone; an up-to-date copy is not rewritten.
+    """
+    copies: list[Manifest] = []
+    problems: list[str] = []
+    if namespace == settings.namespace:
+        return copies, problems
+    for name in settings.image_pull_secrets:
+        source = sources.get(name)
+        if source is None:
+            problems.append(
+                f"image pull secret {name!r} not found in namespace {settings.namespace!r}: "
+                f"pods in {namespace!r} may fail to pull their images"
+            )
+            continue
+        present = existing.get(name)
+        if present is not None:
+            present_labels = (present.get("metadata") or {}).get("labels") or {}
+            if present_labels.get("app.kubernetes.io/managed-by") != MANAGER:
+                continue  # the user's own Secret of that name: theirs to keep
+        copy = pull_secret_copy(source, namespace)
+        if present is not None and _same_copy(present, copy):
+            continue
+        copies.append(copy)
+    return copies, problems
+
+
+def _same_copy(present: Mapping[str, Any], copy: Manifest) -> bool:
+    annotations = (present.get("metadata") or {}).get("annotations") or {}
+    source: str = copy["metadata"]["annotations"][PULL_SECRET_SOURCE]
+    return bool(
+        present.get("type") == copy["type"]
+        and (present.get("data") or {}) == copy["data"]
+        and annotations.get(PULL_SECRET_SOURCE) == source
+    )

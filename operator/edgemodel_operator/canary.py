@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from edgemodel_operator.api import SLO
-from edgemodel_operator.metrics import (
+from edgemodel_operator.readings import (
     Outcome,
     Reading,
     classify_error_rate,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import sys
+from collections.abc import Callable
 
 from edgemodel_operator.settings import RUNTIME_IMAGE, TRITON_IMAGE, Settings
 
@@ -35,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     peering.add_argument(
         "--peering", metavar="NAME", help="kopf peering object: replicas elect one active"
     )
+    parser.add_argument(
+        "--peering-priority",
+        type=int,
+        default=None,
+        metavar="N",
+        help="this replica's peering priority; the highest is active (default: random)",
+    )
     parser.add_argument("--runtime-image", default=RUNTIME_IMAGE)
     parser.add_argument("--triton-image", default=TRITON_IMAGE)
     parser.add_argument(
@@ -43,6 +53,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not create the in-cluster artifact store (the Helm chart installs it)",
     )
     parser.add_argument("--artifact-service", default="edgemodel-artifacts")
+    parser.add_argument(
+        "--artifact-port",
+        type=int,
+        default=8080,
+        help="port of the artifact store's Service (and of its server when the operator runs it)",
+    )
+    parser.add_argument(
+        "--image-pull-secret",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Secret of the operator's namespace that every pod the operator creates pulls "
+        "with; copied into each namespace it deploys into (repeatable)",
+    )
+    parser.add_argument(
+        "--image-pull-policy",
+        choices=("Always", "IfNotPresent", "Never"),
+        default=None,
+        help="imagePullPolicy of every container the operator creates (default: Kubernetes')",
+    )
+    parser.add_argument(
+        "--allow-gpu-provider-fallback",
+        action="store_true",
+        help="let GPU targets serve from the CPU when CUDA does not work (default: the server "
+        "exits and the EdgeModel says so; the sandbox's simulated GPU nodes need this)",
+    )
     parser.add_argument(
         "--artifact-url",
         default="",
@@ -82,19 +118,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
-    import kopf
+def peering_priority(given: int | None, draw: Callable[[int], int] = secrets.randbelow) -> int:
+    """This replica's kopf peering priority: `given`, else a random one in [1, 2**31).
 
-    from edgemodel_operator import handlers, logs
+    kopf pauses every replica when the highest priority is shared, and its default is 0 for
+    all, so replicas left at the default never elect one (found with the chart's replicas=2 on
+    a real node). With a random priority each, the highest is active and the others stand by
+    until its keep-alive lapses. See docs/architecture.md, "Operator replicas"."""
+    return given if given is not None else draw(2**31 - 1) + 1
 
-    logs.configure(args.verbose)
-    # kopf logs every handler's success at INFO: one line per watch event is noise here.
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings = Settings(
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The operator's settings from its parsed flags (ValueError names a bad value)."""
+    return Settings(
         runtime_image=args.runtime_image,
         triton_image=args.triton_image,
         namespace=args.operator_namespace,
         artifact_service=args.artifact_service,
+        artifact_port=args.artifact_port,
+        image_pull_secrets=tuple(args.image_pull_secret),
+        image_pull_policy=args.image_pull_policy or "",
+        strict_gpu_providers=not args.allow_gpu_provider_fallback,
         manage_artifact_store=not args.no_artifact_store,
         artifact_lookup_url=args.artifact_url,
         node_cache_path=args.node_cache_path,
@@ -103,6 +147,21 @@ def run(args: argparse.Namespace) -> int:
         prometheus_ca_file=args.prometheus_ca_file,
         prometheus_insecure=args.prometheus_insecure,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from edgemodel_operator import handlers, logs
+
+    logs.configure(args.verbose)
+    # kopf logs every handler's success at INFO: one line per watch event is noise here.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        settings = settings_from(args)
+    except ValueError as exc:
+        print(f"edgemodel operator: {exc}", file=sys.stderr)
+        return 2
     memo = kopf.Memo(
         runtime=handlers.Runtime(
             settings=settings,
@@ -116,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     kopf.run(
         standalone=args.standalone or not args.peering,
         peering_name=args.peering,
+        priority=peering_priority(args.peering_priority) if args.peering else None,
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=args.liveness,

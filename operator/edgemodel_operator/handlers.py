@@ -20,11 +20,28 @@ from typing import Any
 
 import kopf
 
-from edgemodel_operator import artifact_lookup, builders, canary, metrics, observe, telemetry
+from edgemodel_operator import (
+    artifact_lookup,
+    builders,
+    canary,
+    metrics,
+    observe,
+    providers,
+    telemetry,
+)
 from edgemodel_operator.api import GROUP, KIND, PLURAL, VERSION, SpecError, parse_spec
 from edgemodel_operator.conditions import set_condition
 from edgemodel_operator.kube import Credentials, Kube, KubeError
-from edgemodel_operator.lifecycle import Apply, Delete, Desired, Event, Observed, State, transition
+from edgemodel_operator.lifecycle import (
+    Apply,
+    Delete,
+    Desired,
+    Event,
+    Observed,
+    Requeue,
+    State,
+    transition,
+)
 from edgemodel_operator.placement import Requirements, explain_unplaceable
 from edgemodel_operator.revision import revision_of, variants
 from edgemodel_operator.settings import Settings
@@ -34,18 +51,6 @@ log = logging.getLogger("edgemodel.operator")
 EM_API = f"{GROUP}/{VERSION}"
 Key = tuple[str, str]  # (namespace, name)
 MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGER}
-# How soon to look again when nothing wakes us: busy phases poll a little as a safety net
-# (watch events do the real waking); settled ones rarely.
-REQUEUE_SECONDS = {
-    "Pending": 5.0,
-    "Compressing": 10.0,
-    "Deploying": 10.0,
-    "Progressing": 5.0,
-    "RollingBack": 5.0,
-    "Degraded": 30.0,
-    "Ready": 120.0,
-    "Failed": 300.0,
-}
 
 
 @dataclass
@@ -229,12 +234,13 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     else:
         runtime.unplaceable.discard(key)
     new_state, actions = transition(state, desired, observed, datetime.now(UTC))
+    await _sync_pull_secrets(runtime, kube, namespace)
     # Writes of different objects go out together (a model's first pass makes a dozen);
     # deletions and Events follow, in the order decided.
     applies = [a for a in actions if isinstance(a, Apply)]
     await asyncio.gather(*(_apply(kube, body, a) for a in applies))
     for action in actions:
-        if not isinstance(action, Apply):
+        if isinstance(action, (Delete, Event)):
             await _apply(kube, body, action)
     new_status = new_state.to_status(generation)
     if _changed(status, new_status):
@@ -242,18 +248,9 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     telemetry.record_status(
         namespace, name, new_status, spec.slo.latency_p95_ms if spec.slo else None
     )
-    delay = REQUEUE_SECONDS.get(new_state.phase, 30.0)
-    if spec.slo is not None:
-        # The SLO loop runs on its own clock: each analysis or scaling interval, a pass.
-        if spec.autoscaling.enabled:
-            delay = min(delay, float(spec.autoscaling.interval_seconds))
-        if new_state.rollout.get("canary") and new_state.phase in (
-            "Progressing",
-            "Ready",
-            "RollingBack",
-        ):
-            delay = min(delay, float(spec.rollout.analysis_interval_seconds))
-    return delay
+    # The decision says when to look again: the phase's poll, the SLO loop's interval, or
+    # the end of a compression retry's backoff (lifecycle.requeue_after).
+    return next((a.after_seconds for a in actions if isinstance(a, Requeue)), 30.0)
 
 
 async def _observe(
@@ -334,6 +331,7 @@ async def _observe(
         artifacts=artifacts,
         unschedulable=unschedulable,
         store_ready=store_ready,
+        provider_fallbacks=providers.provider_fallbacks(runtime_pods),
     )
 
 
@@ -406,6 +404,36 @@ async def _measure(
             checks.append(_worst([g_p95, g_err]))
         out["guard"] = _worst(checks)
     return out
+
+
+async def _sync_pull_secrets(runtime: Runtime, kube: Kube, namespace: str) -> None:
+    """Copy the operator's image pull secrets into `namespace` (kept in sync each pass).
+
+    Pods can only pull with a Secret of their own namespace. A failure here (the Secret
+    missing, RBAC) is logged and does not stop the reconcile: the pods' ImagePullBackOff
+    says the rest.
+    """
+    settings = runtime.settings
+    if not settings.image_pull_secrets or namespace == settings.namespace:
+        return
+    names = settings.image_pull_secrets
+    try:
+        found = await asyncio.gather(
+            *(kube.get("v1", "Secret", settings.namespace, n) for n in names),
+            *(kube.get("v1", "Secret", namespace, n) for n in names),
+        )
+        copies, problems = builders.pull_secret_copies(
+            settings,
+            namespace,
+            dict(zip(names, found[: len(names)], strict=True)),
+            dict(zip(names, found[len(names) :], strict=True)),
+        )
+        for manifest in copies:
+            await kube.apply(manifest)
+    except KubeError as exc:
+        problems = [f"cannot copy image pull secrets into {namespace!r}: {exc}"]
+    for problem in problems:
+        log.warning("image pull secret", extra={"namespace": namespace, "error": problem})
 
 
 async def _artifact_base_url(runtime: Runtime, kube: Kube) -> str | None:

@@ -5,9 +5,8 @@ Three layers, each usable alone:
 - Pure PromQL builders over the runtime's metric contract (DESIGN.md "Metrics contract"):
   `edgemodel_request_duration_seconds` (histogram) and `edgemodel_requests_total{code}`, both
   labelled model/revision/target by the runtime and namespace/pod by the scrape.
-- Pure classifiers turning a number into a `Reading` with one of the four outcomes of
-  principle 4: SUCCESSFUL, FAILED, INCONCLUSIVE (no data) and ERROR (Prometheus unreachable or
-  a bad answer). Only FAILED may ever count toward a rollback; the others hold.
+- Pure classifiers turning a number into a `Reading` (they live in `readings`, which imports
+  no network client, so the pure decision modules can use them; re-exported here).
 - `PrometheusClient`, an async instant-query client that never raises for Prometheus trouble:
   whatever goes wrong on the wire becomes a `QueryResult` with an error, and so an ERROR
   reading, because a monitoring outage must never look like a healthy or a failing model.
@@ -24,9 +23,7 @@ a healthy revision look broken and trigger a rollback.
 
 from __future__ import annotations
 
-import enum
 import json
-import math
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +33,36 @@ from typing import Any
 import aiohttp
 
 from edgemodel_operator.api import SLO
+from edgemodel_operator.readings import (
+    Outcome,
+    Reading,
+    classify_error_rate,
+    classify_latency,
+    classify_vs_baseline,
+)
+
+__all__ = [
+    "DURATION_METRIC",
+    "ERROR_CODE_REGEX",
+    "PROMETHEUS_URL_ANNOTATION",
+    "REQUESTS_METRIC",
+    "SERVER_ERROR_GRPC_CODES",
+    "Outcome",
+    "PrometheusClient",
+    "QueryResult",
+    "Reading",
+    "classify_error_rate",
+    "classify_latency",
+    "classify_vs_baseline",
+    "error_rate_query",
+    "escape_label_value",
+    "is_error_code",
+    "p95_latency_query",
+    "parse_query_response",
+    "prometheus_url_for",
+    "request_rate_query",
+    "selector",
+]
 
 DURATION_METRIC = "edgemodel_request_duration_seconds"
 REQUESTS_METRIC = "edgemodel_requests_total"
@@ -135,103 +162,6 @@ def request_rate_query(
     """Requests per second over the window (every code), across every pod of the selection."""
     sel = selector(namespace, model, revision, target)
     return f"sum(rate({REQUESTS_METRIC}{sel}{_window(window_s)}))"
-
-
-# ------------------------------------------------------------------ readings
-
-
-class Outcome(enum.StrEnum):
-    """The four results of a metric check (principle 4)."""
-
-    SUCCESSFUL = "Successful"
-    FAILED = "Failed"
-    INCONCLUSIVE = "Inconclusive"  # no data: no traffic, no series yet
-    ERROR = "Error"  # Prometheus unreachable or answered something unusable
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One classified metric value; `detail` is a one-line, human-readable why."""
-
-    outcome: Outcome
-    value: float | None
-    threshold: float | None
-    detail: str
-
-    @property
-    def has_value(self) -> bool:
-        return self.value is not None and not math.isnan(self.value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome.value,
-            "value": self.value if self.has_value else None,
-            "threshold": self.threshold,
-            "detail": self.detail,
-        }
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def classify_latency(value_ms: float | None, slo_ms: float) -> Reading:
-    """p95 (ms) against the SLO: above fails, at or below passes, None/NaN is no data.
-
-    +Inf (the p95 fell in the histogram's +Inf bucket) is a real, very slow value: FAILED.
-    """
-    if value_ms is None or math.isnan(value_ms):
-        return Reading(Outcome.INCONCLUSIVE, None, slo_ms, "no data: no latency samples in window")
-    if value_ms > slo_ms:
-        return Reading(
-            Outcome.FAILED, value_ms, slo_ms, f"p95 {_fmt(value_ms)} ms > SLO {_fmt(slo_ms)} ms"
-        )
-    return Reading(
-        Outcome.SUCCESSFUL, value_ms, slo_ms, f"p95 {_fmt(value_ms)} ms <= SLO {_fmt(slo_ms)} ms"
-    )
-
-
-def classify_error_rate(value: float | None, max_error_rate: float) -> Reading:
-    """Error fraction against the SLO: above fails, at or below passes, None/NaN is no data."""
-    if value is None or math.isnan(value):
-        return Reading(Outcome.INCONCLUSIVE, None, max_error_rate, "no data: no requests in window")
-    if value > max_error_rate:
-        return Reading(
-            Outcome.FAILED,
-            value,
-            max_error_rate,
-            f"error rate {_fmt(value)} > max {_fmt(max_error_rate)}",
-        )
-    return Reading(
-        Outcome.SUCCESSFUL,
-        value,
-        max_error_rate,
-        f"error rate {_fmt(value)} <= max {_fmt(max_error_rate)}",
-    )
-
-
-def classify_vs_baseline(canary: Reading, stable: Reading, tolerance: float) -> Reading:
-    """Canary against the stable baseline: FAILED when canary > stable * (1 + tolerance).
-
-    An ERROR on either side is ERROR (we could not look); a missing value on either side is
-    INCONCLUSIVE (nothing to compare). The threshold reported is stable * (1 + tolerance).
-    """
-    if Outcome.ERROR in (canary.outcome, stable.outcome):
-        side = "canary" if canary.outcome is Outcome.ERROR else "stable"
-        detail = canary.detail if side == "canary" else stable.detail
-        return Reading(Outcome.ERROR, None, None, f"{side}: {detail}")
-    value, base = canary.value, stable.value
-    if value is None or math.isnan(value) or base is None or math.isnan(base):
-        side = "canary" if not canary.has_value else "stable"
-        return Reading(Outcome.INCONCLUSIVE, None, None, f"no data: no {side} value to compare")
-    limit = base * (1.0 + tolerance)
-    relation = ">" if value > limit else "<="
-    return Reading(
-        Outcome.FAILED if value > limit else Outcome.SUCCESSFUL,
-        value,
-        limit,
-        f"canary {_fmt(value)} {relation} stable {_fmt(base)} * {1 + tolerance:g}",
-    )
 
 
 # ------------------------------------------------------------------ Prometheus client

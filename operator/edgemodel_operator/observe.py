@@ -3,7 +3,7 @@
 The handler lists Jobs, Pods, Deployments and Services; these functions read what matters
 out of them — a Job's outcome and the report its publish step left in its termination
 message, a Deployment's availability, a pod the scheduler could not place — so the decision
-in lifecycle.py never touches a raw API dict.
+in lifecycle/ never touches a raw API dict.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edgemodel_operator.lifecycle import DeploymentObs, JobObs
+from edgemodel_operator.lifecycle.compression import ATTEMPT_ANNOTATION
 
 GATE_FAILED_EXIT = 3
 
@@ -63,6 +64,9 @@ def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
         elif publish and publish.get("exitCode") not in (None, 0):
             tail = _last_lines(publish.get("message") or "")
             failure = f"publish exited {publish.get('exitCode')}: {tail}"
+        elif status.get("reason") == "Evicted":
+            # The kubelet evicted the pod (node pressure): no container said why.
+            failure = f"Evicted: {_last_lines(status.get('message') or '')}".strip(": ")
     if failed and not failure:
         cond = conditions.get("Failed") or {}
         failure = f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")
@@ -70,6 +74,8 @@ def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
         reason = (conditions.get("Failed") or {}).get("reason")
         if reason and reason not in ("PodFailurePolicy", "BackoffLimitExceeded"):
             failure = f"{reason}; {failure}"
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    attempt = str(annotations.get(ATTEMPT_ANNOTATION) or "1")
     return JobObs(
         name=(job.get("metadata") or {}).get("name", ""),
         revision=labels.get("edgemodel.dev/revision", ""),
@@ -80,6 +86,7 @@ def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
         summary=summary,
         failure=failure,
         gate_failed=gate_failed,
+        attempt=int(attempt) if attempt.isdigit() and int(attempt) > 0 else 1,
     )
 
 

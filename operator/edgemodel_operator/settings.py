@@ -6,10 +6,13 @@ the builders, so every manifest is a pure function of (spec, settings).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 RUNTIME_IMAGE = "ghcr.io/edgemodel/runtime:0.1.0"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
+PULL_POLICIES = ("", "Always", "IfNotPresent", "Never")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -26,10 +29,21 @@ class Settings:
     # Where the operator itself asks the store for existing artifacts; empty: the Service
     # (pods always fetch through the Service, `artifact_url`).
     artifact_lookup_url: str = ""
+    # Pull secrets (names of Secrets in the operator's namespace) and pull policy for every pod
+    # the operator creates. The operator copies each Secret into the namespaces it deploys
+    # into (pods can only use a Secret of their own namespace); see docs/architecture.md.
+    image_pull_secrets: tuple[str, ...] = ()
+    image_pull_policy: str = ""  # empty: Kubernetes' default for the image's tag
     # A node-local cache lets a restarted pod on a disconnected site start from disk. It is a
-    # hostPath volume, which Pod Security "restricted" (and "baseline") refuse: an empty value
-    # falls back to an emptyDir, compliant but without the offline restart.
+    # hostPath volume, which Pod Security "restricted" (and "baseline") refuse, and the kubelet
+    # creates it root-owned, so a `prepare-cache` init step (root, CAP_CHOWN only) hands it to
+    # the pods' user first. An empty value falls back to an emptyDir: "restricted"-compliant,
+    # but without the offline restart.
     node_cache_path: str = "/var/lib/edgemodel/cache"
+    # GPU targets' servers refuse to run on a fallback provider (CPU), so a pod without a
+    # working CUDA does not hold a GPU while serving from the CPU. The sandbox, whose GPU
+    # nodes are simulated, turns this off.
+    strict_gpu_providers: bool = True
     job_backoff_limit: int = 2
     job_deadline_seconds: int = 1800
     job_ttl_seconds: int = 3600
@@ -48,6 +62,18 @@ class Settings:
     prometheus_token_file: str = ""  # bearer token, re-read on every query (rotation)
     prometheus_ca_file: str = ""
     prometheus_insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_pull_policy not in PULL_POLICIES:
+            raise ValueError(
+                f"image pull policy {self.image_pull_policy!r}: expected one of "
+                f"{', '.join(p for p in PULL_POLICIES if p)} (or empty)"
+            )
+        for name in self.image_pull_secrets:
+            if not _DNS_SUBDOMAIN.fullmatch(name):
+                raise ValueError(f"image pull secret {name!r} is not a valid Secret name")
+        if not 0 < self.artifact_port < 65536:
+            raise ValueError(f"artifact port {self.artifact_port} is not a TCP port")
 
     @property
     def artifact_url(self) -> str:

@@ -17,7 +17,13 @@ import tempfile
 from pathlib import Path
 
 from edgemodel_runtime.compress.errors import CompressError
-from edgemodel_runtime.compress.settings import CALIBRATION_METHODS, MODES, TARGETS
+from edgemodel_runtime.compress.settings import (
+    CALIBRATION_METHODS,
+    DEFAULT_MIN_AGREEMENT,
+    MODES,
+    TARGETS,
+)
+from edgemodel_runtime.compress.tasks import OUTPUT_KINDS
 from edgemodel_runtime.sources import SourceError, fetch_to_file
 
 EXIT_OK = 0
@@ -82,7 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-agreement",
         type=float,
         metavar="X",
-        help="required top-1 agreement with the original (0..1)",
+        help=f"required agreement with the original (0..1; default {DEFAULT_MIN_AGREEMENT} "
+        "when the --eval data has no labels)",
+    )
+    parser.add_argument(
+        "--output-kind",
+        choices=OUTPUT_KINDS,
+        help="what the model's first output means, for the gate's task metric "
+        "(default: classifier when it has a class dimension)",
     )
     parser.add_argument(
         "--search-budget-seconds",
@@ -139,6 +152,7 @@ def _compress(args: argparse.Namespace, calibration: Path | None, evaluation: Pa
         min_agreement=args.min_agreement,
         search_budget_s=args.search_budget_seconds,
         embedding_bits=args.embedding_bits,
+        output_kind=args.output_kind,
     )
     try:
         # Libraries underneath sometimes print progress; stdout belongs to the report.
@@ -183,7 +197,13 @@ def _summary(report: dict[str, object], directory: Path) -> str:
     ]
     if accuracy:
         parts.append(f"agreement {accuracy.get('agreement')}")
+        if accuracy.get("task_metric") is not None:
+            parts.append(f"{accuracy.get('task_metric_name')} {accuracy.get('task_metric')}")
         parts.append(f"cosine {accuracy.get('cosine')}")
+    latency = report.get("latency") or {}
+    assert isinstance(latency, dict)
+    if latency.get("ratio") is not None:
+        parts.append(f"latency {latency.get('ratio')}x")
     if report.get("cache_hit"):
         parts.append("(cache hit)")
     return " ".join(parts)

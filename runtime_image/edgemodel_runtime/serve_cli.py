@@ -3,7 +3,9 @@
 Labels for the metrics come from flags first, then from the environment the operator sets on
 the pod (EDGEMODEL_MODEL, EDGEMODEL_REVISION, EDGEMODEL_TARGET, EDGEMODEL_SLO_MS). Exit codes:
 0 after a clean drain, 1 when a port cannot be bound, 2 for bad input (flags, model missing,
-sha256 mismatch, model onnxruntime cannot load) with a one-line reason and no traceback.
+sha256 mismatch, model onnxruntime cannot load) with a one-line reason and no traceback, 3 when
+`--require-provider` is set and the session did not get the provider asked for (the reason,
+one JSON line, goes to `--termination-log` too).
 """
 
 from __future__ import annotations
@@ -80,9 +82,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--request-timeout-s", type=_positive_float, default=30.0)
     parser.add_argument(
-        "--max-request-bytes", type=_positive_int, default=64 << 20, help="default 64 MiB"
+        "--max-request-bytes",
+        type=_positive_int,
+        default=None,
+        help="largest request body (default: the model's largest valid request, JSON-encoded; "
+        "64 MiB for models with dynamic non-batch dims or string inputs)",
+    )
+    parser.add_argument(
+        "--max-inflight",
+        type=_positive_int,
+        default=None,
+        help="requests admitted at once; beyond it HTTP 503 + Retry-After / gRPC "
+        "RESOURCE_EXHAUSTED (default: 4 x CPUs x max batch size, at least 16)",
+    )
+    parser.add_argument(
+        "--max-inflight-bytes",
+        type=_positive_int,
+        default=None,
+        help="request body bytes buffered at once before shedding (default: 4 x the request "
+        "limit, at least 256 MiB)",
     )
     parser.add_argument("--providers", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    parser.add_argument(
+        "--require-provider",
+        action="store_true",
+        help="exit 3 instead of serving when the session does not get the first provider of "
+        "--providers (e.g. cuda falling back to cpu)",
+    )
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        default=None,
+        help="where to leave the reason for exit 3 (the pod's terminationMessagePath)",
+    )
     parser.add_argument(
         "--intra-op-threads",
         type=_positive_int,
@@ -157,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         request_timeout_s=args.request_timeout_s,
         max_request_bytes=args.max_request_bytes,
+        max_inflight=args.max_inflight,
+        max_inflight_bytes=args.max_inflight_bytes,
         providers=args.providers,
         intra_op_threads=args.intra_op_threads or default_intra_op_threads(),
         model_cache=args.model_cache,
@@ -164,5 +198,7 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout_s,
         shutdown_delay_s=args.shutdown_delay_s,
         execution=args.execution,
+        require_provider=args.require_provider,
+        termination_log=args.termination_log,
     )
     return asyncio.run(serve(options))

@@ -8,6 +8,7 @@ set -euo pipefail
 
 # The pinned versions live in tools.py, which runs this script with them set.
 : "${K8S_VERSION:?set by edgemodel_sandbox.tools}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}" "${HELM_VERSION:?}"
+: "${REGISTRY_VERSION:?set by edgemodel_sandbox.tools}"
 CACHE="${EDGEMODEL_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/edgemodel/tools}"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
@@ -65,6 +66,40 @@ build_k8s() {
   rm -rf "$work"
 }
 
+# The real node's kubelet and kube-proxy: the same Kubernetes tree and module setup as the
+# control plane, built into a folder of their own so the control-plane cache stays valid.
+build_k8s_node() {
+  local dest="$CACHE/kubernetes-node-$K8S_VERSION"
+  [[ -x "$dest/kubelet" && -x "$dest/kube-proxy" ]] && return 0
+  local work; work="$(mktemp -d "$CACHE/.k8s-node-build.XXXXXX")"
+  log "kubernetes node $K8S_VERSION: resolving modules"
+  local minor="v0.${K8S_VERSION#v1.}"
+  local gomod; gomod="$(cd "$work" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  {
+    echo "module edgemodel.local/k8snodebuild"
+    echo
+    echo "go 1.26"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    grep -E '^\s*k8s\.io/[A-Za-z0-9._-]+ => \./staging/' "$gomod" \
+      | awk -v v="$minor" '{print "replace " $1 " => " $1 " " v}'
+  } >"$work/go.mod"
+  grep -q 'k8s.io/cri-streaming' "$work/go.mod" \
+    || echo "replace k8s.io/cri-streaming => k8s.io/cri-streaming $minor" >>"$work/go.mod"
+  local pkgs=(k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+  (cd "$work" && go get "${pkgs[@]/%/@$K8S_VERSION}" >/dev/null 2>&1 || (cd "$work" && go get "${pkgs[@]}"))
+  local ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+  done
+  mkdir -p "$work/bin"
+  with_progress "kubernetes node $K8S_VERSION (kubelet, kube-proxy)" \
+    bash -c "cd '$work' && go build -trimpath -ldflags '$ld' -o bin/ ${pkgs[*]}"
+  rm -rf "$dest.tmp" && mv "$work/bin" "$dest.tmp" && rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  rm -rf "$work"
+}
+
 build_etcd() {
   local dest="$CACHE/etcd-$ETCD_VERSION"
   [[ -x "$dest/etcd" ]] && return 0
@@ -97,6 +132,9 @@ case "$what" in
   etcd) build_etcd ;;
   kwok) build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" ;;
   helm) build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
-  *) echo "usage: build-tools.sh [all|k8s|etcd|kwok|helm]" >&2; exit 2 ;;
+  # The real node (edgemodel_sandbox.realnode): kubelet + kube-proxy, and the OCI registry.
+  node) build_k8s_node ;;
+  registry) build_go_install registry github.com/distribution/distribution/v3/cmd/registry "$REGISTRY_VERSION" ;;
+  *) echo "usage: build-tools.sh [all|k8s|etcd|kwok|helm|node|registry]" >&2; exit 2 ;;
 esac
 log "tools ready in $CACHE"

@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="kwok marks every pod Running/Ready, EdgeModel's too; no pod runner (benchmarks)",
     )
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="up/demo: add edge-real-amd64-0, a real kubelet over containerd + runc (root)",
+    )
     parser.add_argument("--json", action="store_true", help="status as JSON")
 
 
@@ -33,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
             sandbox.up(
-                nodes=args.nodes, prometheus=not args.no_prometheus, kwok_pods=args.kwok_pods
+                nodes=args.nodes,
+                prometheus=not args.no_prometheus,
+                kwok_pods=args.kwok_pods,
+                real_node=args.real_node,
             )
             _print_env(sandbox)
             return 0
@@ -48,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             return _status(sandbox, as_json=args.json)
         from edgemodel_sandbox import demo
 
-        return demo.run_demo(sandbox, nodes=args.nodes)
+        return demo.run_demo(sandbox, nodes=args.nodes, real_node=args.real_node)
     except (SandboxError, ToolsError) as exc:
         print(f"edgemodel sandbox {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -61,6 +69,19 @@ def _print_env(sandbox: Sandbox) -> None:
     url = sandbox.prometheus_url()
     if url:
         print(f"# prometheus: {url}")
+    state = sandbox.state()
+    if state is not None and state.real_node is not None:
+        from edgemodel_sandbox.realnode import node as realnode
+
+        report = realnode.RealNode(sandbox).status(state) or {}
+        print(f"export EDGEMODEL_REGISTRY={report.get('registry', '')}")
+        print(f"export EDGEMODEL_REGISTRY_AUTH={report.get('credentials', '')}")
+        print(f"export EDGEMODEL_RUNTIME_IMAGE={report.get('runtimeImage', '')}")
+        print(f"# pull secret: {report.get('pullSecret')} ({report.get('pullSecretManifest')})")
+        print(
+            "# skopeo inspect --authfile $EDGEMODEL_REGISTRY_AUTH "
+            f"--cert-dir {report.get('certDir')} docker://$EDGEMODEL_RUNTIME_IMAGE"
+        )
 
 
 def _status(sandbox: Sandbox, as_json: bool) -> int:
@@ -82,4 +103,15 @@ def _status(sandbox: Sandbox, as_json: bool) -> int:
     print(f"{'ARCH':<8} {'ACCELERATOR':<12} {'NODES':>6} {'READY':>6}")
     for row in report["nodes"]:
         print(f"{row['arch']:<8} {row['accelerator']:<12} {row['nodes']:>6} {row['ready']:>6}")
+    real = report.get("realNode")
+    if real:
+        print()
+        print(f"{'REAL NODE':<20} {'READY':<6} {'KUBELET':<9} {'RUNTIME':<22} {'PODS':>5}")
+        print(
+            f"{real['name']:<20} {real.get('ready')!s:<6} {real.get('kubeletVersion', '?'):<9} "
+            f"{real.get('containerRuntime', '?'):<22} {real.get('pods', '?'):>5}"
+        )
+        print(f"registry:    {real['registry']}  (credentials: {real['credentials']})")
+        print(f"image:       {real['runtimeImage']}")
+        print(f"pull secret: {real['pullSecret']}")
     return 0

@@ -6,6 +6,8 @@ detached processes (each in its own session, logs under the state folder),
 creates the edge nodes and waits until they are Ready. It is idempotent: a healthy sandbox
 is reused (and grown when asked for more nodes), a broken one is torn down and made anew.
 `down` stops every process group it started and frees every port it held.
+`up(real_node=True)` adds edge-real-amd64-0, a real kubelet node (edgemodel_sandbox.realnode),
+which `down` drains and sweeps from the machine before the control plane stops.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class State:
     ports: dict[str, int]
     processes: list[Process] = field(default_factory=list)
     nodes: int = 0
+    # The real node's record (edgemodel_sandbox.realnode.node.NodeRecord), when it runs.
+    real_node: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -115,6 +119,7 @@ class State:
             ports=raw["ports"],
             processes=[Process(**p) for p in raw["processes"]],
             nodes=raw["nodes"],
+            real_node=raw.get("real_node"),
         )
 
 
@@ -145,6 +150,9 @@ class Sandbox:
             return State.from_json(self.state_file.read_text())
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def save(self, state: State) -> None:
+        self._save(state)
 
     def _save(self, state: State) -> None:
         tmp = self.state_file.with_suffix(".tmp")
@@ -205,10 +213,22 @@ class Sandbox:
         nodes: int = len(fleet.DEFAULT_FLEET),
         prometheus: bool = True,
         kwok_pods: bool = False,
+        real_node: bool = False,
     ) -> State:
         """Start (or reuse) the sandbox. `kwok_pods`: kwok plays every pod, EdgeModel's too, and
         no pod runner starts: pods go Running/Ready without a process behind them (for
-        benchmarks of the control loop at a scale real processes cannot reach here)."""
+        benchmarks of the control loop at a scale real processes cannot reach here).
+        `real_node`: add edge-real-amd64-0, a real kubelet (edgemodel_sandbox.realnode)."""
+        if real_node:
+            from edgemodel_sandbox.realnode import node as realnode
+
+            other = realnode.holder()
+            if other is not None and other != self.directory and other.exists():
+                raise SandboxError(
+                    f"the sandbox in {other} already runs this machine's real node; only one "
+                    f"can exist per machine: take it down first "
+                    f"(EDGEMODEL_SANDBOX_DIR={other} edgemodel sandbox down)"
+                )
         with self._locked():
             state = self.state()
             if state is not None and self.healthy(state):
@@ -222,6 +242,10 @@ class Sandbox:
             if state.nodes < nodes:
                 self._create_nodes(state, nodes)
             self._wait_nodes_ready(state.nodes)
+            if real_node:
+                from edgemodel_sandbox.realnode import node as realnode
+
+                realnode.RealNode(self).up(state)
             return state
 
     def _start(self, tools: Tools, prometheus: bool, kwok_pods: bool = False) -> State:
@@ -270,6 +294,8 @@ class Sandbox:
                     f"--root-ca-file={credentials.ca_cert}",
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
                     "--controllers=*",
+                    # Not the machine-wide /usr/libexec/kubernetes default: `down` removes it.
+                    f"--flex-volume-plugin-dir={self.directory / 'flexvolume'}",
                     "--concurrent-deployment-syncs=10",
                     "--concurrent-replicaset-syncs=10",
                     "--kube-api-qps=200",
@@ -371,6 +397,7 @@ class Sandbox:
         ]
 
     def _apiserver_args(self, credentials: pki.PKI, ports: dict[str, int]) -> list[str]:
+        kubelet_client = pki.kubelet_client(credentials)
         return [
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
             "--bind-address=127.0.0.1",
@@ -385,6 +412,12 @@ class Sandbox:
             f"--service-account-signing-key-file={credentials.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
+            # A real node (edgemodel_sandbox.realnode) may modify only its own Node and pods.
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            # The real node's hostname resolves nowhere: reach its kubelet on its bridge IP.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
             "--profiling=false",
@@ -466,6 +499,26 @@ class Sandbox:
             ],
             [],
         )
+
+    def spawn(
+        self,
+        state: State,
+        name: str,
+        exe: Path,
+        args: list[str],
+        ports: list[int],
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Starts a component recorded in the state, stopped by `down` (the real node's)."""
+        self._spawn(state, name, exe, args, ports, env)
+
+    def stop(self, state: State, name: str) -> None:
+        """Stops the component `name` (all its process group) and forgets it."""
+        self._stop_processes(
+            State(ports={}, processes=[p for p in state.processes if p.name == name])
+        )
+        state.processes = [p for p in state.processes if p.name != name]
+        self._save(state)
 
     def _spawn(
         self,
@@ -562,6 +615,13 @@ class Sandbox:
 
     def _down_locked(self) -> None:
         state = self.state()
+        from edgemodel_sandbox.realnode import node as realnode
+
+        if (state is not None and state.real_node is not None) or (
+            realnode.holder() == self.directory
+        ):
+            # Before the control plane stops: its pods are drained through the API server.
+            realnode.RealNode(self).down(state)
         if state is not None:
             self._stop_processes(state)
             busy = [port for port in state.ports.values() if port_open(port)]
@@ -633,6 +693,10 @@ class Sandbox:
                 {"arch": arch, "accelerator": acc, "nodes": total, "ready": ready}
                 for (arch, acc), (total, ready) in sorted(groups.items())
             ]
+        if state.real_node is not None:
+            from edgemodel_sandbox.realnode import node as realnode
+
+            report["realNode"] = realnode.RealNode(self).status(state)
         return report
 
 

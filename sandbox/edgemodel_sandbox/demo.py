@@ -79,6 +79,55 @@ def _upload(address: str, path: Path) -> str:
     return digest
 
 
+REAL_TARGET = "amd64-cpu"
+
+
+def place_on_real_node(manifest: dict[str, Any], target: str = REAL_TARGET) -> dict[str, Any]:
+    """The example with `target` selecting (and tolerating) the real node; other targets stay
+    on the kwok fleet (pure)."""
+    from edgemodel_sandbox.realnode import plan
+
+    for item in manifest["spec"]["targets"]:
+        if item["name"] == target:
+            item["nodeSelector"] = {**item.get("nodeSelector", {}), plan.REAL_NODE_LABEL: "true"}
+            tolerations = list(item.get("tolerations", []))
+            if plan.TOLERATION not in tolerations:
+                tolerations.append(dict(plan.TOLERATION))
+            item["tolerations"] = tolerations
+            return manifest
+    raise SandboxError(f"the example has no target {target!r} to put on the real node")
+
+
+def _serve_check(sandbox: Sandbox, name: str, target: str) -> None:
+    """An inference through the target's Service (kube-proxy) served by the real containers."""
+    service = json.loads(_kubectl(sandbox, "get", "svc", f"{name}-{target}", "-o", "json"))
+    base = f"http://{service['spec']['clusterIP']}:8000/v2/models/{name}"
+    with urllib.request.urlopen(base, timeout=10) as response:
+        metadata = json.loads(response.read())
+    inputs = []
+    for tensor in metadata["inputs"]:
+        shape = [1 if d in (-1, None) else int(d) for d in tensor["shape"]]
+        count = 1
+        for d in shape:
+            count *= d
+        inputs.append(
+            {"name": tensor["name"], "shape": shape, "datatype": tensor["datatype"],
+             "data": [0] * count}
+        )  # fmt: skip
+    request = urllib.request.Request(
+        f"{base}/infer",
+        data=json.dumps({"inputs": inputs}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        outputs = json.loads(response.read())["outputs"]
+    print(
+        f"inference via {base} (Service -> kube-proxy -> real container): "
+        + ", ".join(f"{o['name']} {o['shape']}" for o in outputs)
+    )
+
+
 def _manifest(model_sha: str, eval_sha: str) -> dict[str, Any]:
     manifest: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     spec = manifest["spec"]
@@ -119,13 +168,15 @@ def _wait_ready(sandbox: Sandbox, name: str) -> dict[str, Any]:
     )
 
 
-def run_demo(sandbox: Sandbox, nodes: int) -> int:
+def run_demo(sandbox: Sandbox, nodes: int, real_node: bool = False) -> int:
     if not CRD.exists() or not EXAMPLE.exists():
         print(f"edgemodel sandbox demo needs a source checkout (looked for {CRD})", file=sys.stderr)
         return 2
     started = time.monotonic()
     _step("sandbox: control plane + simulated K3s edge nodes + pod runner + Prometheus")
-    state = sandbox.up(nodes=nodes)
+    if real_node:
+        print("and edge-real-amd64-0: kubelet + containerd + runc, kube-proxy, registry, DNS")
+    state = sandbox.up(nodes=nodes, real_node=real_node)
     print(
         _kubectl(
             sandbox, "get", "nodes", "-L", "kubernetes.io/arch", "-L", "nvidia.com/gpu.product"
@@ -142,10 +193,27 @@ def run_demo(sandbox: Sandbox, nodes: int) -> int:
         "operator",
         "--standalone",
         "--resolve-services-via-endpoints",
+        # The GPU nodes are kwok's: their servers fall back to the CPU instead of exiting.
+        "--allow-gpu-provider-fallback",
     ]
     prometheus = sandbox.prometheus_url(state)
     if prometheus:
         args += ["--prometheus-url", prometheus]
+    if real_node and state.real_node is not None:
+        from edgemodel_sandbox.realnode import node as realnode
+        from edgemodel_sandbox.realnode import plan
+
+        # Pods on the real node pull the runtime image from the sandbox's registry with the
+        # pull secret the operator copies into each namespace it deploys into.
+        namespace = STORE[0]
+        _kubectl(sandbox, "create", "namespace", namespace, check=False)
+        realnode.apply_pull_secret(sandbox, namespace)
+        args += [
+            "--runtime-image",
+            state.real_node["runtime_image"],
+            "--image-pull-secret",
+            plan.PULL_SECRET,
+        ]
     fresh = sandbox.ensure_process(
         "operator", Path(sys.executable), args, {"KUBECONFIG": str(sandbox.kubeconfig)}
     )
@@ -167,11 +235,11 @@ def run_demo(sandbox: Sandbox, nodes: int) -> int:
     print(f"model {model_sha[:12]}  evaluation {eval_sha[:12]}  (store at {address})")
 
     _step(f"the example: {EXAMPLE.relative_to(REPO)}")
-    print(
-        _kubectl(
-            sandbox, "apply", "-f", "-", stdin=yaml.safe_dump(_manifest(model_sha, eval_sha))
-        ).strip()
-    )
+    manifest = _manifest(model_sha, eval_sha)
+    if real_node:
+        manifest = place_on_real_node(manifest)
+        print(f"target {REAL_TARGET}: on the real node (nodeSelector + toleration)")
+    print(_kubectl(sandbox, "apply", "-f", "-", stdin=yaml.safe_dump(manifest)).strip())
     em = _wait_ready(sandbox, "digits")
 
     _step("what the cluster shows")
@@ -185,6 +253,20 @@ def run_demo(sandbox: Sandbox, nodes: int) -> int:
         )
     print()
     print(_kubectl(sandbox, "get", "pods", "-l", "edgemodel.dev/name=digits", "-o", "wide"))
+    if real_node:
+        print(
+            _kubectl(
+                sandbox,
+                "get",
+                "pods",
+                "-l",
+                f"edgemodel.dev/name=digits,edgemodel.dev/target={REAL_TARGET}",
+                "-o",
+                "custom-columns=POD:.metadata.name,NODE:.spec.nodeName,"
+                "IMAGE:.spec.containers[0].image,CONTAINER:.status.containerStatuses[0].containerID",
+            )
+        )
+        _serve_check(sandbox, "digits", REAL_TARGET)
     print(f"done in {time.monotonic() - started:.1f} s; the sandbox keeps running:")
     print(f"  export KUBECONFIG={sandbox.kubeconfig}")
     print(f"  export PATH={Tools.at(tools_dir()).kubectl.parent}:$PATH")

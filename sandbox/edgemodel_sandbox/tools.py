@@ -17,6 +17,8 @@ K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.19.5"
+# The real node (edgemodel_sandbox.realnode): an OCI registry from the Go module proxy.
+REGISTRY_VERSION = "v3.1.2"
 BUILD_SCRIPT = Path(__file__).with_name("build-tools.sh")
 
 
@@ -78,6 +80,7 @@ def _run_build(what: str) -> None:
         ETCD_VERSION=ETCD_VERSION,
         KWOK_VERSION=KWOK_VERSION,
         HELM_VERSION=HELM_VERSION,
+        REGISTRY_VERSION=REGISTRY_VERSION,
     )
     # The script reports progress on stderr; pass it straight through so a long cold
     # build is visibly alive.
@@ -107,6 +110,45 @@ def ensure_tools() -> Tools:
     return tools
 
 
+@dataclass(frozen=True)
+class NodeTools:
+    """Absolute paths of the real node's binaries (kubelet, kube-proxy, registry)."""
+
+    kubelet: Path
+    kube_proxy: Path
+    registry: Path
+
+    @classmethod
+    def at(cls, root: Path) -> NodeTools:
+        node = root / f"kubernetes-node-{K8S_VERSION}"
+        return cls(
+            kubelet=node / "kubelet",
+            kube_proxy=node / "kube-proxy",
+            registry=root / f"registry-{REGISTRY_VERSION}" / "registry",
+        )
+
+    def missing(self) -> list[Path]:
+        built = [self.kubelet, self.kube_proxy, self.registry]
+        return [path for path in built if not os.access(path, os.X_OK)]
+
+
+def ensure_node_tools() -> NodeTools:
+    """The real node's binaries, built first when missing (kubelet + kube-proxy: ~2 min with a
+    warm Go cache; the registry a few minutes cold)."""
+    tools = NodeTools.at(tools_dir())
+    if not os.access(tools.registry, os.X_OK):
+        _run_build("registry")
+    if not (os.access(tools.kubelet, os.X_OK) and os.access(tools.kube_proxy, os.X_OK)):
+        print(
+            f"edgemodel sandbox: building kubelet and kube-proxy {K8S_VERSION} for the real node",
+            file=sys.stderr,
+        )
+        _run_build("node")
+    if tools.missing():
+        raise ToolsError(f"still missing after the build: {', '.join(map(str, tools.missing()))}")
+    return tools
+
+
 def ensure_helm() -> Path:
     helm = tools_dir() / f"helm-{HELM_VERSION}" / "helm"
     if not os.access(helm, os.X_OK):
@@ -119,5 +161,7 @@ if __name__ == "__main__":
     # with progress on the terminal, before pytest captures output.
     if sys.argv[1:] == ["helm"]:
         print(ensure_helm())
+    elif sys.argv[1:] == ["node"]:
+        print(ensure_node_tools().kubelet.parent)
     else:
         print(ensure_tools().kube_apiserver.parent.parent)

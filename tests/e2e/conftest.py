@@ -55,6 +55,9 @@ class Operator:
                 f"{E2E_PREFIX}*",
                 "--workers",
                 "4",
+                # The sandbox's GPU nodes are simulated: their servers run on the CPU build of
+                # onnxruntime, so a strict GPU target would never be Ready here.
+                "--allow-gpu-provider-fallback",
                 *(
                     ["--prometheus-url", self.cluster.prometheus_url]
                     if self.cluster.prometheus_url

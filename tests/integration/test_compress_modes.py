@@ -66,7 +66,10 @@ def test_digits_every_mode(digits: ModelFixture, tmp_path: Path, mode: str) -> N
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(EXPECT))
 def test_bert_encoder_every_mode(bert2: ModelFixture, tmp_path: Path, mode: str) -> None:
-    report, artifact = run_mode(bert2, mode, tmp_path)
+    # Random weights on random tokens: the 2 logits sit within rounding of each other, so
+    # top-1 agreement is a coin toss on a few rows; the test judges cosine and sets its own
+    # agreement floor below the 0.99 that unlabelled evaluation data gets by default.
+    report, artifact = run_mode(bert2, mode, tmp_path, min_agreement=0.9)
     max_ratio, min_cosine = EXPECT[mode]
     assert report["sizes"]["ratio"] <= max_ratio
     assert report["accuracy"]["cosine"] >= min_cosine
@@ -91,8 +94,16 @@ def test_bert_encoder_every_mode(bert2: ModelFixture, tmp_path: Path, mode: str)
 @pytest.mark.parametrize("mode", ["dynamic-int8", "static-int8"])
 def test_bert_encoder_4bit_embedding_tables(bert2: ModelFixture, tmp_path: Path, mode: str) -> None:
     def run(bits: int) -> dict[str, Any]:
+        # The random-weight encoder's 2 logits sit within rounding of each other on random
+        # tokens: this test judges size and cosine, and sets its own agreement floor below
+        # the 0.99 default (4-bit tables flip 1-2 of its 32 rows).
         report, artifact = run_mode(
-            bert2, mode, tmp_path / str(bits), target="arm64", embedding_bits=bits
+            bert2,
+            mode,
+            tmp_path / str(bits),
+            target="arm64",
+            embedding_bits=bits,
+            min_agreement=0.9,
         )
         ops = [n.op_type for n in onnx.load_model(str(artifact)).graph.node]
         return {**report, "ops": ops}

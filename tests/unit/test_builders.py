@@ -57,6 +57,12 @@ def pod(dep: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def init_container(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in pod_spec["initContainers"] if c["name"] == name]
+    result: dict[str, Any] = found
+    return result
+
+
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_every_pod_is_restricted_owned_and_labelled(index: int) -> None:
     spec = model()
@@ -76,7 +82,11 @@ def test_every_pod_is_restricted_owned_and_labelled(index: int) -> None:
     assert labels["edgemodel.dev/revision"] == revision_of(spec)
     assert p["securityContext"]["runAsNonRoot"] is True
     assert p["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for container in p["containers"] + p["initContainers"]:
+    init = p["initContainers"]
+    # The node cache's prepare step is the one container that is not "restricted" (see
+    # test_node_cache_is_handed_to_the_pods_user_with_chown_only); it runs first.
+    assert [c["name"] for c in init] == ["prepare-cache", "fetch"]
+    for container in p["containers"] + init[1:]:
         ctx = container["securityContext"]
         assert ctx["allowPrivilegeEscalation"] is False and ctx["readOnlyRootFilesystem"] is True
         assert ctx["capabilities"] == {"drop": ["ALL"]}
@@ -132,7 +142,7 @@ def test_triton_target_runs_tritonserver_on_a_verified_model_repository() -> Non
     assert (
         "--model-repository=/models" in triton["args"] and "--metrics-port=8002" in triton["args"]
     )
-    fetch = p["initContainers"][0]["args"]
+    fetch = init_container(p, "fetch")["args"]
     assert fetch[:3] == ["fetch", "--sha256", SHA]
     assert fetch[fetch.index("--layout") + 1] == "triton" and "--fp16" in fetch and "--gpu" in fetch
 
@@ -148,6 +158,74 @@ def test_node_cache_is_host_path_or_empty_dir() -> None:
         "name": "cache",
         "emptyDir": {},
     }
+
+
+def test_node_cache_is_handed_to_the_pods_user_with_chown_only() -> None:
+    # The kubelet creates a DirectoryOrCreate hostPath root-owned 0755 and hostPath ignores
+    # fsGroup: without this step fetch (uid 10001) cannot write the cache on a real node.
+    spec = model()
+    p = pod(deployment(spec.targets[0], spec))
+    prepare, fetch = p["initContainers"]
+    assert prepare["name"] == "prepare-cache" and fetch["name"] == "fetch"
+    assert prepare["command"] == ["edgemodel"] and prepare["image"] == SETTINGS.runtime_image
+    assert prepare["args"] == [
+        "prepare-cache", "/cache", "--uid", "10001", "--gid", "10001", "--mode", "0750"
+    ]  # fmt: skip
+    assert prepare["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
+    assert prepare["securityContext"] == {
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert "limits" in prepare["resources"] and "requests" in prepare["resources"]
+    # The pod itself stays non-root; only this container overrides it.
+    assert p["securityContext"]["runAsUser"] == 10001
+    assert {"name": "cache", "mountPath": "/cache"} in fetch["volumeMounts"]
+    # Without a node cache (an emptyDir, fsGroup applies) there is nothing to prepare, so the
+    # pod is "restricted" as a whole.
+    no_cache = builders.runtime_deployment(
+        "digits", "ns", "u", spec, spec.targets[0], "r1", SHA, 1, Settings(node_cache_path="")
+    )
+    assert [c["name"] for c in pod(no_cache)["initContainers"]] == ["fetch"]
+
+
+def test_gpu_servers_refuse_a_fallback_provider_unless_allowed() -> None:
+    spec = model()
+    gpu_args = pod(deployment(spec.targets[1], spec))["containers"][0]["args"]
+    assert gpu_args[gpu_args.index("--providers") + 1] == "cuda"
+    assert "--require-provider" in gpu_args
+    assert gpu_args[gpu_args.index("--termination-log") + 1] == "/dev/termination-log"
+    cpu_args = pod(deployment(spec.targets[0], spec))["containers"][0]["args"]
+    assert "--require-provider" not in cpu_args
+    lenient = builders.runtime_deployment(
+        "digits", "ns", "u", spec, spec.targets[1], "r1", SHA, 1,
+        Settings(strict_gpu_providers=False),
+    )  # fmt: skip
+    lenient_args = pod(lenient)["containers"][0]["args"]
+    assert "--providers" in lenient_args and "--require-provider" not in lenient_args
+
+
+def test_artifact_port_reaches_every_pod_and_the_store() -> None:
+    settings = Settings(artifact_port=9000)
+    assert settings.artifact_url == "http://edgemodel-artifacts.edgemodel-system.svc:9000"
+    spec = model()
+    dep = builders.runtime_deployment(
+        "digits", "ns", "u", spec, spec.targets[0], "r1", SHA, 1, settings
+    )
+    fetch = init_container(pod(dep), "fetch")["args"]
+    assert fetch[fetch.index("--server") + 1] == settings.artifact_url
+    job = builders.compression_job("digits", "ns", "u", spec, "r1", "arm64", settings)
+    publish = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert publish[publish.index("--server") + 1] == settings.artifact_url
+    _pvc, store, svc = builders.artifact_store(settings)
+    server = store["spec"]["template"]["spec"]["containers"][0]
+    assert server["args"][server["args"].index("--port") + 1] == "9000"
+    assert server["ports"] == [{"name": "http", "containerPort": 9000}]
+    assert svc["spec"]["ports"][0]["port"] == 9000
 
 
 def test_service_spans_revisions_of_one_target() -> None:
@@ -252,3 +330,33 @@ def test_artifact_store_is_a_pvc_server_and_service() -> None:
     }
     assert dep["spec"]["template"]["spec"]["containers"][0]["args"][0] == "artifact-server"
     assert svc["spec"]["ports"][0]["port"] == SETTINGS.artifact_port
+
+
+def test_compression_job_tolerates_its_targets_taints_and_prefers_their_nodes() -> None:
+    spec = model()  # arm64 variant: "arm" only (jetson is the gpu variant with triton-gpu)
+    arm = pod(builders.compression_job("digits", "ns", "u", spec, "r1", "arm64", SETTINGS))
+    assert arm["tolerations"] == [{"key": "edge", "operator": "Exists"}]
+    (term,) = arm["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["preference"]["matchExpressions"] == [
+        {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["site-1"]}
+    ]
+    assert "nodeSelector" not in arm  # preferred only: never waits for a node it cannot get
+    gpu = pod(builders.compression_job("digits", "ns", "u", spec, "r1", "gpu", SETTINGS))
+    assert gpu["tolerations"] == [builders.GPU_TOLERATION]  # both GPU targets', once
+    assert "affinity" not in gpu  # neither selects nodes
+    # Two targets of one variant: only the selector terms they share are preferred.
+    shared = parse_spec(
+        {
+            "model": {"uri": "https://models.example.com/m.onnx", "sha256": SHA},
+            "targets": [
+                {"name": "a", "arch": "amd64", "nodeSelector": {"site": "s1", "rack": "1"}},
+                {"name": "b", "arch": "amd64", "nodeSelector": {"site": "s1", "rack": "2"}},
+            ],
+        }
+    )
+    both = pod(builders.compression_job("m", "ns", "u", shared, "r1", "amd64", SETTINGS))
+    (term,) = both["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["preference"]["matchExpressions"] == [
+        {"key": "site", "operator": "In", "values": ["s1"]}
+    ]
+    assert "tolerations" not in both

@@ -54,3 +54,24 @@ def test_prune_model_touches_only_2d_weights_of_matmul_like_ops() -> None:
     assert (stats.tensors, stats.parameters, stats.zeroed) == (1, 64, 32)
     assert np.count_nonzero(after["w"] == 0) == 32
     assert np.array_equal(after["emb"], emb) and np.array_equal(after["bias"], bias)
+
+
+def test_weights_held_in_constant_nodes_are_pruned_too() -> None:
+    """PaddlePaddle exports keep their weights in Constant nodes, not initializers."""
+    weights = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "Constant", [], ["w"], name="w", value=numpy_helper.from_array(weights)
+            ),
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph)
+    stats = prune_model(model, 0.5)
+    assert (stats.tensors, stats.parameters, stats.zeroed) == (1, 16, 8)
+    pruned = numpy_helper.to_array(model.graph.node[0].attribute[0].t)
+    assert np.count_nonzero(pruned) == 8 and pruned.max() == 16

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from edgemodel_sandbox.runner import plan
-from edgemodel_sandbox.runner.supervisor import parse_time, run_probe, termination_message
+from edgemodel_sandbox.runner.probes import run_probe
+from edgemodel_sandbox.runner.processes import termination_message
+from edgemodel_sandbox.runner.records import parse_time
 
 
 def test_file_message_wins_and_is_capped(tmp_path: Path) -> None:

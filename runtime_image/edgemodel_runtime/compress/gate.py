@@ -1,8 +1,10 @@
 """Owns the accuracy gate: figures comparing original and compressed outputs, and the verdict.
 
-Pure functions over numpy arrays. Which output is judged: the first float output whose last
-dimension is a class dimension (rank >= 2, size > 1) is the "primary" output used for top-1
-agreement and accuracy; without one, the first float output is used for cosine and error only.
+Pure functions over numpy arrays. Which output is judged: with a known output kind (see
+`tasks`), the model's first float output, judged by that kind's agreement and task metric;
+otherwise the first float output whose last dimension is a class dimension (rank >= 2, size
+> 1) is the "primary" output used for top-1 agreement and accuracy; without one, the first
+float output is used for cosine and error only, and an agreement gate cannot pass.
 Cosine similarity is computed over the whole flattened output (all evaluation rows at once), so
 a 2-logit classifier head is judged as one vector rather than per tiny row.
 """
@@ -14,6 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from edgemodel_runtime.compress import tasks
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class Figures:
     cosine: float
     max_abs_error: float
     relative_error: float  # ||compressed - original|| / ||original||
+    kind: str | None = None  # the output kind judged (tasks.OUTPUT_KINDS), when known
+    task_metric: float | None = None  # the kind's own metric (0..1), e.g. mAP@0.5
+    task_metric_name: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,8 +68,15 @@ def compare(
     candidate: dict[str, np.ndarray],
     float_names: list[str],
     labels: np.ndarray | None,
+    kind: str | None = None,
 ) -> Figures:
-    name, has_classes = primary_output(reference, float_names)
+    if kind is not None and kind != "classifier":
+        floats = [n for n in float_names if n in reference]
+        if not floats:
+            raise ValueError("the model has no floating-point output to compare")
+        name, has_classes = floats[0], False
+    else:
+        name, has_classes = primary_output(reference, float_names)
     ref = np.asarray(reference[name], dtype=np.float64)
     got = np.asarray(candidate[name], dtype=np.float64)
     if ref.shape != got.shape:
@@ -87,11 +101,31 @@ def compare(
             acc_ref = float(np.mean(top_ref[:, 0] == labels) * 100.0)
             acc_got = float(np.mean(top_got[:, 0] == labels) * 100.0) if finite else 0.0
             drop = acc_ref - acc_got
-    return Figures(name, rows, agreement, acc_ref, acc_got, drop, cosine, max_abs, relative)
+        kind = kind or "classifier"
+    if kind is not None and kind != "classifier":
+        judged = tasks.figures(kind, ref, got)
+        return Figures(
+            name,
+            rows,
+            judged.agreement,
+            None,
+            None,
+            None,
+            cosine,
+            max_abs,
+            relative,
+            kind,
+            judged.task_metric,
+            judged.task_metric_name,
+        )
+    return Figures(name, rows, agreement, acc_ref, acc_got, drop, cosine, max_abs, relative, kind)
 
 
 def verdict(
-    figures: Figures, max_accuracy_drop: float | None, min_agreement: float | None
+    figures: Figures,
+    max_accuracy_drop: float | None,
+    min_agreement: float | None,
+    min_task_metric: float | None = None,
 ) -> list[str]:
     """Why the gate fails (empty list: it passes)."""
     reasons: list[str] = []
@@ -109,7 +143,20 @@ def verdict(
         if figures.agreement is None:
             reasons.append(f"top-1 agreement cannot be measured on output {figures.output!r}")
         elif figures.agreement < min_agreement - 1e-12:
-            reasons.append(f"top-1 agreement {figures.agreement:.4f} < required {min_agreement:g}")
+            what = (
+                "top-1 agreement"
+                if figures.kind in (None, "classifier")
+                else (f"{figures.kind} agreement")
+            )
+            reasons.append(f"{what} {figures.agreement:.4f} < required {min_agreement:g}")
+    if (
+        min_task_metric is not None
+        and figures.task_metric is not None
+        and figures.task_metric < min_task_metric - 1e-12
+    ):
+        reasons.append(
+            f"{figures.task_metric_name} {figures.task_metric:.4f} < required {min_task_metric:g}"
+        )
     return reasons
 
 

@@ -148,6 +148,8 @@ def check_arrays(
 ) -> int:
     """Check arrays against the model's inputs (name, dtype, rank, fixed dims); returns rows.
 
+    Rows are batched along axis 0, or are whole requests (see `per_request`).
+
     Pure: the first problem found is raised, naming the file flag, the array and what differs.
     """
     expected = {spec.name for spec in specs}
@@ -157,14 +159,38 @@ def check_arrays(
         names = ", ".join(sorted(expected))
         raise CompressError(f"{flag}: array {unknown[0]!r} is not a model input (inputs: {names})")
     rows: int | None = None
+    missing = [spec.name for spec in specs if spec.name not in arrays]
+    if missing:
+        raise CompressError(f"{flag}: missing array for model input {missing[0]!r}")
+    stacked = per_request(arrays, specs)
     for spec in specs:
-        if spec.name not in arrays:
-            raise CompressError(f"{flag}: missing array for model input {spec.name!r}")
         array = arrays[spec.name]
         if array.dtype != spec.dtype:
             raise CompressError(
                 f"{flag}: {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}"
             )
+        if stacked:
+            if array.ndim != len(spec.shape) + 1:
+                raise CompressError(
+                    f"{flag}: {spec.name!r} has shape {list(array.shape)}; with per-request "
+                    f"rows every array is [requests, *input shape], here "
+                    f"[requests, {_show(spec.shape)[1:-1]}]"
+                )
+            for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape, strict=True)):
+                if want is not None and want > 0 and got != want:
+                    raise CompressError(
+                        f"{flag}: {spec.name!r} has requests of shape {list(array.shape[1:])}, "
+                        f"the model expects {_show(spec.shape)} (dimension {axis} differs)"
+                    )
+            if array.shape[0] == 0:
+                raise CompressError(f"{flag}: {spec.name!r} has no rows")
+            if rows is None:
+                rows = int(array.shape[0])
+            elif array.shape[0] != rows:
+                raise CompressError(
+                    f"{flag}: inputs have different row counts ({rows} vs {array.shape[0]})"
+                )
+            continue
         if array.ndim != len(spec.shape) or array.ndim == 0:
             raise CompressError(
                 f"{flag}: {spec.name!r} has shape {list(array.shape)}, "
@@ -202,6 +228,17 @@ def check_arrays(
                 f"{flag}: 'labels' must be a 1-D integer array with one label per row ({rows})"
             )
     return rows
+
+
+def per_request(arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> bool:
+    """True when the arrays hold one request per row: every array is [rows, *input shape].
+
+    Models whose batch is not on axis 0 of every input (a recurrent state [layers, batch,
+    hidden], a scalar sample rate) cannot be fed rows batched along axis 0; their data files
+    stack whole requests instead, one rank more than the input, and each row is run alone.
+    """
+    present = [s for s in specs if s.name in arrays]
+    return bool(present) and all(arrays[s.name].ndim == len(s.shape) + 1 for s in present)
 
 
 def _show(shape: tuple[int | None, ...]) -> str:

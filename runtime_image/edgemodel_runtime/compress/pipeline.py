@@ -1,8 +1,12 @@
 """Owns the order of a compression run, from request to published artifact and report.
 
 fetch + verify -> cache lookup -> validate model and data -> prepare -> convert -> gate
--> (search) -> measure -> publish. Nothing touches DIR/<key> until the final rename; on a
-gate failure the report is published without model.onnx (see store), so nothing can deploy it.
+-> (search) -> candidates (int8 modes: weight-only int8 beside the int8 kernels) -> latency
+check -> pick -> publish. The pick: of the candidates that pass the gate, those not slower
+than the original on this CPU, the smallest (then the fastest); an int8-kernel artifact that
+runs slower than fp32 here is reported as such and not chosen while another candidate passes.
+Nothing touches DIR/<key> until the final rename; on a gate failure the report is published
+without model.onnx (see store), so nothing can deploy it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edgemodel_runtime import __version__
-from edgemodel_runtime.compress import inputs, quantize, runner, search
+from edgemodel_runtime.compress import cpu, graph, inputs, quantize, runner, search, tasks
 from edgemodel_runtime.compress.errors import EXIT_INTERNAL, CompressError, one_line
 from edgemodel_runtime.compress.gate import Figures, compare, verdict
 from edgemodel_runtime.compress.report import SCHEMA, dumps, ratio, tool_versions, zstd_size
-from edgemodel_runtime.compress.settings import CALIBRATION_METHODS, Settings, artifact_key, resolve
+from edgemodel_runtime.compress.settings import (
+    CALIBRATION_METHODS,
+    Settings,
+    artifact_key,
+    effective_min_agreement,
+    resolve,
+)
 from edgemodel_runtime.compress.store import MODEL_FILE, REPORT_FILE, ArtifactStore
 from edgemodel_runtime.sources import display_uri, sha256_file
 
@@ -51,6 +62,7 @@ class Request:
     max_bytes: int = DEFAULT_MAX_BYTES
     measure_latency: bool = True
     embedding_bits: int | None = None
+    output_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,8 @@ def _settings(request: Request) -> Settings:
         min_agreement=request.min_agreement,
         search_budget_s=request.search_budget_s,
         embedding_bits=request.embedding_bits,
+        output_kind=request.output_kind,
+        vnni=cpu.this_machine_has_vnni(),
     )
 
 
@@ -129,6 +143,36 @@ def compress(request: Request, clock: Callable[[], float] = time.monotonic) -> O
         (staged / REPORT_FILE).write_text(_dumps(report))
         directory = store.publish(staged, key)
     return Outcome(directory, report)
+
+
+def _recipe(mode: str, attempt: search.Attempt) -> str:
+    """What a candidate is, by its content: int8 kernels only when some op computes in int8."""
+    if mode not in ("dynamic-int8", "static-int8"):
+        return mode
+    if attempt.variant.weight_only:
+        return "weight-only int8"
+    ops = graph.int8_compute_ops(onnx.load_model(str(attempt.artifact), load_external_data=False))
+    return f"int8 kernels ({ops} int8 ops)" if ops else "weight-only int8 (no int8 kernel placed)"
+
+
+def _check_judgeable(
+    reference: dict[str, np.ndarray],
+    float_outputs: list[str],
+    labels: np.ndarray | None,
+    settings: Settings,
+    label: str,
+) -> None:
+    """A gate that can measure nothing is an input error, never a pass."""
+    try:
+        figures = compare(reference, reference, float_outputs, labels, settings.output_kind)
+    except ValueError as exc:
+        raise CompressError(f"--eval: {exc}") from None
+    if figures.agreement is None and figures.accuracy_drop is None:
+        raise CompressError(
+            f"{label}: the accuracy gate cannot judge output {figures.output!r} "
+            f"(shape {list(reference[figures.output].shape)}): it has no class dimension and "
+            f"--eval has no labels; give --output-kind ({', '.join(tasks.OUTPUT_KINDS)})"
+        )
 
 
 def _dumps(report: dict[str, Any]) -> str:
@@ -183,12 +227,14 @@ def _build(
                 f"{label}: no floating-point output to compare for the accuracy gate"
             )
 
+    min_agreement = effective_min_agreement(settings, labels is not None)
     with _quiet_ort_logging():
         prepared = quantize.prepare(model, settings, work, label)
         del model
         reference: dict[str, np.ndarray] | None = None
         if evaluation is not None:
             reference = runner.run_all(runner.make_session(source), evaluation, specs)
+            _check_judgeable(reference, float_outputs, labels, settings, label)
         counter = iter(range(1_000_000))
 
         def convert(variant: quantize.Variant) -> Path:
@@ -209,7 +255,7 @@ def _build(
                 return None
             try:
                 got = runner.run_all(runner.make_session(path), evaluation, specs)
-                return compare(reference, got, float_outputs, labels)
+                return compare(reference, got, float_outputs, labels, settings.output_kind)
             except Exception as exc:
                 raise CompressError(
                     f"evaluating the {settings.mode} model failed: {one_line(str(exc), 240)}",
@@ -222,14 +268,23 @@ def _build(
             reasons: tuple[str, ...] = ()
             if figures is not None:
                 reasons = tuple(
-                    verdict(figures, settings.max_accuracy_drop, settings.min_agreement)
+                    verdict(
+                        figures,
+                        settings.max_accuracy_drop,
+                        min_agreement,
+                        tasks.DEFAULT_TASK_THRESHOLDS.get(figures.kind or ""),
+                    )
                 )
             return search.Attempt(variant, figures, reasons, path)
 
-        def sensitivity(node: str) -> float:
-            path = convert(
-                quantize.Variant(calibration_method=settings.calibration_method, only_node=node)
+        def sensitivity(node: str, weight_only: bool = False) -> float:
+            variant = quantize.Variant(
+                calibration_method=settings.calibration_method, only_node=node
             )
+            if weight_only:  # weight-only: every other weight keeps fp32, this one goes int8
+                others = tuple(n for n, _ in prepared.weight_candidates if n != node)
+                variant = quantize.Variant(nodes_to_exclude=others, weight_only=True)
+            path = convert(variant)
             figures = evaluate(path)
             path.unlink(missing_ok=True)
             return figures.relative_error if figures is not None else 0.0
@@ -247,25 +302,117 @@ def _build(
                 budget_s=settings.search_budget_s,
                 clock=clock,
             )
-        artifact: Path = chosen.artifact
-        latency: dict[str, Any] | None = None
-        if request.measure_latency:
-            feed = runner.sample_feed(evaluation if evaluation is not None else calibration, specs)
+        int8 = settings.mode in ("dynamic-int8", "static-int8")
+        feed = runner.sample_feed(evaluation if evaluation is not None else calibration, specs)
+        timings: dict[int, tuple[float, float, float]] = {}  # fp32 p50, p50, paired ratio
+        same: dict[int, bool] = {}  # runs the original's kernels (graph.runs_as_original)
+
+        def time_it(candidate: search.Attempt) -> None:
+            if not request.measure_latency or id(candidate) in timings:
+                return
             try:
-                before, after = runner.p50_latency_ms([source, artifact], feed)
+                p50s, ratios = runner.paired_latency([source, candidate.artifact], feed)
             except Exception as exc:
                 raise CompressError(
                     f"latency measurement failed: {one_line(str(exc), 200)}", EXIT_INTERNAL
                 ) from None
+            timings[id(candidate)] = (p50s[0], p50s[1], ratios[1])
+            if candidate.passed and int8:
+                same[id(candidate)] = graph.int8_compute_ops(
+                    onnx.load_model(str(candidate.artifact))
+                ) == 0 and graph.runs_as_original(source, candidate.artifact, work)
+
+        def slow(candidate: search.Attempt) -> bool:
+            measured = timings.get(id(candidate))
+            return (
+                measured is not None
+                and measured[2] > 1 + search.LATENCY_TOLERANCE
+                and not same.get(id(candidate), False)
+            )
+
+        pool: list[search.Attempt] = [chosen]
+        time_it(chosen)
+        # The search moves on to weight-only int8 when the int8 kernels lose accuracy, run
+        # slower than fp32 on this CPU, or were never placed (no int8 compute op: the artifact
+        # is weight-only already, but built from the pre-processed graph, which can hold more
+        # weights than the original: silero-vad's 1.5x). Never with a zero budget: that asks
+        # for no search.
+        if (
+            int8
+            and evaluation is not None
+            and settings.search_budget_s > 0
+            and (
+                not chosen.passed
+                or slow(chosen)
+                or graph.int8_compute_ops(onnx.load_model(str(chosen.artifact))) == 0
+            )
+        ):
+            light = attempt(quantize.Variant(weight_only=True))
+            if not light.passed and light.figures is not None:
+                light = search.weight_only_search(
+                    light,
+                    candidates=prepared.weight_candidates,
+                    attempt=attempt,
+                    sensitivity=lambda node: sensitivity(node, weight_only=True),
+                    budget_s=settings.search_budget_s,
+                    clock=clock,
+                    log=search_log,
+                )
+            else:
+                search_log.attempts.append(light)
+            pool.append(light)
+            if light.passed:
+                time_it(light)
+        chosen, notes = search.pick(
+            pool,
+            size=lambda a: Path(a.artifact).stat().st_size,
+            latency_ratio=lambda a: timings[id(a)][2] if id(a) in timings else None,
+            runs_as_original=lambda a: same.get(id(a), False),
+        )
+        artifact: Path = chosen.artifact
+        latency: dict[str, Any] | None = None
+        if id(chosen) in timings:
+            before, after, paired = timings[id(chosen)]
             latency = {
                 "original_p50_ms": round(before, 3),
                 "compressed_p50_ms": round(after, 3),
-                "ratio": ratio(after, before),
-                "runs": runner.LATENCY_RUNS,
+                "ratio": round(paired, 4),
+                "ratio_method": "median over interleaved rounds of paired block medians",
+                "runs": runner.LATENCY_RUNS * 2,
                 "batch": 1,
                 "intra_op_threads": runner.THREADS,
+                "runs_original_kernels": same.get(id(chosen), False),
+                "slower_than_original": slow(chosen),
             }
+        input_size = source.stat().st_size
+        recipes: dict[int, str] = {}
 
+        def recipe_of(a: search.Attempt) -> str:
+            if id(a) not in recipes:
+                recipes[id(a)] = _recipe(settings.mode, a)
+            return recipes[id(a)]
+
+        # The Pareto table: every candidate the run converted, with its figures.
+        candidates_table = [
+            {
+                "recipe": recipe_of(a),
+                "calibration_method": a.variant.calibration_method,
+                "kept_in_float": len(a.variant.nodes_to_exclude),
+                "bytes": Path(a.artifact).stat().st_size,
+                "size_ratio": ratio(Path(a.artifact).stat().st_size, input_size),
+                "agreement": None if a.figures is None else a.figures.agreement,
+                "task_metric": None if a.figures is None else a.figures.task_metric,
+                "latency_ratio": None if id(a) not in timings else round(timings[id(a)][2], 4),
+                "runs_original_kernels": same.get(id(a)),
+                "passed": a.passed,
+                "chosen": a is chosen,
+                "note": notes.get(id(a), ""),
+            }
+            for a in search_log.attempts
+            if Path(a.artifact).exists()
+        ]
+
+    chosen_recipe = recipe_of(chosen)
     passed = chosen.passed
     input_bytes = source.stat().st_size
     artifact_bytes = artifact.stat().st_size
@@ -279,7 +426,8 @@ def _build(
         {
             "node": node,
             "op_type": op_of.get(node, "?"),
-            "reason": "accuracy search: most sensitive nodes kept in float",
+            "reason": "accuracy search: most sensitive nodes kept in float"
+            + (" (fp32 weights)" if chosen.variant.weight_only else ""),
             "sensitivity_relative_error": sens_of.get(node),
         }
         for node in chosen.variant.nodes_to_exclude
@@ -300,6 +448,9 @@ def _build(
             "quantized_op_types": list(quantize.op_types(settings)),
             "candidate_nodes": len(prepared.candidates),
             "embedding_tables_4bit": list(prepared.embeddings),
+            "recipe": chosen_recipe,
+            "reduce_range": settings.reduce_range,
+            "output_kind": None if chosen.figures is None else chosen.figures.kind,
         },
         "pruning": None
         if prepared.pruning is None
@@ -327,15 +478,30 @@ def _build(
         "gate": {
             "evaluated": figures is not None,
             "max_accuracy_drop": settings.max_accuracy_drop,
-            "min_agreement": settings.min_agreement,
+            "min_agreement": min_agreement,
+            "min_agreement_source": "request"
+            if settings.min_agreement is not None
+            else ("default for data without labels" if min_agreement is not None else None),
+            "min_task_metric": None
+            if chosen.figures is None
+            else tasks.DEFAULT_TASK_THRESHOLDS.get(chosen.figures.kind or ""),
             "passed": passed,
             "reasons": list(chosen.reasons),
         },
         "latency": latency,
         "kept_in_float": kept,
+        "activations": {
+            "int8": not chosen.variant.weight_only,
+            "reason": "weight-only int8: every op computes in fp32 from int8-stored weights; "
+            + (notes.get(id(chosen)) or "")
+            if chosen.variant.weight_only
+            else "int8 kernels where the quantizer placed them; other weights stored int8",
+        },
+        "candidates": candidates_table,
         "search": {
             "attempts": [
                 {
+                    "recipe": a.variant.recipe,
                     "calibration_method": a.variant.calibration_method,
                     "kept_in_float": list(a.variant.nodes_to_exclude),
                     "agreement": None if a.figures is None else a.figures.agreement,

@@ -1,8 +1,9 @@
 """Owns unstructured magnitude pruning of weight initializers (applied before quantization).
 
-Only 2-D+ weights of MatMul/Gemm/Conv are pruned: biases, norms and embeddings are small or
-sensitive. Zeros do not shrink a dense ONNX file, but they do shrink the artifact on the wire
-(zstd), which is what the report's on-the-wire size shows.
+Only 2-D+ weights of MatMul/Gemm/Conv are pruned, whether stored as initializers or in
+Constant nodes (PaddlePaddle exports): biases, norms and embeddings are small or sensitive.
+Zeros do not shrink a dense ONNX file, but they do shrink the artifact on the wire (zstd),
+which is what the report's on-the-wire size shows.
 """
 
 from __future__ import annotations
@@ -56,16 +57,41 @@ def prunable_initializers(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def _constant_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Weights held in Constant nodes (PaddlePaddle exports), by output name."""
+    weight_inputs = {
+        node.input[position]
+        for node in model.graph.node
+        if (position := PRUNABLE.get(node.op_type)) is not None and len(node.input) > position
+    }
+    found: dict[str, onnx.TensorProto] = {}
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.output[0] not in weight_inputs:
+            continue
+        for attribute in node.attribute:
+            tensor = attribute.t
+            if (
+                attribute.name == "value"
+                and len(tensor.dims) >= 2
+                and tensor.data_type
+                in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+            ):
+                found[node.output[0]] = tensor
+    return found
+
+
 def prune_model(model: onnx.ModelProto, sparsity: float) -> PruneStats:
-    """Prune the model's weights in place."""
+    """Prune the model's weights in place (initializers and Constant-node weights)."""
     targets = set(prunable_initializers(model))
     tensors = parameters = zeroed = 0
-    for index, init in enumerate(model.graph.initializer):
-        if init.name not in targets:
-            continue
-        weights = numpy_helper.to_array(init)
+    stored = [init for init in model.graph.initializer if init.name in targets]
+    for name, tensor in _constant_weights(model).items():
+        tensor.name = tensor.name or name
+        stored.append(tensor)
+    for tensor in stored:
+        weights = numpy_helper.to_array(tensor)
         pruned = magnitude_prune(weights, sparsity)
-        model.graph.initializer[index].CopyFrom(numpy_helper.from_array(pruned, init.name))
+        tensor.CopyFrom(numpy_helper.from_array(pruned, tensor.name))
         tensors += 1
         parameters += int(weights.size)
         zeroed += int(np.count_nonzero(pruned == 0))

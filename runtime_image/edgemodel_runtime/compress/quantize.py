@@ -39,7 +39,9 @@ from edgemodel_runtime.compress.settings import Settings
 # onnxruntime's defaults used to leave them in fp32 (0.48x instead of 0.25x of fp32).
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Gather", "Attention")
 # Dynamic ConvInteger is slower than fp32 Conv on CPUs; only static QDQ quantizes Conv.
-STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather")
+STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather")
+# Nodes whose weight the accuracy search may keep fp32 under weight-only int8.
+WEIGHT_ONLY_OP_TYPES = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "LSTM")
 # Ops whose fp16 results drift (exponentials, reductions, normalisation): they stay fp32.
 FP16_BLOCKED_OPS = (
     "Softmax",
@@ -73,6 +75,14 @@ class Variant:
     calibration_method: str | None = None
     nodes_to_exclude: tuple[str, ...] = ()
     only_node: str | None = None  # sensitivity probe: quantize this node alone
+    # int8 modes: no activation quantization at all, every large weight stored int8 and
+    # computed in fp32 (graph.store_weights_int8): the candidate when int8 kernels lose
+    # accuracy or run slower than fp32 on this CPU.
+    weight_only: bool = False
+
+    @property
+    def recipe(self) -> str:
+        return "weight-only int8" if self.weight_only else "int8 kernels"
 
 
 @dataclass
@@ -84,6 +94,11 @@ class Prepared:
     pruning: PruneStats | None
     preprocessing: str
     candidates: list[tuple[str, str]] = field(default_factory=list)
+    # int8 modes: the graph before onnxruntime's pre-processing, which weight-only int8 starts
+    # from (pre-processing folds constants into new, larger tensors: silero-vad's prepared
+    # graph holds 1.5x the original's weights), and its nodes that read a weight.
+    unprocessed: Path | None = None
+    weight_candidates: list[tuple[str, str]] = field(default_factory=list)
     embeddings: list[str] = field(default_factory=list)  # Gathers whose tables go 4-bit
 
 
@@ -118,6 +133,27 @@ def preprocess(src: Path, dst: Path) -> str:
     return "none"
 
 
+def _smaller_base(staged: Path, dest: Path) -> bool:
+    """The smaller of `staged` and its onnxruntime BASIC optimisation, moved to `dest`.
+
+    BASIC folds BatchNormalization into convolutions and constants into initializers (the
+    PP-OCR classifier: 0.91x of its size), but can also unfold shared constants into bigger
+    ones (silero-vad: 1.42x); weight-only int8 and fp16 start from whichever is smaller.
+    Returns whether the optimised graph was kept.
+    """
+    basic = dest.with_name(f"basic-{dest.name}")
+    try:
+        graph.optimize_basic(staged, basic)
+    except CompressError:
+        basic.unlink(missing_ok=True)
+    if basic.exists() and basic.stat().st_size < staged.stat().st_size:
+        basic.rename(dest)
+        return True
+    basic.unlink(missing_ok=True)
+    dest.write_bytes(staged.read_bytes())
+    return False
+
+
 def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: str) -> Prepared:
     upgraded_from: int | None = None
     if settings.mode in ("dynamic-int8", "static-int8"):
@@ -130,18 +166,26 @@ def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: st
     staged = workdir / "staged.onnx"
     onnx.save_model(model, str(staged))
     prepared = workdir / "prepared.onnx"
+    unprocessed: Path | None = None
     if settings.mode in ("dynamic-int8", "static-int8"):
         how = preprocess(staged, prepared)
+        unprocessed = workdir / "unprocessed.onnx"
+        _smaller_base(staged, unprocessed)
     elif settings.mode == "none":
         graph.optimize_basic(staged, prepared)
         how = "onnxruntime basic optimisation"
     else:
-        staged.rename(prepared)
-        how = "none"
+        optimised = _smaller_base(staged, prepared)
+        how = "onnxruntime basic optimisation" if optimised else "none"
     staged.unlink(missing_ok=True)
     if fused:
         how = f"transformer fusion ({', '.join(fused)}); {how}"
-    result = Prepared(prepared, upgraded_from, stats, how)
+    result = Prepared(prepared, upgraded_from, stats, how, unprocessed=unprocessed)
+    if unprocessed is not None:
+        base_model = onnx.load_model(str(unprocessed))
+        graph.ensure_node_names(base_model)
+        onnx.save_model(base_model, str(unprocessed))
+        result.weight_candidates = graph.weight_readers(base_model, WEIGHT_ONLY_OP_TYPES)
     if settings.mode != "none":
         loaded = onnx.load_model(str(prepared))
         graph.ensure_node_names(loaded)  # the optimiser may add unnamed nodes
@@ -163,15 +207,21 @@ class _Reader:
     def __init__(
         self, arrays: dict[str, np.ndarray], specs: list[InputSpec], *, uniform: bool
     ) -> None:
+        from edgemodel_runtime.compress.inputs import per_request
         from edgemodel_runtime.compress.runner import batch_size, batches
 
+        self._feeds: Iterator[dict[str, np.ndarray]]
+        if per_request(arrays, specs):
+            rows = int(arrays[specs[0].name].shape[0])
+            self._feeds = iter(
+                {s.name: np.asarray(arrays[s.name][i]) for s in specs} for i in range(rows)
+            )
+            return
         fixed = any(s.shape and s.shape[0] for s in specs)
         # The histogram calibrators (entropy, percentile) stack every batch's outputs and fail
         # on a ragged last batch; one row at a time keeps every batch the same shape.
         size = batch_size(specs) if fixed or not uniform else 1
-        self._feeds: Iterator[dict[str, np.ndarray]] = batches(
-            arrays, [s.name for s in specs], size
-        )
+        self._feeds = batches(arrays, [s.name for s in specs], size)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
@@ -193,7 +243,9 @@ def convert(
     """Write one candidate artifact for `variant` to `out`."""
     try:
         selection = _selection(variant, prepared.embeddings)
-        if settings.mode == "dynamic-int8":
+        if variant.weight_only and settings.mode in ("dynamic-int8", "static-int8"):
+            out.write_bytes((prepared.unprocessed or prepared.path).read_bytes())
+        elif settings.mode == "dynamic-int8":
             _dynamic(prepared.path, out, settings, selection)
         elif settings.mode == "static-int8":
             assert calibration is not None  # settings.resolve guarantees it
@@ -212,7 +264,15 @@ def convert(
         else:
             out.write_bytes(prepared.path.read_bytes())
         if settings.mode in ("dynamic-int8", "static-int8"):
-            _finish_int8(out, cpu=settings.target != "gpu", embeddings=prepared.embeddings)
+            _finish_int8(
+                out,
+                cpu=settings.target != "gpu",
+                embeddings=prepared.embeddings,
+                keep=frozenset(variant.nodes_to_exclude),
+                weights=variant.only_node is None,
+            )
+        elif settings.mode == "fp16":
+            _compact(out)
     except CompressError:
         raise
     except Exception as exc:  # a quantizer crash on a model that passed validation
@@ -222,16 +282,30 @@ def convert(
         ) from None
 
 
-def _finish_int8(path: Path, *, cpu: bool, embeddings: list[str]) -> None:
+def _finish_int8(
+    path: Path, *, cpu: bool, embeddings: list[str], keep: frozenset[str], weights: bool
+) -> None:
     model = onnx.load_model(str(path))
     # The quantizer left these Gathers float (see _selection): their tables go 4-bit from the
     # original fp32 values, not from an int8 copy, so the rounding happens once.
-    changed = bool(graph.block_quantize_embeddings(model, embeddings))
-    changed |= bool(graph.compress_large_constants(model))
+    graph.block_quantize_embeddings(model, embeddings)
+    graph.compress_large_constants(model)
     if cpu:
-        changed |= graph.residual_sums_before_layernorm(model) > 0
-    if changed:
-        onnx.save_model(model, str(path))
+        graph.residual_sums_before_layernorm(model)
+    if weights:  # not for a sensitivity probe: it measures one node's int8 kernel alone
+        # Weights the int8 kernels did not take (convolutions under dynamic int8, recurrent
+        # cells, subgraph constants) are stored int8 and computed in fp32; the nodes the
+        # accuracy search keeps in full precision keep fp32 weights.
+        graph.store_weights_int8(model, keep=keep)
+    graph.ensure_domains(model)
+    graph.compact_names(model)
+    onnx.save_model(model, str(path))
+
+
+def _compact(path: Path) -> None:
+    model = onnx.load_model(str(path))
+    graph.compact_names(model)
+    onnx.save_model(model, str(path))
 
 
 def _selection(variant: Variant, embeddings: list[str]) -> dict[str, list[str] | None]:
@@ -268,6 +342,7 @@ def _dynamic(
         str(out),
         op_types_to_quantize=list(DYNAMIC_OP_TYPES),
         per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
         weight_type=_qtype(settings.weight_type),
         extra_options=_extra_options(),
         **selection,
@@ -307,6 +382,7 @@ def _static(
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(STATIC_OP_TYPES),
         per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
         activation_type=_qtype(settings.activation_type),
         weight_type=_qtype(settings.weight_type),
         calibrate_method=methods[method],

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgemodel_runtime.compress.inputs import InputSpec
+from edgemodel_runtime.compress.inputs import InputSpec, per_request
 
 THREADS = 2
 DEFAULT_BATCH = 16
@@ -51,9 +51,22 @@ def batches(
 def run_all(
     session: ort.InferenceSession, arrays: dict[str, np.ndarray], specs: list[InputSpec]
 ) -> dict[str, np.ndarray]:
-    """Run every row through the model in batches; outputs concatenated along axis 0."""
+    """Run every row through the model in batches; outputs concatenated along axis 0.
+
+    Per-request rows (see inputs.per_request) run one at a time and their outputs are stacked.
+    """
     names = [s.name for s in specs]
     outputs = [o.name for o in session.get_outputs()]
+    if per_request(arrays, specs):
+        rows = int(arrays[names[0]].shape[0])
+        results = [
+            session.run(outputs, {name: np.asarray(arrays[name][i]) for name in names})
+            for i in range(rows)
+        ]
+        return {
+            name: np.stack([np.asarray(r[index]) for r in results])
+            for index, name in enumerate(outputs)
+        }
     parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for feed in batches(arrays, names, batch_size(specs)):
         for name, value in zip(outputs, session.run(outputs, feed), strict=True):
@@ -69,6 +82,8 @@ def sample_feed(
 ) -> dict[str, np.ndarray]:
     """One batch-1 request: the first data row when there is data, zeros otherwise."""
     batch = batch_size(specs) if any(s.shape and s.shape[0] for s in specs) else 1
+    if arrays is not None and per_request(arrays, specs):
+        return {s.name: np.asarray(arrays[s.name][0]) for s in specs}
     if arrays is not None:
         return {s.name: arrays[s.name][:batch] for s in specs}
     feed: dict[str, np.ndarray] = {}
@@ -108,3 +123,42 @@ def p50_latency_ms(
                 session.run(None, feed)
                 timings[index].append(time.perf_counter() - start)
     return [statistics.median(samples) * 1000.0 for samples in timings]
+
+
+def paired_latency(
+    paths: list[Path],
+    feed: dict[str, np.ndarray],
+    runs: int = LATENCY_RUNS * 2,
+    warmup: int = LATENCY_WARMUP,
+    block: int = LATENCY_BLOCK,
+) -> tuple[list[float], list[float]]:
+    """(p50 ms of each model, latency ratio of each model to the first).
+
+    The same interleaved rounds as p50_latency_ms, but each ratio is the median over rounds
+    of (this model's block median / the first model's block median in the same round): on a
+    shared CPU, load that comes and goes between rounds then cancels out of the ratio instead
+    of landing on whichever model it hit (measured here: two identical graphs came out 0.87x
+    and 1.18x from plain p50s under a load average of 14 on 2 cores).
+    """
+    sessions = [make_session(path) for path in paths]
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feed)
+    timings: list[list[float]] = [[] for _ in sessions]
+    per_round: list[list[float]] = [[] for _ in sessions]
+    rounds = max(1, -(-runs // block))
+    for _ in range(rounds):
+        for index, session in enumerate(sessions):
+            session.run(None, feed)
+            samples = []
+            for _ in range(block):
+                start = time.perf_counter()
+                session.run(None, feed)
+                samples.append(time.perf_counter() - start)
+            timings[index].extend(samples)
+            per_round[index].append(statistics.median(samples))
+    ratios = [
+        statistics.median(r / b for r, b in zip(rounds_of, per_round[0], strict=True))
+        for rounds_of in per_round
+    ]
+    return [statistics.median(samples) * 1000.0 for samples in timings], ratios

@@ -137,3 +137,107 @@ def run_search(
             if consider(attempt(Variant(calibration_method=method, nodes_to_exclude=excluded))):
                 return finish()
     return finish()
+
+
+# Latency ratios within this of 1.0 are measurement noise on a shared CPU, not "slower".
+LATENCY_TOLERANCE = 0.05
+# Candidates within this fraction of the smallest one's size count as the same size, and the
+# fastest of them wins (int8 kernels at 0.26x beat weight-only int8 at 0.25x when they run
+# 2.5x faster).
+SIZE_TOLERANCE = 0.10
+
+
+def pick(
+    pool: list[Attempt],
+    *,
+    size: Callable[[Attempt], int],
+    latency_ratio: Callable[[Attempt], float | None],
+    runs_as_original: Callable[[Attempt], bool] = lambda _: False,
+) -> tuple[Attempt, dict[int, str]]:
+    """The candidate to publish, and a note per candidate (keyed by id) saying why (pure).
+
+    Of the candidates that pass the gate, those not slower than the original (beyond
+    LATENCY_TOLERANCE; unmeasured counts as not slower; a candidate that onnxruntime runs
+    with the original's own kernels is never slower, whatever the noise) are preferred, then
+    the smallest (within SIZE_TOLERANCE), then the fastest. Without a passing candidate, the
+    best-scoring one is returned (it is reported, never deployed).
+    """
+    notes: dict[int, str] = {}
+    passing = [a for a in pool if a.passed]
+    for a in pool:
+        if not a.passed:
+            notes[id(a)] = "failed the gate: " + "; ".join(a.reasons)
+    if not passing:
+        best = max(pool, key=lambda a: score(a.figures))
+        return best, notes
+    slow: set[int] = set()
+    for a in passing:
+        measured = latency_ratio(a)
+        if runs_as_original(a):
+            shown = "" if measured is None else f" (measured {measured:.2f}x: noise)"
+            notes[id(a)] = "runs the original's fp32 kernels after load-time folding" + shown
+            continue
+        if measured is not None and measured > 1.0 + LATENCY_TOLERANCE:
+            slow.add(id(a))
+            notes[id(a)] = (
+                f"runs {measured:.2f}x the original's latency on this CPU: slower than fp32, "
+                "so not the result of a faster mode"
+            )
+    fast = [a for a in passing if id(a) not in slow] or passing
+
+    def speed(a: Attempt) -> float:
+        measured = latency_ratio(a)
+        return 1.0 if measured is None or runs_as_original(a) else measured
+
+    smallest = min(size(a) for a in fast)
+    similar = [a for a in fast if size(a) <= smallest * (1 + SIZE_TOLERANCE)]
+    # Unmeasured (no latency check asked for): int8 kernels first, they are the mode's promise.
+    chosen = min(similar, key=lambda a: (speed(a), a.variant.weight_only, size(a)))
+    for a in passing:
+        if a is not chosen and id(a) not in slow:
+            notes[id(a)] = "passed, but larger (or slower) than the chosen candidate; " + (
+                notes.get(id(a), "")
+            )
+    reason = "chosen: smallest passing candidate not slower than fp32"
+    notes[id(chosen)] = reason + (f"; {notes[id(chosen)]}" if id(chosen) in notes else "")
+    return chosen, notes
+
+
+def weight_only_search(
+    first: Attempt,
+    *,
+    candidates: list[tuple[str, str]],
+    attempt: Callable[[Variant], Attempt],
+    sensitivity: Callable[[str], float],
+    budget_s: float,
+    clock: Callable[[], float],
+    log: SearchLog,
+) -> Attempt:
+    """Keep the weights of the most sensitive nodes fp32 until weight-only int8 passes.
+
+    Sensitivity here is the output error when only that node's weight is stored int8; the
+    plan is the same growing top-1, 2, 4, ... as for the int8 kernels. Returns the first
+    passing attempt, else the best-scoring one; every attempt is appended to `log`.
+    """
+    start = clock()
+    log.attempts.append(first)
+    best = first
+    measured: list[Sensitivity] = []
+    op_of = dict(candidates)
+    for node, _op in candidates:
+        if clock() - start >= budget_s:
+            log.budget_exhausted = True
+            break
+        measured.append(Sensitivity(node, op_of[node], sensitivity(node)))
+    measured.sort(key=lambda s: s.relative_error, reverse=True)
+    for excluded in exclusion_plan(measured, len(candidates)):
+        if clock() - start >= budget_s:
+            log.budget_exhausted = True
+            break
+        result = attempt(Variant(nodes_to_exclude=excluded, weight_only=True))
+        log.attempts.append(result)
+        if result.passed:
+            return result
+        if score(result.figures) > score(best.figures):
+            best = result
+    return best

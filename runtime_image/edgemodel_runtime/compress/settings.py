@@ -13,7 +13,11 @@ int8 uses U8 activations / S8 weights on amd64 (VNNI's u8*s8 dot product) and S8
 int8). Weights are per-channel for static QDQ, per-tensor for dynamic (per-channel dynamic
 MatMulInteger is slower in onnxruntime and the gate catches the accuracy cases). Embedding
 tables are int8 too unless `--embedding-bits 4` asks for 4-bit blocks (CPU targets only: the
-GatherBlockQuantized kernel is onnxruntime's CPU contrib op).
+GatherBlockQuantized kernel is onnxruntime's CPU contrib op). Without VNNI (detected on the
+machine that compresses, see `cpu`) amd64 int8 uses 7-bit weights (`reduce_range`).
+
+The gate is never vacuous: evaluation data without labels must reach DEFAULT_MIN_AGREEMENT
+agreement with the original unless the request sets another figure (see effective_min_agreement).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgemodel_runtime.compress.errors import CompressError
+from edgemodel_runtime.compress.tasks import OUTPUT_KINDS
 
 MODES = ("dynamic-int8", "static-int8", "fp16", "none")
 TARGETS = ("amd64", "arm64", "gpu")
@@ -31,6 +36,10 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 EMBEDDING_BITS = (8, 4)  # the default first
 MAX_SPARSITY = 0.95
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points of top-1 accuracy; only checked when labels exist
+# Agreement with the original required when the evaluation data has no labels (labelled data
+# is judged by the accuracy drop): applied by the pipeline, which sees the data. The CRD leaves
+# accuracyGate.minAgreement unset by default so this rule is the only default.
+DEFAULT_MIN_AGREEMENT = 0.99
 DEFAULT_SEARCH_BUDGET_S = 120.0
 
 
@@ -51,6 +60,9 @@ class Settings:
     min_agreement: float | None
     search_budget_s: float
     embedding_bits: int | None = None  # int8 modes: 8, or 4 for block-quantized tables
+    output_kind: str | None = None  # what the primary output means (compress.tasks); None: infer
+    # amd64 without VNNI: 7-bit weights, so u8*s8 pairs cannot saturate int16 (see cpu).
+    reduce_range: bool = False
 
     def canonical(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +84,8 @@ def resolve(
     min_agreement: float | None,
     search_budget_s: float | None,
     embedding_bits: int | None = None,
+    output_kind: str | None = None,
+    vnni: bool = True,
 ) -> Settings:
     """Validate the request and fill in defaults; raises CompressError (bad input) on conflicts."""
     if target is not None and target not in TARGETS:
@@ -89,9 +103,15 @@ def resolve(
     budget = DEFAULT_SEARCH_BUDGET_S if search_budget_s is None else float(search_budget_s)
     if not budget >= 0.0:
         raise CompressError(f"--search-budget-seconds {budget} must be >= 0")
+    if output_kind is not None and output_kind not in OUTPUT_KINDS:
+        raise CompressError(
+            f"unknown --output-kind {output_kind!r} (choose from {', '.join(OUTPUT_KINDS)})"
+        )
     if evaluation_sha256 is None:
         if max_accuracy_drop is not None or min_agreement is not None:
             raise CompressError("--max-accuracy-drop/--min-agreement need --eval data to measure")
+        if output_kind is not None:
+            raise CompressError("--output-kind needs --eval data to judge")
         budget = 0.0  # nothing to search against
     elif max_accuracy_drop is None:
         max_accuracy_drop = DEFAULT_MAX_ACCURACY_DROP
@@ -146,7 +166,19 @@ def resolve(
         min_agreement=min_agreement,
         search_budget_s=budget,
         embedding_bits=bits,
+        output_kind=output_kind,
+        # Only amd64 kernels (and an unknown target, which is this machine) saturate without VNNI.
+        reduce_range=mode in ("dynamic-int8", "static-int8")
+        and target not in ("arm64", "gpu")
+        and not vnni,
     )
+
+
+def effective_min_agreement(settings: Settings, has_labels: bool) -> float | None:
+    """The agreement the gate requires: the request's, else the default for unlabelled data."""
+    if settings.min_agreement is not None or settings.evaluation_sha256 is None:
+        return settings.min_agreement
+    return None if has_labels else DEFAULT_MIN_AGREEMENT
 
 
 def canonical_json(value: Any) -> str:
@@ -155,7 +187,7 @@ def canonical_json(value: Any) -> str:
 
 # Bumped whenever the same settings start producing a different artifact (a new graph
 # rewrite, a changed fusion), so a store never hands back what an older recipe made.
-RECIPE = 2
+RECIPE = 3
 
 
 def artifact_key(input_sha256: str, settings: Settings, tool_version: str) -> str:

@@ -9,6 +9,13 @@ keeps serving other requests while onnxruntime computes (its `run` releases the 
 exception: a model measured at warm-up to run faster than the thread hand-off itself costs
 (~100 µs) runs on the loop: handing such runs to threads under load was measured to be several
 times slower, because each result waits for the GIL held by the busy loop.
+
+It also owns admission (docs/architecture.md, "Serving boundary"): a request is admitted before
+its body is read, or refused at once — 503 / RESOURCE_EXHAUSTED when the in-flight count or the
+buffered-body budget is spent, 413 when it is larger than the model's largest valid request —
+so overload is shed instead of queued without bound. And it decides who is to blame: a client's
+own `timeout` parameter expiring is a client outcome, and an onnxruntime failure on input
+shapes this process has never run successfully is the client's shape, not a server fault.
 """
 
 from __future__ import annotations
@@ -17,11 +24,17 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import logging
+import math
+import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -29,14 +42,130 @@ from edgemodel_runtime import __version__
 
 from .errors import ErrorKind, ServeError, invalid, not_found
 from .metrics import ServeMetrics
-from .tensors import CONFIG_TYPES, Array, TensorSpec, from_list, from_raw
+from .tensors import CONFIG_TYPES, NUMPY_DTYPES, Array, TensorSpec, from_list, from_raw
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MODEL_VERSION = "1"
 # A thread hand-off costs ~50-100 µs of loop and wake-up time; a model whose largest batch runs
 # faster than this is cheaper to run on the loop itself than to ship to a worker thread.
 INLINE_THRESHOLD_S = 100e-6
+
+# Request size: a JSON number is at most this many characters with its separator
+# ("-1.2345678901234567e-05," is 24), plus room for the envelope (names, shapes, parameters).
+JSON_BYTES_PER_ELEMENT = 24
+ENVELOPE_BYTES = 64 << 10
+# Models with dynamic non-batch dims or string inputs have no largest request: this one.
+FALLBACK_REQUEST_BYTES = 64 << 20
+MAX_DERIVED_REQUEST_BYTES = 1 << 30
+# Buffered request bodies may hold this many largest requests at once (at least the floor),
+# but never more than this share of the container's memory limit.
+BODY_BUDGET_REQUESTS = 4
+BODY_BUDGET_FLOOR = 256 << 20
+BODY_BUDGET_MEMORY_SHARE = 4  # a quarter: decoding, onnxruntime and Python need the rest
+# Queue depth per CPU, in requests (times the batch size when batching).
+INFLIGHT_PER_CPU = 4
+INFLIGHT_FLOOR = 16
+# The largest client `parameters.timeout` accepted: int64 microseconds, what tritonclient sends.
+MAX_TIMEOUT_US = (1 << 63) - 1
+# Input shapes remembered as "onnxruntime has run this" (bounded: clients choose shapes).
+MAX_VERIFIED_SHAPES = 4096
+RETRY_AFTER_S = 1
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def request_size_limit(inputs: Sequence[TensorSpec], rows: int, batching: bool) -> int:
+    """The body size of the model's largest valid request, JSON-encoded (the larger form).
+
+    Fixed dims times `rows` on the batch dim when batching; a model with any other dynamic
+    dim or a string input has no largest request and gets FALLBACK_REQUEST_BYTES.
+    """
+    elements = 0
+    raw = 0
+    for spec in inputs:
+        dims = spec.shape[1:] if batching else spec.shape
+        if spec.datatype == "BYTES" or any(dim < 0 for dim in dims):
+            return FALLBACK_REQUEST_BYTES
+        count = math.prod(dims) * (rows if batching else 1)
+        elements += count
+        raw += count * NUMPY_DTYPES[spec.datatype].itemsize
+    largest = max(raw, elements * JSON_BYTES_PER_ELEMENT) + ENVELOPE_BYTES
+    return min(largest, MAX_DERIVED_REQUEST_BYTES)
+
+
+def default_max_inflight(cpus: int, batch_rows: int) -> int:
+    """In-flight cap: a few full batches (or requests) queued per CPU, never below the floor."""
+    return max(INFLIGHT_FLOOR, INFLIGHT_PER_CPU * max(1, cpus) * max(1, batch_rows))
+
+
+def default_body_budget(request_limit: int, memory_limit: int | None = None) -> int:
+    """Bytes of request bodies the server buffers at once before shedding.
+
+    A few largest requests (at least the floor), capped at a quarter of the memory limit when
+    there is one — but always room for one largest request, or it could never be served.
+    """
+    budget = max(BODY_BUDGET_FLOOR, BODY_BUDGET_REQUESTS * request_limit)
+    if memory_limit is not None:
+        budget = min(budget, memory_limit // BODY_BUDGET_MEMORY_SHARE)
+    return max(budget, request_limit)
+
+
+def parse_memory_limit(text: str | None) -> int | None:
+    """A cgroup memory limit file's contents in bytes; None when unlimited or unreadable."""
+    if text is None:
+        return None
+    value = text.strip()
+    if not value.isdigit():  # v2 "max", empty, garbage
+        return None
+    limit = int(value)
+    return None if limit >= 1 << 62 else limit  # v1 "unlimited" is a page-rounded 2**63
+
+
+def read_memory_limit(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """This process's cgroup memory limit (v2 memory.max, else v1 memory.limit_in_bytes)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _id, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":
+            candidate = root / relative / "memory.max"
+        elif "memory" in controllers.split(","):
+            candidate = root / "memory" / relative / "memory.limit_in_bytes"
+        else:
+            continue
+        try:
+            limit = parse_memory_limit(candidate.read_text())
+        except OSError:
+            continue
+        if limit is not None:
+            return limit
+    return None
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In the decoder process: exit when the server does, even if it was SIGKILLed."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; elsewhere best effort
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the server died before prctl took effect
+        os._exit(1)
+
+
+def check_timeout_us(value: Any) -> float | None:
+    """A client's `timeout` parameter (integer µs, 0 = none) in seconds; bad values raise 400."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMEOUT_US:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise invalid(
+            f"'timeout' must be an integer number of microseconds from 0 to {MAX_TIMEOUT_US}, "
+            f"got {shown}"
+        )
+    return value / 1e6 if value else None
 
 
 class Runner(Protocol):
@@ -97,6 +226,12 @@ class DataPlaneConfig:
     request_timeout_s: float = 30.0
     execution: str = "auto"  # auto | thread | inline
     workers: int = 2
+    # Admission; 0 = derived at start from the model, the CPUs and the batch size.
+    max_inflight: int = 0
+    max_inflight_bytes: int = 0
+    max_request_bytes: int = 0
+    cpus: int = 1
+    memory_limit: int | None = None  # the container's, in bytes; caps the body budget
 
 
 class DataPlane:
@@ -122,8 +257,17 @@ class DataPlane:
         self._draining = False
         self._leaving = False  # SIGTERM seen: not ready, still serving (see announce_shutdown)
         self._inflight = 0
+        self._inflight_bytes = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set by `start` (from the model unless configured); nothing is admitted before that.
+        self.request_limit = config.max_request_bytes or FALLBACK_REQUEST_BYTES
+        self.max_inflight = config.max_inflight or INFLIGHT_FLOOR
+        self.max_inflight_bytes = config.max_inflight_bytes or BODY_BUDGET_FLOOR
+        self._verified: set[tuple[tuple[str, tuple[int, ...]], ...]] = set()
+        # Large JSON bodies decode in one child process, one at a time (started on first use):
+        # the loop keeps the GIL and only one body's worth of Python objects exists at once.
+        self._decoder: concurrent.futures.ProcessPoolExecutor | None = None
 
     @property
     def model(self) -> Runner:
@@ -134,6 +278,25 @@ class DataPlane:
     @property
     def executor(self) -> concurrent.futures.ThreadPoolExecutor:
         return self._executor
+
+    async def decode(
+        self, function: Callable[[bytes | bytearray], _T], text: bytes | bytearray
+    ) -> _T:
+        """`function(text)` in the decoder process (a fresh one if the last one died)."""
+        if self._decoder is None:
+            self._decoder = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),  # no fork of a gRPC process
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._decoder, function, text)
+        except concurrent.futures.BrokenExecutor:
+            self._decoder = None
+            log.error("the JSON decoder process died; starting a new one for the next request")
+            raise ServeError(ErrorKind.INTERNAL, "the JSON decoder process died") from None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -153,17 +316,39 @@ class DataPlane:
         self.batching = model.batchable and self.config.max_batch_size > 1
         loop = asyncio.get_running_loop()
         largest = self.config.max_batch_size if self.batching else 1
+        self.request_limit = self.config.max_request_bytes or request_size_limit(
+            model.inputs, largest, self.batching
+        )
+        self.max_inflight = self.config.max_inflight or default_max_inflight(
+            self.config.cpus, largest
+        )
+        self.max_inflight_bytes = self.config.max_inflight_bytes or default_body_budget(
+            self.request_limit, self.config.memory_limit
+        )
+        # The shapes the warm-up runs (model._zeros: dynamic dims 1, the batch dim aside).
+        self._verified.add(
+            self._signature(
+                {
+                    spec.name: tuple(1 if dim < 0 else dim for dim in spec.shape)
+                    for spec in model.inputs
+                }
+            )
+        )
         await loop.run_in_executor(self._executor, self.model.warm_up, 1)
         best = await loop.run_in_executor(self._executor, self.model.warm_up, largest)
         if self.config.execution == "auto":
             self._inline = best < INLINE_THRESHOLD_S
         log.info(
-            "model warmed up: model=%s largest_batch=%d best_run_us=%.0f inline=%s batching=%s",
+            "model warmed up: model=%s largest_batch=%d best_run_us=%.0f inline=%s batching=%s "
+            "max_request_bytes=%d max_inflight=%d max_inflight_bytes=%d",
             self.name,
             largest,
             best * 1e6,
             self._inline,
             self.batching,
+            self.request_limit,
+            self.max_inflight,
+            self.max_inflight_bytes,
         )
         if self.batching:
             self._batcher = Batcher(
@@ -192,6 +377,8 @@ class DataPlane:
         if self._batcher is not None:
             await self._batcher.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -206,6 +393,39 @@ class DataPlane:
             self.metrics.inflight.dec()
             if self._inflight == 0:
                 self._idle.set()
+
+    @contextlib.contextmanager
+    def admit(self, body_bytes: int) -> Iterator[None]:
+        """Admit one request holding `body_bytes` of body for its whole life, or refuse it.
+
+        Raises UNAVAILABLE when not serving, TOO_LARGE past the request limit, OVERLOADED when
+        the in-flight cap or the body budget is spent — all before any byte of the body is read.
+        """
+        if not self.serving:
+            raise ServeError(ErrorKind.UNAVAILABLE, f"model {self.name!r} is not ready")
+        if body_bytes > self.request_limit:
+            raise ServeError(
+                ErrorKind.TOO_LARGE,
+                f"request body of {body_bytes} bytes exceeds the limit of {self.request_limit} "
+                "bytes (the model's largest valid request)",
+            )
+        if self._inflight >= self.max_inflight:
+            raise ServeError(
+                ErrorKind.OVERLOADED,
+                f"server at capacity ({self.max_inflight} requests in flight), retry later",
+            )
+        if self._inflight_bytes + body_bytes > self.max_inflight_bytes:
+            raise ServeError(
+                ErrorKind.OVERLOADED,
+                f"server at capacity ({self._inflight_bytes} bytes of request bodies in "
+                "flight), retry later",
+            )
+        self._inflight_bytes += body_bytes
+        try:
+            with self.track():
+                yield
+        finally:
+            self._inflight_bytes -= body_bytes
 
     # --- metadata --------------------------------------------------------------------------
 
@@ -333,16 +553,23 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         if not self.serving:
             raise ServeError(ErrorKind.UNAVAILABLE, f"model {self.name!r} is not ready")
-        feeds, names, rows = self.validate(request)
+        return await self.execute(request, self.validate(request))
+
+    async def execute(
+        self, request: InferRequest, validated: tuple[dict[str, Array], list[str], int]
+    ) -> InferResponse:
+        """Run a request `validate` accepted (possibly on another thread) and answer it."""
+        feeds, names, rows = validated
         if self._batcher is None and self._inline:
             # Runs to completion without yielding to the loop, so no timeout could ever fire;
             # skipping the timer saves ~4 us of a ~200 us request.
             self.metrics.batch_size.observe(rows)
-            arrays = self.model.run(feeds, names)
+            arrays = self._run_model(feeds, names)
             return self._response(request, names, arrays)
         timeout = self.config.request_timeout_s
-        if request.timeout_s is not None and request.timeout_s > 0:
-            timeout = min(timeout, request.timeout_s)
+        clients = request.timeout_s is not None and 0 < request.timeout_s < timeout
+        if clients and request.timeout_s is not None:
+            timeout = request.timeout_s
         try:
             async with asyncio.timeout(timeout):
                 if self._batcher is not None:
@@ -351,6 +578,12 @@ class DataPlane:
                     self.metrics.batch_size.observe(rows)
                     arrays = await self._execute(feeds, names)
         except TimeoutError:
+            if clients:  # the client chose this deadline: its outcome, not a slow server
+                raise ServeError(
+                    ErrorKind.CLIENT_TIMEOUT,
+                    f"the request's timeout parameter ({round(timeout * 1e6)} us) expired "
+                    "before inference finished",
+                ) from None
             raise ServeError(
                 ErrorKind.DEADLINE_EXCEEDED, f"inference did not finish within {timeout:g} s"
             ) from None
@@ -364,9 +597,34 @@ class DataPlane:
 
     async def _execute(self, feeds: Mapping[str, Array], names: Sequence[str]) -> list[Array]:
         if self._inline:
-            return self.model.run(feeds, names)
+            return self._run_model(feeds, names)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.model.run, feeds, names)
+        return await loop.run_in_executor(self._executor, self._run_model, feeds, names)
+
+    def _signature(
+        self, shapes: Mapping[str, tuple[int, ...]]
+    ) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """The client-chosen part of the input shapes (all but the batch dim when batching)."""
+        return tuple(
+            sorted((name, shape[1:] if self.batching else shape) for name, shape in shapes.items())
+        )
+
+    def _run_model(self, feeds: Mapping[str, Array], names: Sequence[str]) -> list[Array]:
+        """Run onnxruntime; a failure on shapes it never ran before is the client's shape."""
+        signature = self._signature({name: array.shape for name, array in feeds.items()})
+        try:
+            arrays = self.model.run(feeds, names)
+        except ServeError as exc:
+            if exc.kind is ErrorKind.INTERNAL and signature not in self._verified:
+                shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
+                raise ServeError(
+                    ErrorKind.INVALID_ARGUMENT,
+                    f"onnxruntime rejected the input shapes ({shapes}): {exc.message}",
+                ) from None
+            raise
+        if len(self._verified) < MAX_VERIFIED_SHAPES:
+            self._verified.add(signature)
+        return arrays
 
 
 Execute = Callable[[Mapping[str, Array], Sequence[str]], Awaitable[list[Array]]]

@@ -3,6 +3,14 @@
 The dataplane raises `ServeError` with a protocol-neutral `ErrorKind`; each protocol layer maps
 the kind to its own status (HTTP code or gRPC status name) so both protocols report the same
 failure the same way, and the metrics `code` label stays a small bounded set.
+
+Who is to blame decides the status (docs/architecture.md, "Serving boundary"): everything a
+client can cause on purpose — a malformed or absurd request, its own `timeout` parameter
+expiring, hanging up mid-body, a shape onnxruntime refuses — maps to a 4xx / client gRPC status,
+so the SLO's error rate (5xx, INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED) only ever counts the
+server's own failures. `timed` says whether a failure's latency belongs in the request-duration
+histogram: only requests the server accepted and worked on do, so a flood of cheap refusals can
+never pull the p95 down.
 """
 
 from __future__ import annotations
@@ -15,7 +23,15 @@ class ErrorKind(enum.Enum):
 
     INVALID_ARGUMENT = (400, "INVALID_ARGUMENT")
     NOT_FOUND = (404, "NOT_FOUND")
+    # The client's own `parameters.timeout` expired: its choice, not a slow server (HTTP 408;
+    # on gRPC the status a server records when a caller's deadline cancels the call).
+    CLIENT_TIMEOUT = (408, "CANCELLED")
     TOO_LARGE = (413, "RESOURCE_EXHAUSTED")
+    # The client hung up before its request was complete (nginx's 499: nobody reads the answer).
+    DISCONNECTED = (499, "CANCELLED")
+    # At capacity (in-flight cap or body budget): refused before any work, retry later. A
+    # capacity shortfall is the server's, so HTTP counts it as a 5xx like "not ready".
+    OVERLOADED = (503, "RESOURCE_EXHAUSTED")
     UNAVAILABLE = (503, "UNAVAILABLE")
     DEADLINE_EXCEEDED = (504, "DEADLINE_EXCEEDED")
     INTERNAL = (500, "INTERNAL")
@@ -27,6 +43,11 @@ class ErrorKind(enum.Enum):
     @property
     def grpc_code(self) -> str:
         return self.value[1]
+
+    @property
+    def timed(self) -> bool:
+        """Whether the request was accepted and worked on, so its latency is the server's."""
+        return self in (ErrorKind.INTERNAL, ErrorKind.DEADLINE_EXCEEDED)
 
 
 class ServeError(Exception):

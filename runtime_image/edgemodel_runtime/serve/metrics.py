@@ -1,7 +1,9 @@
 """Owns the runtime's Prometheus metrics (the contract in DESIGN.md) and their `/metrics` app.
 
 Every series carries the same three labels — model, revision, target — fixed for the life of
-the process, plus `code` on the request counter (an HTTP status or a gRPC status name). Nothing
+the process, plus `code` on the request counter (an HTTP status or a gRPC status name), and
+`provider` / `requested` on `edgemodel_model_info` (the execution provider the session got,
+so a GPU target that fell back to the CPU shows on a dashboard and in PromQL joins). Nothing
 request-specific (request ids, client or pod addresses) ever becomes a label, so cardinality
 is bounded by the number of distinct status codes. The registry is private to the server so
 tests and embedders never see series from another instance.
@@ -73,7 +75,8 @@ class ServeMetrics:
         self.request_duration = Histogram(
             "edgemodel_request_duration_seconds",
             "Inference request latency as seen by the server, from request received to response"
-            " ready, per protocol-independent request",
+            " ready, of accepted requests only (successes and server-side failures; refused and"
+            " client-failed requests are counted in edgemodel_requests_total, not timed here)",
             LABELS,
             buckets=latency_buckets(slo_seconds),
             registry=self.registry,
@@ -105,16 +108,34 @@ class ServeMetrics:
             buckets=_BASE_LATENCY_BUCKETS,
             registry=self.registry,
         ).labels(*values)
+        self._model_info = Gauge(
+            "edgemodel_model_info",
+            "1 for the model this process serves: provider is the onnxruntime execution provider"
+            " its session runs on (cpu, cuda, tensorrt), requested what --providers asked for",
+            (*LABELS, "provider", "requested"),
+            registry=self.registry,
+        )
         self._by_code: dict[str, Counter] = {}
 
-    def observe_request(self, code: str, seconds: float) -> None:
-        """Record one finished inference request (any outcome) and its latency."""
+    def model_loaded(self, provider: str, requested: str) -> None:
+        """Record which provider the loaded model's session got, against the one asked for."""
+        self._model_info.clear()
+        self._model_info.labels(*self._values, provider, requested).set(1)
+
+    def observe_request(self, code: str, seconds: float, *, timed: bool = True) -> None:
+        """Record one finished inference request (any outcome) and, when `timed`, its latency.
+
+        Only requests the server accepted and worked on are timed (successes and server-side
+        failures): refusals and client failures answer in microseconds, and timing them would
+        let any client pull the SLO's p95 down (docs/architecture.md, "Serving boundary").
+        """
         counter = self._by_code.get(code)
         if counter is None:  # cache the child: labels() costs a lock and a dict build per call
             counter = self._requests.labels(*self._values, code)
             self._by_code[code] = counter
         counter.inc()
-        self.request_duration.observe(seconds)
+        if timed:
+            self.request_duration.observe(seconds)
 
     def exposition(self) -> bytes:
         data: bytes = generate_latest(self.registry)

@@ -1,12 +1,15 @@
 """Owns the ONNX Runtime session: the only module in `serve/` that imports onnxruntime.
 
 It loads a verified model file, chooses execution providers (CUDA / TensorRT only when both
-asked for and present, otherwise CPU with a logged warning), describes the model's inputs and
-outputs as v2 `TensorSpec`s, and runs feeds. It knows nothing about protocols or batching.
+asked for and present, otherwise CPU with a logged warning), says which provider the session
+actually got (and, for `--require-provider`, the refusal when it is not the one asked for),
+describes the model's inputs and outputs as v2 `TensorSpec`s, and runs feeds. It knows
+nothing about protocols or batching.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -74,6 +77,54 @@ def select_providers(requested: str, available: Sequence[str]) -> tuple[list[str
     return chosen, warning
 
 
+# Short names of the providers, as `--providers` spells them (and the metrics' label values).
+SHORT_NAMES: dict[str, str] = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
+
+
+def short_name(provider: str) -> str:
+    return SHORT_NAMES.get(provider, provider)
+
+
+class ProviderUnavailableError(Exception):
+    """A required provider is not what the session runs on (`--require-provider`).
+
+    `message` is the one-line JSON the server leaves as its termination message:
+    {"reason": "ProviderUnavailable", "requested", "provider", "message"}.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def provider_refusal(requested: str, session_providers: Sequence[str]) -> str | None:
+    """The termination message when the session lacks the provider `requested` names first.
+
+    Pure: `session_providers` is `InferenceSession.get_providers()`, what onnxruntime actually
+    gave the session (a CUDA build without a working driver quietly falls back to CPU, so the
+    available-providers list alone would not tell). None when the session has it.
+    """
+    wanted = _WANTED.get(requested)
+    if wanted is None:
+        raise ValueError(f"unknown providers choice {requested!r} (cpu, cuda or tensorrt)")
+    if wanted[0] in session_providers:
+        return None
+    got = session_providers[0] if session_providers else "none"
+    return json.dumps(
+        {
+            "reason": "ProviderUnavailable",
+            "requested": short_name(wanted[0]),
+            "provider": short_name(got),
+            "message": (
+                f"requested {wanted[0]} but onnxruntime gave the session "
+                f"{', '.join(session_providers) or 'no provider'}: refusing to serve from "
+                f"{got} on a target that asked for {requested}"
+            ),
+        },
+        sort_keys=True,
+    )
+
+
 def _dims(shape: Sequence[Any]) -> tuple[int, ...]:
     # ORT reports a dynamic dimension as None or a symbolic name; v2 spells both -1.
     return tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in shape)
@@ -109,6 +160,8 @@ class OnnxModel:
         except Exception as exc:  # ORT raises its own exception types for every load failure
             raise ModelLoadError(f"{path}: onnxruntime cannot load the model ({exc})") from None
         self.providers: list[str] = list(self._session.get_providers())
+        # What serves: the session's first provider, by --providers name ("cpu", "cuda").
+        self.provider = short_name(self.providers[0]) if self.providers else "none"
         self.inputs = _specs(self._session.get_inputs(), "input")
         self.outputs = _specs(self._session.get_outputs(), "output")
         self.output_names: list[str] = [spec.name for spec in self.outputs]

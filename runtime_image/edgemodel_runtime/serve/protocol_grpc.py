@@ -5,6 +5,12 @@ protocol itself, so serving them makes `tritonclient.grpc` (sync, streaming and 
 unchanged. Inputs arrive as `raw_input_contents` (what tritonclient sends) or typed `contents`;
 outputs always go back as `raw_output_contents`, which every client reads. Failures set a gRPC
 status (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ...) with a message naming the problem.
+
+Admission is the dataplane's, shared with HTTP (`DataPlane.admit`): past the in-flight cap an
+RPC gets RESOURCE_EXHAUSTED at once. gRPC itself buffers a message before the handler runs, so
+the server also caps concurrent RPCs at the transport (the in-flight cap plus headroom for the
+health and metadata RPCs) and refuses messages over `max_request_bytes` (a fixed ceiling,
+since the model-derived limit is only known after loading; the handler applies that one).
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from .dataplane import DataPlane, InferRequest, InferResponse, InputTensor
+from .dataplane import (
+    FALLBACK_REQUEST_BYTES,
+    DataPlane,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    check_timeout_us,
+)
 from .errors import ErrorKind, ServeError, invalid
 from .tensors import check_datatype, check_shape, datatype_of, to_raw
 
@@ -63,8 +76,11 @@ def parse_infer_request(request: Any) -> InferRequest:
         )
     timeout_s = None
     if "timeout" in request.parameters:
-        timeout_us = request.parameters["timeout"].int64_param
-        timeout_s = timeout_us / 1e6 if timeout_us > 0 else None
+        parameter = request.parameters["timeout"]
+        kind = parameter.WhichOneof("parameter_choice")
+        if kind not in ("int64_param", "uint64_param"):
+            raise invalid(f"'timeout' must be an int64_param (microseconds), got {kind}")
+        timeout_s = check_timeout_us(getattr(parameter, kind))
     return InferRequest(
         request.model_name,
         request.model_version,
@@ -138,23 +154,27 @@ class GrpcEndpoints(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ign
         """One inference with metrics; returns (response, None) or (None, error)."""
         started = time.perf_counter()
         code = "INTERNAL"
-        with self._dp.track():
-            try:
+        timed = True
+        try:
+            size = sum(len(raw) for raw in request.raw_input_contents)
+            with self._dp.admit(size):
                 result = await self._dp.infer(parse_infer_request(request))
                 message = encode_infer_response(result)
                 code = "OK"
                 return message, None
-            except ServeError as exc:
-                code = exc.kind.grpc_code
-                return None, exc
-            except asyncio.CancelledError:  # the client went away or its deadline passed
-                code = "CANCELLED"
-                raise
-            except Exception as exc:  # the server must answer, whatever the request did
-                log.exception("unexpected error handling a gRPC inference request")
-                return None, ServeError(ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}")
-            finally:
-                self._dp.metrics.observe_request(code, time.perf_counter() - started)
+        except ServeError as exc:
+            code = exc.kind.grpc_code
+            timed = exc.kind.timed
+            return None, exc
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            code = "CANCELLED"
+            timed = False
+            raise
+        except Exception as exc:  # the server must answer, whatever the request did
+            log.exception("unexpected error handling a gRPC inference request")
+            return None, ServeError(ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}")
+        finally:
+            self._dp.metrics.observe_request(code, time.perf_counter() - started, timed=timed)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         message, error = await self._infer(request)
@@ -175,16 +195,23 @@ class GrpcEndpoints(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ign
                 yield service_pb2.ModelStreamInferResponse(infer_response=message)
 
 
-def grpc_server(dataplane: DataPlane, max_request_bytes: int) -> grpc.aio.Server:
+GRPC_RPC_HEADROOM = 16  # transport slots beyond the in-flight cap: health, metadata, refusals
+
+
+def grpc_server(
+    dataplane: DataPlane, max_request_bytes: int | None, max_concurrent_rpcs: int
+) -> grpc.aio.Server:
     """A grpc.aio server with the v2 service; the caller binds ports and starts it."""
     server = grpc.aio.server(
+        # Past this, gRPC refuses new RPCs itself (RESOURCE_EXHAUSTED) before buffering them.
+        maximum_concurrent_rpcs=max_concurrent_rpcs + GRPC_RPC_HEADROOM,
         options=[
             # Over-limit messages are refused by gRPC itself with RESOURCE_EXHAUSTED.
-            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_receive_message_length", max_request_bytes or FALLBACK_REQUEST_BYTES),
             ("grpc.max_send_message_length", -1),
             # Never share a port with another process: a second server must fail to bind.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcEndpoints(dataplane), server)
     return server

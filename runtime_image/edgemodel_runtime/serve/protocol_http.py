@@ -4,10 +4,19 @@ Requests are parsed into dataplane `InferRequest`s with tensors left in wire for
 are encoded with raw binary outputs when the client asked for them (`binary_data_output` or a
 per-output `binary_data`), which is what `tritonclient.http` does by default. Every failure is
 a 4xx/5xx with a JSON body `{"error": "..."}`; no input can make a handler raise past here.
+
+The infer handler is admitted by the dataplane before it reads a byte of the body (see
+`DataPlane.admit`): refusals are 413, or 503 with Retry-After. It reads the body itself, so
+the size limit can follow the model (known only after loading) and a client that hangs up
+mid-body is recorded as 499 (client closed request), never as a server error. JSON headers
+larger than INLINE_DECODE_BYTES are parsed and decoded in the dataplane's decoder process, one
+at a time, so a flood of large JSON bodies neither stalls the event loop (health probes keep
+answering) nor holds more than one body's worth of decoded Python objects at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,20 +24,41 @@ from typing import Any
 
 from aiohttp import web
 
-from .dataplane import DataPlane, InferRequest, InferResponse, InputTensor
+from .dataplane import (
+    RETRY_AFTER_S,
+    DataPlane,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    check_timeout_us,
+)
 from .errors import ErrorKind, ServeError, invalid
-from .tensors import check_datatype, check_shape, datatype_of, to_list, to_raw
+from .tensors import (
+    check_datatype,
+    check_shape,
+    datatype_of,
+    decode_json_document,
+    to_list,
+    to_raw,
+)
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+# Bodies up to this size parse on the loop (the hot path: ~µs); larger ones on the decoder.
+INLINE_DECODE_BYTES = 256 << 10
+# The app's own ceiling; the infer handler enforces the model-derived limit below it.
+APP_MAX_BYTES = 1 << 30
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=status, body=_DUMPS({"error": message}).encode(), content_type="application/json"
     )
+    if status == ErrorKind.OVERLOADED.http_status:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def _json(document: Any, status: int = 200) -> web.Response:
@@ -37,26 +67,39 @@ def _json(document: Any, status: int = 200) -> web.Response:
     )
 
 
-def parse_infer_request(
-    model_name: str, model_version: str, body: bytes, header_length: str | None
-) -> tuple[InferRequest, dict[str, bool], bool]:
-    """Parse an infer body: (request, per-output binary flag, default binary flag)."""
+def split_body(body: bytes | bytearray, header_length: str | None) -> tuple[memoryview, memoryview]:
+    """(JSON header, binary tensor data) of an infer body, per Inference-Header-Content-Length."""
+    view = memoryview(body)
     if header_length is None:
-        header = body
-        binary = memoryview(b"")
-    else:
-        try:
-            length = int(header_length)
-        except ValueError:
-            raise invalid(f"{HEADER_LENGTH} {header_length!r} is not an integer") from None
-        if length < 0 or length > len(body):
-            raise invalid(f"{HEADER_LENGTH} {length} does not fit a body of {len(body)} bytes")
-        header = body[:length]
-        binary = memoryview(body)[length:]
+        return view, memoryview(b"")
     try:
-        document = json.loads(header)
+        length = int(header_length)
+    except ValueError:
+        raise invalid(f"{HEADER_LENGTH} {header_length!r} is not an integer") from None
+    if length < 0 or length > len(body):
+        raise invalid(f"{HEADER_LENGTH} {length} does not fit a body of {len(body)} bytes")
+    return view[:length], view[length:]
+
+
+def load_header(header: bytes | bytearray | memoryview) -> Any:
+    try:
+        return json.loads(bytes(header) if isinstance(header, memoryview) else header)
     except (ValueError, RecursionError) as exc:
         raise invalid(f"malformed JSON inference header: {exc}") from None
+
+
+def parse_infer_request(
+    model_name: str, model_version: str, body: bytes | bytearray, header_length: str | None
+) -> tuple[InferRequest, dict[str, bool], bool]:
+    """Parse an infer body: (request, per-output binary flag, default binary flag)."""
+    header, binary = split_body(body, header_length)
+    return parse_infer_document(model_name, model_version, load_header(header), binary)
+
+
+def parse_infer_document(
+    model_name: str, model_version: str, document: Any, binary: memoryview
+) -> tuple[InferRequest, dict[str, bool], bool]:
+    """An already-parsed JSON header (and the binary part) as a request and output flags."""
     if not isinstance(document, dict):
         raise invalid("the inference header must be a JSON object")
     request_id = document.get("id", "")
@@ -73,9 +116,7 @@ def parse_infer_request(
     timeout_s = None
     timeout_us = parameters.get("timeout")
     if timeout_us is not None:
-        if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
-            raise invalid("'timeout' must be a non-negative integer (microseconds)")
-        timeout_s = timeout_us / 1e6 if timeout_us else None
+        timeout_s = check_timeout_us(timeout_us)
 
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list):
@@ -173,12 +214,50 @@ def encode_infer_response(
     return result
 
 
+async def read_body(request: web.Request, limit: int) -> bytearray:
+    """The whole body, at most `limit` bytes (TOO_LARGE past it, DISCONNECTED if cut short).
+
+    Read into one preallocated buffer when the length is announced, so the peak is the body
+    plus one chunk, never twice the body.
+    """
+    length = request.content_length
+    buffer = bytearray(length) if length is not None else bytearray()
+    filled = 0
+    try:
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            end = filled + len(chunk)
+            if end > limit or (length is not None and end > length):
+                raise ServeError(
+                    ErrorKind.TOO_LARGE, f"request body exceeds the limit of {limit} bytes"
+                )
+            buffer[filled:end] = chunk
+            filled = end
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise ServeError(
+            ErrorKind.DISCONNECTED, f"client disconnected mid-body: {type(exc).__name__}"
+        ) from None
+    except ServeError:
+        raise
+    except Exception as exc:  # aiohttp's payload errors (ClientPayloadError, ...) on a cut
+        raise ServeError(
+            ErrorKind.DISCONNECTED, f"request body cut short: {type(exc).__name__}"
+        ) from None
+    if length is not None and filled != length:
+        raise ServeError(
+            ErrorKind.DISCONNECTED,
+            f"client disconnected mid-body after {filled} of {length} bytes",
+        )
+    return buffer
+
+
 class HttpEndpoints:
     """aiohttp handlers for the v2 REST endpoints over one `DataPlane`."""
 
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
-        self._max_request_bytes = max_request_bytes
 
     async def live(self, _request: web.Request) -> web.Response:
         return _json({"live": True})
@@ -216,43 +295,62 @@ class HttpEndpoints:
     async def not_found(self, request: web.Request) -> web.Response:
         return error_response(404, f"no such endpoint: {request.method} {request.path}")
 
+    async def _parse(
+        self, request: web.Request, body: bytearray
+    ) -> tuple[InferRequest, dict[str, bool], bool]:
+        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        text: bytes | bytearray
+        if len(header) > INLINE_DECODE_BYTES:
+            # Off the process: json.loads holds the GIL throughout (~25 ms per MB), which on
+            # a thread would stall the loop and its health probes for the whole decode.
+            text = body if len(header) == len(body) else bytes(header)
+            del header, body  # the binary view keeps what it needs; nothing else stays
+            document, error = await self._dp.decode(decode_json_document, text)
+            if error is not None:
+                raise invalid(error)
+        else:
+            document = load_header(header)
+        return parse_infer_document(
+            request.match_info["name"], request.match_info.get("version", ""), document, binary
+        )
+
     async def infer(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         status = 500
-        with self._dp.track():
-            try:
-                try:
-                    body = await request.read()
-                except web.HTTPRequestEntityTooLarge:
-                    raise ServeError(
-                        ErrorKind.TOO_LARGE,
-                        f"request body exceeds the limit of {self._max_request_bytes} bytes",
-                    ) from None
-                infer_request, flags, default = parse_infer_request(
-                    request.match_info["name"],
-                    request.match_info.get("version", ""),
-                    body,
-                    request.headers.get(HEADER_LENGTH),
+        timed = True
+        try:
+            limit = self._dp.request_limit
+            announced = request.content_length
+            with self._dp.admit(limit if announced is None else announced):
+                infer_request, flags, default = await self._parse(
+                    request, await read_body(request, limit)
                 )
                 response = encode_infer_response(
                     await self._dp.infer(infer_request), flags, default
                 )
                 status = 200
                 return response
-            except ServeError as exc:
-                status = exc.kind.http_status
-                return error_response(status, exc.message)
-            except Exception as exc:  # the server must answer, whatever the request did
-                log.exception("unexpected error handling an HTTP inference request")
-                return error_response(500, f"internal error: {type(exc).__name__}")
-            finally:
-                self._dp.metrics.observe_request(str(status), time.perf_counter() - started)
+        except ServeError as exc:
+            status = exc.kind.http_status
+            timed = exc.kind.timed
+            return error_response(status, exc.message)
+        except asyncio.CancelledError:  # aiohttp cancels the handler when the client is gone
+            status = ErrorKind.DISCONNECTED.http_status
+            timed = False
+            raise
+        except Exception as exc:  # the server must answer, whatever the request did
+            log.exception("unexpected error handling an HTTP inference request")
+            return error_response(500, f"internal error: {type(exc).__name__}")
+        finally:
+            self._dp.metrics.observe_request(
+                str(status), time.perf_counter() - started, timed=timed
+            )
 
 
-def http_app(dataplane: DataPlane, max_request_bytes: int) -> web.Application:
+def http_app(dataplane: DataPlane) -> web.Application:
     """The inference port's app (no /metrics here: that lives on the metrics port)."""
-    endpoints = HttpEndpoints(dataplane, max_request_bytes)
-    app = web.Application(client_max_size=max_request_bytes)
+    endpoints = HttpEndpoints(dataplane)
+    app = web.Application(client_max_size=APP_MAX_BYTES)
     router = app.router
     prefixes = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     # aiohttp tries resources in registration order: the hot route goes first.

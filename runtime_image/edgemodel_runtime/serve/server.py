@@ -29,10 +29,11 @@ from edgemodel_runtime.sources import (
     sha256_file,
 )
 
-from .dataplane import DataPlane, DataPlaneConfig
+from .cpu import available_cpus, read_cpu_limit, threads_for
+from .dataplane import DataPlane, DataPlaneConfig, default_max_inflight, read_memory_limit
 from .errors import ServeError
 from .metrics import ServeMetrics, metrics_app
-from .model import ModelLoadError, OnnxModel
+from .model import ModelLoadError, OnnxModel, ProviderUnavailableError, provider_refusal
 from .protocol_grpc import grpc_server
 from .protocol_http import http_app
 
@@ -56,7 +57,11 @@ class ServeOptions:
     max_batch_size: int = 32
     max_queue_delay_us: int = 0
     request_timeout_s: float = 30.0
-    max_request_bytes: int = 64 << 20
+    # None: derived from the model's largest valid request (DataPlane.start).
+    max_request_bytes: int | None = None
+    # In-flight cap and buffered-body budget; None: derived from the CPUs, batch and limit.
+    max_inflight: int | None = None
+    max_inflight_bytes: int | None = None
     max_model_bytes: int = 4 << 30
     providers: str = "cpu"
     intra_op_threads: int = 1
@@ -65,6 +70,13 @@ class ServeOptions:
     drain_timeout_s: float = 20.0
     shutdown_delay_s: float = 0.0
     execution: str = "auto"
+    # Exit (EXIT_PROVIDER) instead of serving when the session lacks the provider asked for,
+    # leaving the reason in `termination_log` (the kubelet's terminationMessagePath).
+    require_provider: bool = False
+    termination_log: Path | None = None
+
+
+EXIT_PROVIDER = 3  # --require-provider: the session did not get the provider asked for
 
 
 class StartupError(Exception):
@@ -123,6 +135,7 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
         slo_seconds=options.slo_ms / 1000.0,
         max_batch_size=max(1, options.max_batch_size),
     )
+    usable_cpus = threads_for(read_cpu_limit(), available_cpus())  # the container's CPU limit
     dataplane = DataPlane(
         DataPlaneConfig(
             name=options.name,
@@ -130,17 +143,26 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
             max_queue_delay_s=options.max_queue_delay_us / 1e6,
             request_timeout_s=options.request_timeout_s,
             execution=options.execution,
+            max_inflight=options.max_inflight or 0,
+            max_inflight_bytes=options.max_inflight_bytes or 0,
+            max_request_bytes=options.max_request_bytes or 0,
+            cpus=usable_cpus,
+            memory_limit=read_memory_limit(),
         ),
         metrics,
     )
     # access_log=None: a log line per inference costs more than the inference of a small model.
     metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None, shutdown_timeout=1.0)
     http_runner = web.AppRunner(
-        http_app(dataplane, options.max_request_bytes),
+        http_app(dataplane),
         access_log=None,
         shutdown_timeout=1.0,
     )
-    grpc_srv = grpc_server(dataplane, options.max_request_bytes)
+    # The transport's RPC cap must exist before the model does: the largest the cap can be.
+    transport_cap = options.max_inflight or default_max_inflight(
+        usable_cpus, max(1, options.max_batch_size)
+    )
+    grpc_srv = grpc_server(dataplane, options.max_request_bytes, transport_cap)
     await metrics_runner.setup()
     await http_runner.setup()
     http_site = web.TCPSite(http_runner, options.host, options.http_port, reuse_port=False)
@@ -177,6 +199,16 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
             model = load.result()
+            metrics.model_loaded(model.provider, options.providers)
+            refusal = provider_refusal(options.providers, model.providers)
+            if refusal is not None and options.require_provider:
+                raise ProviderUnavailableError(refusal)
+            if refusal is not None:
+                log.warning(
+                    "provider fallback: requested=%s serving on=%s",
+                    options.providers,
+                    model.provider,
+                )
             await dataplane.start(model)
             log.info(
                 "ready: model=%s providers=%s inputs=%s outputs=%s batching=%s",
@@ -190,6 +222,10 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
     except (SourceError, ModelLoadError) as exc:
         log.error("cannot load model: uri=%s error=%s", options.model_uri, exc)
         exit_code = 2
+    except ProviderUnavailableError as exc:
+        log.error("required provider unavailable: %s", exc.message)
+        _write_termination_log(options.termination_log, exc.message)
+        exit_code = EXIT_PROVIDER
     except ServeError as exc:  # the warm-up inference itself failed
         log.error("model warm-up failed: uri=%s error=%s", options.model_uri, exc.message)
         exit_code = 2
@@ -204,6 +240,15 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
             metrics_runner=metrics_runner,
         )
     return exit_code
+
+
+def _write_termination_log(path: Path | None, message: str) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(message)
+    except OSError as exc:  # the log line above still carries the message
+        log.warning("cannot write the termination log: path=%s error=%s", path, exc)
 
 
 async def _shutdown(

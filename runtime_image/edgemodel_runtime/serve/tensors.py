@@ -5,10 +5,16 @@ Both protocols carry a tensor either as raw little-endian bytes (HTTP binary ext
 module turns either form into a numpy array of the declared datatype and shape, checking that
 the byte count or element count matches the shape, and back again for outputs. Raw bytes are
 wrapped with `np.frombuffer` (no copy) because that is the hot path.
+
+`decode_json_document` is the off-process half of the JSON path: it parses a large JSON
+inference header and turns every input's `data` list into its array right there, so only
+arrays (a fraction of the text's size) come back to the server process and its event loop
+never holds the GIL for a large decode (docs/architecture.md, "Serving boundary").
 """
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Sequence
@@ -18,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import invalid
+from .errors import ServeError, invalid
 
 # v2 datatype -> numpy dtype, explicitly little-endian because that is the wire byte order.
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -112,8 +118,49 @@ def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memo
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
+@dataclass(frozen=True)
+class DecodeFailure:
+    """Stands in for an input's `data` that `decode_json_document` could not decode."""
+
+    message: str
+
+
+def decode_json_document(text: bytes | bytearray) -> tuple[Any, str | None]:
+    """Parse a JSON inference header and pre-decode each input's `data`: (document, error).
+
+    Runs in a decoder process (so it returns an error string rather than raising). An input
+    whose declared name, datatype and shape are well formed gets its `data` replaced by the
+    array `from_list` makes of it, or by a `DecodeFailure`; anything malformed is left for the
+    server's own checks, which report it exactly as for a small body.
+    """
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return None, f"malformed JSON inference header: {exc}"
+    inputs = document.get("inputs") if isinstance(document, dict) else None
+    for item in inputs if isinstance(inputs, list) else ():
+        if not isinstance(item, dict) or not isinstance(item.get("data"), list):
+            continue
+        name = item.get("name")
+        try:
+            shape = check_shape(str(name), item.get("shape"))
+            datatype = check_datatype(str(name), item.get("datatype"))
+            item["data"] = from_list(str(name), datatype, shape, item["data"])
+        except ServeError as exc:
+            item["data"] = DecodeFailure(exc.message)
+    return document, None
+
+
 def from_list(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Array:
-    """Decode JSON `data` (flat or nested, row-major) into an array of `shape`."""
+    """Decode JSON `data` (flat or nested, row-major) into an array of `shape`.
+
+    `data` may also be what `decode_json_document` made of it with the same datatype and
+    shape: the array itself, or the reason it could not be made.
+    """
+    if isinstance(data, np.ndarray):
+        return data
+    if isinstance(data, DecodeFailure):
+        raise invalid(data.message)
     if not isinstance(data, list):
         raise invalid(f"input {name!r}: 'data' must be a list")
     count = math.prod(shape)

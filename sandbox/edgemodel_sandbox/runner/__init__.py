@@ -10,10 +10,12 @@ Pod IPs come from a private /16 made local to this machine with one AnyIP route 
 server refuses loopback addresses in EndpointSlices); 127.1.0.0/16 is the fallback where
 routes cannot be added. See `network`.
 
-Modules: `plan` (pure: pod spec -> launch plan), `lifecycle` (pure: container records ->
-next actions and pod status), `dns` (pure: Service host rewriting), `ipam` (pod IPs),
-`network` (the pod range), `provisioner` (PVC -> PV), `supervisor` (processes and probes of
-one pod), `kube` (the API client) and `main` (watches and dispatch).
+Modules: `plan` (pure: pod spec -> launch plan), `lifecycle` (pure: records -> actions,
+status), `records` (pure: record transitions), `dns` (pure: Service host rewriting), `ipam`
+(pod IPs), `network` (the pod range), `provisioner` (PVC -> PV), `kube` (the API client),
+`main` (watches, dispatch), `supervisor` (one pod's coordinator) and its units `credentials`,
+`volumes`, `processes`, `probes`, `services` and `statuswriter` (docs/architecture.md,
+"The pod runner").
 """
 
 from __future__ import annotations

@@ -138,7 +138,11 @@ class Provisioner:
         if not wants_volume(claim):
             return
         manifest = volume_manifest(claim, self._root)
-        (self._root / manifest["metadata"]["name"]).mkdir(parents=True, exist_ok=True)
+        folder = self._root / manifest["metadata"]["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        # As K3s's local-path provisioner: mode 0777, so a pod of any user (the chart's run as
+        # 10001; fsGroup does not apply to hostPath) can write its volume on a real kubelet.
+        folder.chmod(0o777)
         if self._kube.create("/api/v1/persistentvolumes", manifest) is not None:
             meta = claim["metadata"]
             log.info("provisioned %s for %s/%s", pv_name(claim), meta["namespace"], meta["name"])

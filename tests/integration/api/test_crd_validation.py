@@ -209,6 +209,16 @@ INVALID: list[tuple[str, Mutation, str]] = [
         _set("rollout", {"failureThreshold": 0}),
         "spec.rollout.failureThreshold",
     ),
+    (
+        "rollout-inconclusive-limit-zero",
+        _set("rollout", {"inconclusiveLimit": 0}),
+        "spec.rollout.inconclusiveLimit",
+    ),
+    (
+        "rollout-error-limit-too-high",
+        _set("rollout", {"errorLimit": 1001}),
+        "spec.rollout.errorLimit",
+    ),
     ("paused-not-boolean", _set("paused", "yes"), "spec.paused"),
     ("unknown-field", _set("replicas", 3), "spec.replicas"),
 ]
@@ -263,6 +273,8 @@ def test_minimal_manifest_comes_back_with_every_default(
         "analysisIntervalSeconds": 30,
         "failureThreshold": 3,
         "postPromotionGuardSeconds": 300,
+        "inconclusiveLimit": 20,
+        "errorLimit": 10,
     }
     assert spec["paused"] is False
     # The operator's model defaults an undefaulted spec exactly as the API server did.

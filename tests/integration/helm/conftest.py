@@ -51,6 +51,22 @@ COMBINATIONS: list[tuple[str, dict[str, str]]] = [
         {"networkPolicy.enabled": "true", "rbac.scope": "namespaced", "watchNamespaces": "{ns1}"},
     ),
     (
+        "pull-secrets",
+        {
+            "imagePullSecrets[0].name": "regcred",
+            "imagePullSecrets[1].name": "mirror",
+            "image.pullPolicy": "Always",
+        },
+    ),
+    (
+        "pull-secrets-namespaced",
+        {
+            "rbac.scope": "namespaced",
+            "watchNamespaces": "{ns1,ns2}",
+            "imagePullSecrets[0].name": "regcred",
+        },
+    ),
+    (
         "prometheus-auth",
         {
             "prometheus.url": "https://prometheus.monitoring.svc:9091",

@@ -370,6 +370,13 @@ def test_operator_reconciles_with_only_the_charts_namespaced_rbac(
     ns, watched = namespaces["release"], namespaces["ns1"]
     release = f"em-{uuid.uuid4().hex[:6]}"
     kube = ["--kubeconfig", str(cluster.kubeconfig), "--namespace", ns]
+    # An image pull secret the chart is given: the operator copies it into the watched
+    # namespace with nothing but the chart's by-name Secret rules.
+    docker_config = '{"auths": {"registry.example:5000": {"auth": "dXNlcjpwYXNz"}}}'
+    cluster.kubectl(
+        "create", "secret", "generic", "regcred", "-n", ns, "--type=kubernetes.io/dockerconfigjson",
+        f"--from-literal=.dockerconfigjson={docker_config}",
+    )  # fmt: skip
     run_helm(
         helm,
         "install",
@@ -380,6 +387,8 @@ def test_operator_reconciles_with_only_the_charts_namespaced_rbac(
         "rbac.scope=namespaced",
         "--set",
         f"watchNamespaces={{{watched}}}",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
     )
     try:
         # Available: the real Deployment controller counts the pod Ready, which the runner
@@ -419,6 +428,28 @@ def test_operator_reconciles_with_only_the_charts_namespaced_rbac(
                 and len(_get(cluster, "services", "-n", watched)["items"]) == 3
             ),
         )
+        # The pull secret, copied by the operator under the chart's RBAC, and on the pods.
+        copy = _wait(
+            "the pull secret copied into the watched namespace",
+            lambda: json.loads(
+                cluster.kubectl(
+                    "get", "secret", "regcred", "-n", watched, "-o", "json", check=False
+                ).stdout
+                or "null"
+            ),
+        )
+        source = _get(cluster, "secret", "regcred", "-n", ns)
+        assert copy["data"] == source["data"] and copy["type"] == source["type"]
+        assert copy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "edgemodel-operator"
+        for job in _get(cluster, "jobs", "-n", watched)["items"]:
+            pod_spec = job["spec"]["template"]["spec"]
+            assert pod_spec["imagePullSecrets"] == [{"name": "regcred"}]
+            assert {c["imagePullPolicy"] for c in pod_spec["containers"]} == {"IfNotPresent"}
+        sa = f"system:serviceaccount:{ns}:{release}-edgemodel"
+        assert _can_i(cluster, sa, "get", "secrets/regcred", ns)
+        assert not _can_i(cluster, sa, "get", "secrets/other", ns)
+        assert not _can_i(cluster, sa, "list", "secrets", watched)
+        assert not _can_i(cluster, sa, "create", "secrets/regcred", ns)
         _wait(
             "a PhaseChanged Event",
             lambda: any(

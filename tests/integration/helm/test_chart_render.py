@@ -20,6 +20,7 @@ import yaml
 
 from edgemodel_operator import builders
 from edgemodel_operator import cli as operator_cli
+from edgemodel_operator.api import parse_spec
 from tests.conftest import CRD_PATH
 from tests.integration.helm.conftest import CHART, COMBINATIONS, Objects, Render, run_helm
 
@@ -39,6 +40,12 @@ NAMESPACED_KINDS = {
 # Everything the operator (and kopf) may do; anything else in a rule is a privilege too many.
 ALLOWED_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 FORBIDDEN_RESOURCES = {"secrets", "configmaps", "pods/exec", "serviceaccounts/token"}
+# The one exception: the image pull secrets the operator copies, by name, and no more verbs.
+PULL_SECRET_VERBS = {"get", "create", "patch"}
+
+
+def pull_secret_names(values: dict[str, str]) -> list[str]:
+    return [v for k, v in sorted(values.items()) if k.startswith("imagePullSecrets[")]
 
 
 def of_kind(objects: Objects, kind: str) -> list[dict[str, Any]]:
@@ -182,8 +189,12 @@ def test_rendered_objects_keep_the_charts_promises(
                 assert "*" not in (rule.get(field) or []), (role["metadata"]["name"], rule)
                 assert not any("*" in str(v) for v in rule.get(field) or []), rule
             assert set(rule["verbs"]) <= ALLOWED_VERBS, rule
-            assert not set(rule["resources"]) & FORBIDDEN_RESOURCES, rule
             assert "nonResourceURLs" not in rule
+            if rule["resources"] == ["secrets"]:
+                assert sorted(rule["resourceNames"]) == sorted(pull_secret_names(values)), rule
+                assert set(rule["verbs"]) <= PULL_SECRET_VERBS, rule
+                continue
+            assert not set(rule["resources"]) & FORBIDDEN_RESOURCES, rule
 
     # Pod security "restricted" and requests/limits, on every container of every pod.
     for name, spec in pod_specs(objects):
@@ -238,6 +249,15 @@ def test_operator_flags_follow_the_values(
     assert ports == {"health": 8080, "metrics": 9090}
     assert args.namespace == watched
     assert ("--all-namespaces" in operator_args(objects)) == (not watched)
+    # What the chart pulls with, the operator's pods pull with (test_image_pull.py: every one).
+    pod_spec = deployment["spec"]["template"]["spec"]
+    secrets = pull_secret_names(values)
+    assert args.image_pull_secret == [s["name"] for s in pod_spec.get("imagePullSecrets", [])]
+    assert sorted(args.image_pull_secret) == sorted(secrets)
+    assert args.image_pull_policy == container["imagePullPolicy"]
+    assert args.image_pull_policy == values.get("image.pullPolicy", "IfNotPresent")
+    assert args.artifact_port == 8080
+    assert not args.allow_gpu_provider_fallback
 
     peerings = of_kind(objects, "ClusterKopfPeering") + of_kind(objects, "KopfPeering")
     peering_rules = [
@@ -324,7 +344,10 @@ def test_rbac_scope(render: Render, case: str, values: dict[str, str]) -> None:
         for ns in watched:
             role = roles[(ns, "em-edgemodel-edgemodel-system")]
             assert workload <= {r for rule in role["rules"] for r in rule["resources"]}
-    named = [r for r in cluster_role["rules"] if "resourceNames" in r]
+    # By-name rules; the pull secrets' are checked in test_pods_the_operator_creates_pull_as...
+    named = [
+        r for r in cluster_role["rules"] if "resourceNames" in r and r["resources"] != ["secrets"]
+    ]
     if store:
         assert not named
     else:
@@ -339,6 +362,72 @@ def test_rbac_scope(render: Render, case: str, values: dict[str, str]) -> None:
             "services",
             "deployments",
         }
+
+
+@pytest.mark.parametrize("case", ["pull-secrets", "pull-secrets-namespaced"])
+def test_pods_the_operator_creates_pull_as_the_chart_says(render: Render, case: str) -> None:
+    values = dict(COMBINATIONS)[case]
+    objects = render(values)
+    settings = operator_cli.settings_from(parsed_operator_args(objects))
+    chart_pods = {name: spec for name, spec in pod_specs(objects)}
+    operator_pod = chart_pods[operator_deployment(objects)["metadata"]["name"]]
+    policy = values.get("image.pullPolicy", "IfNotPresent")
+    secrets = [{"name": n} for n in pull_secret_names(values)]
+    assert sorted(operator_pod["imagePullSecrets"], key=str) == sorted(secrets, key=str)
+    # The operator's own builders, fed the flags the chart rendered.
+    spec = parse_spec(
+        {
+            "model": {"uri": "https://m.example/m.onnx", "sha256": "a" * 64},
+            "targets": [
+                {"name": "cpu", "arch": "arm64"},
+                {"name": "trt", "arch": "amd64", "accelerator": "nvidia-gpu", "runtime": "triton"},
+            ],
+        }
+    )
+    made = [
+        builders.runtime_deployment("m", "ns1", "u", spec, t, "r1", "a" * 64, 1, settings)
+        for t in spec.targets
+    ]
+    made.append(builders.compression_job("m", "ns1", "u", spec, "r1", "arm64", settings))
+    made += [m for m in builders.artifact_store(settings) if m["kind"] == "Deployment"]
+    for manifest in made:
+        pod = manifest["spec"]["template"]["spec"]
+        assert sorted(pod["imagePullSecrets"], key=str) == sorted(secrets, key=str)
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            assert container["imagePullPolicy"] == policy, manifest["metadata"]["name"]
+    # RBAC: the named Secrets only; read where they live, copied where pods run.
+    names = sorted(s["name"] for s in secrets)
+    rules = {
+        (role["metadata"].get("namespace"), role["kind"]): rule
+        for role in of_kind(objects, "Role") + of_kind(objects, "ClusterRole")
+        for rule in role["rules"]
+        if "secrets" in rule["resources"]
+    }
+    if values.get("rbac.scope") == "namespaced":
+        assert set(rules) == {("ns1", "Role"), ("ns2", "Role"), ("edgemodel-system", "Role")}
+        assert rules[("edgemodel-system", "Role")]["verbs"] == ["get"]
+        assert sorted(rules[("ns1", "Role")]["verbs"]) == ["create", "get", "patch"]
+    else:
+        assert set(rules) == {(None, "ClusterRole")}
+    for rule in rules.values():
+        assert sorted(rule["resourceNames"]) == names
+
+
+def test_no_secret_rule_without_pull_secrets(render: Render) -> None:
+    for role in of_kind(render(), "Role") + of_kind(render(), "ClusterRole"):
+        assert not [r for r in role["rules"] if "secrets" in r["resources"]]
+
+
+def test_artifact_port_reaches_the_operator_and_its_pods(render: Render) -> None:
+    objects = render({"artifactStore.port": "9000"})
+    settings = operator_cli.settings_from(parsed_operator_args(objects))
+    assert settings.artifact_port == 9000
+    service = one(objects, "Service", "edgemodel-artifacts")
+    assert service["spec"]["ports"][0]["port"] == 9000
+    # The URL pods fetch from names the chart's store Service, on its port.
+    assert settings.artifact_url == (
+        f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:9000"
+    )
 
 
 def test_monitors_select_what_the_operator_creates(render: Render) -> None:
@@ -422,6 +511,7 @@ def test_values_reach_the_flags(render: Render) -> None:
             "operator.verbose": "true",
             "runtime.image": "registry.local/edgemodel/runtime:dev",
             "runtime.nodeCachePath": "",
+            "runtime.allowGpuProviderFallback": "true",
             "artifactStore.serviceName": "store",
             "artifactStore.storageClass": "local-path",
             "artifactStore.size": "2Gi",
@@ -431,6 +521,7 @@ def test_values_reach_the_flags(render: Render) -> None:
     assert args.workers == 3 and args.verbose
     assert args.runtime_image == "registry.local/edgemodel/runtime:dev"
     assert args.node_cache_path == ""
+    assert args.allow_gpu_provider_fallback
     assert args.artifact_service == "store"
     pvc = one(objects, "PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == "store"

@@ -1,8 +1,9 @@
 """The install and operations docs keep up with the code: every condition reason is explained.
 
 Reasons are read from the operator's source (the third argument of every `condition(...)` and
-the fourth of every `set_condition(...)` call, string literals only), so a new reason without a
-row in docs/troubleshooting.md fails here.
+the fourth of every `set_condition(...)` call, and the reason of every `(status, reason,
+message)` verdict tuple the lifecycle returns; string literals only), so a new reason without
+a row in docs/troubleshooting.md fails here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ SLO_REASONS = {"MetricsAvailable", "MetricsUnavailable", "CanaryFailed", "Rolled
 def condition_reasons(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Tuple) and len(node.elts) == 3:
+            status, reason, _ = node.elts
+            if (
+                isinstance(status, ast.Constant)
+                and isinstance(status.value, bool)
+                and isinstance(reason, ast.Constant)
+                and isinstance(reason.value, str)
+            ):
+                found.add(reason.value)
         if not isinstance(node, ast.Call):
             continue
         name = getattr(node.func, "id", getattr(node.func, "attr", ""))
@@ -35,7 +45,7 @@ def condition_reasons(path: Path) -> set[str]:
 
 def test_every_condition_reason_has_a_row() -> None:
     reasons = set(SLO_REASONS)
-    for module in OPERATOR.glob("*.py"):
+    for module in OPERATOR.rglob("*.py"):  # lifecycle/ is a package
         reasons |= condition_reasons(module)
     reasons = {r for r in reasons if r.isidentifier() and r[:1].isupper()}
     assert {"Compressing", "ArtifactsReady", "Unschedulable", "InvalidSpec"} <= reasons

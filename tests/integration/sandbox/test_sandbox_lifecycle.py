@@ -19,7 +19,8 @@ from edgemodel_sandbox.cluster import Sandbox, port_open
 from edgemodel_sandbox.tools import Tools, tools_dir
 from tests.conftest import processes_mentioning
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+# Like every sandbox test, never beside the demo's sandbox (see tests/conftest.py).
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.usefixtures("no_demo_sandbox")]
 
 
 def _edgemodel(state: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,3 @@
+module edgemodel.local/pause
+
+go 1.22
