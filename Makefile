@@ -2,8 +2,9 @@
 #   make sandbox   the main job: sandbox up, CRD installed, the example EdgeModel applied
 #   make test      lint + every test (what .ci/run runs)
 # Everything is installed from the project's own files: a virtualenv from pyproject.toml,
-# Prometheus from Debian's packages, the control plane built from the Go module proxy
-# into the user cache (only the first run pays for that).
+# Debian's packages (sandbox/install-system-deps.sh), the control plane, the real node's
+# kubelet/kube-proxy, the registry and helm built from the Go module proxy into the user cache,
+# and the runtime image built from Debian's packages and PyPI wheels (only the first run pays).
 SHELL := bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,10 +26,12 @@ system-deps:
 
 tools: deps system-deps
 	@$(BIN)/python -m edgemodel_sandbox.tools >/dev/null
+	@$(BIN)/python -m edgemodel_sandbox.tools helm >/dev/null
+	@$(BIN)/python -m edgemodel_sandbox.tools node >/dev/null
 
 # With root, containerd and runc (see sandbox/install-system-deps.sh) the demo's amd64 CPU
 # target runs on a real kubelet node (edge-real-amd64-0); elsewhere on the kwok fleet alone.
-sandbox: tools
+sandbox: tools image
 	$(BIN)/edgemodel sandbox demo $$($(BIN)/python -m edgemodel_sandbox.realnode can-run)
 
 down: deps
@@ -40,17 +43,18 @@ lint: deps
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint tools
+test: lint tools image
 	$(BIN)/pytest
 
 # The runtime image as a multi-arch OCI index (linux/amd64 + linux/arm64) and the pause image,
 # built without Docker into build/image/ (docs/architecture.md, "Images without Docker").
 .PHONY: image image-gpu image-lock
-image: deps
+image: deps system-deps
 	$(BIN)/python -m edgemodel_sandbox.image.build
 
-# amd64 with onnxruntime-gpu and CUDA 12 wheels from PyPI (not part of CI).
-image-gpu: deps
+# amd64 with onnxruntime-gpu and the CUDA wheels it needs from PyPI (not part of CI; run it
+# where a GPU is lent: docs/architecture.md, "Images without Docker").
+image-gpu: deps system-deps
 	$(BIN)/python -m edgemodel_sandbox.image.build --variant gpu
 
 # Re-resolves runtime_image/requirements-*.txt from pyproject.toml (both platforms).

@@ -21,6 +21,14 @@ Every server gets one onnxruntime intra-op thread so the comparison is serving o
 Prints a side-by-side table and the three targets from the issue. Usage:
 
     .venv/bin/python bench/serve/run.py [--duration 3] [--concurrency 1,8,32] [--skip-triton]
+
+`--cap-compare` instead measures what admission control costs below saturation: `edgemodel
+serve` with its default in-flight cap ("cap") against the same server with a cap so large it
+never triggers ("no cap"), batching off and on, at concurrency 1 and 8, cells interleaved
+round by round; `--baseline-src DIR` adds a third column, the code in DIR (e.g. a
+`git archive HEAD runtime_image` export) before admission control existed:
+
+    .venv/bin/python bench/serve/run.py --cap-compare --rounds 6 [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -320,7 +328,9 @@ def process(
                 proc.wait()
 
 
-def edgemodel_command(model: Path, ports: tuple[int, int, int], max_batch_size: int) -> list[str]:
+def edgemodel_command(
+    model: Path, ports: tuple[int, int, int], max_batch_size: int, *extra: str
+) -> list[str]:
     http, grpc, metrics = ports
     return [
         sys.executable,
@@ -344,6 +354,7 @@ def edgemodel_command(model: Path, ports: tuple[int, int, int], max_batch_size: 
         "1",
         "--log-level",
         "WARNING",
+        *extra,
     ]
 
 
@@ -439,6 +450,78 @@ def print_targets(rows: list[Row]) -> None:
             )
 
 
+UNCAPPED = str(1 << 30)  # an in-flight cap no benchmark reaches
+
+
+def cap_compare(
+    fixture_model: Path,
+    x: np.ndarray,
+    expected: np.ndarray,
+    work: Path,
+    rounds: int,
+    duration: float,
+    concurrencies: list[int],
+    baseline_src: Path | None,
+) -> list[Row]:
+    """edgemodel with the default cap vs no effective cap (and the baseline code), interleaved."""
+    variants: list[tuple[str, tuple[str, ...], dict[str, str] | None]] = [
+        ("cap", (), None),
+        ("no cap", ("--max-inflight", UNCAPPED, "--max-inflight-bytes", str(1 << 40)), None),
+    ]
+    if baseline_src is not None:
+        variants.append(("baseline", (), {**os.environ, "PYTHONPATH": str(baseline_src)}))
+    targets: list[Target] = []
+    cells: dict[tuple[str, str, str, int], tuple[list[float], float, int, float]] = {}
+    with contextlib.ExitStack() as stack:
+        for max_batch, label in ((0, "off"), (32, "on")):
+            for name, extra, variant_env in variants:
+                ports = (free_port(), free_port(), free_port())
+                command = edgemodel_command(fixture_model, ports, max_batch, *extra)
+                log = work / f"edgemodel-{label}-{name.replace(' ', '-')}.log"
+                pid = stack.enter_context(process(command, ports[0], log, env=variant_env))
+                targets.append(Target(f"edgemodel {name}", label, ports[0], ports[1], pid))
+        for target in targets:
+            check_correct(target, x, expected)
+        print(f"servers ready: {len(targets)}; {rounds} rounds", flush=True)
+        for round_index in range(rounds):
+            for concurrency in concurrencies:
+                # Alternate the order each round so neither variant always runs first.
+                ordered = targets if round_index % 2 == 0 else targets[::-1]
+                for target in ordered:
+                    for protocol in ("HTTP", "gRPC"):
+                        key = (target.system, protocol, target.batching, concurrency)
+                        cpu_before = cpu_seconds(target.pid)
+                        lat, elapsed, errors = measure(
+                            target, protocol, concurrency, duration / rounds, x
+                        )
+                        cpu = cpu_seconds(target.pid) - cpu_before
+                        old = cells.get(key, ([], 0.0, 0, 0.0))
+                        cells[key] = (old[0] + lat, old[1] + elapsed, old[2] + errors, old[3] + cpu)
+            print(f"round {round_index + 1}/{rounds} done", flush=True)
+    return [
+        summarize(system, protocol, batching, concurrency, lat, elapsed, errors, cpu)
+        for (system, protocol, batching, concurrency), (lat, elapsed, errors, cpu) in sorted(
+            cells.items(), key=lambda item: (item[0][2], item[0][3], item[0][1], item[0][0])
+        )
+    ]
+
+
+def print_cap_verdict(rows: list[Row]) -> None:
+    print()
+    for row in rows:
+        if row.system != "edgemodel cap":
+            continue
+        for other in ("edgemodel no cap", "edgemodel baseline"):
+            ref = find(rows, other, row.protocol, row.batching, row.concurrency)
+            if ref is None or ref.throughput <= 0:
+                continue
+            print(
+                f"c={row.concurrency} {row.protocol} batching {row.batching}: cap vs "
+                f"{other.removeprefix('edgemodel ')}: p50 {row.p50_ms - ref.p50_ms:+.3f} ms, "
+                f"throughput {100 * (row.throughput / ref.throughput - 1):+.1f}%"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
@@ -446,12 +529,23 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--skip-triton", action="store_true")
     parser.add_argument(
+        "--cap-compare", action="store_true", help="only: in-flight cap on vs off, c=1 and 8"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="with --cap-compare: a runtime_image/ tree to run as the 'before' column",
+    )
+    parser.add_argument(
         "--hidden",
         default="256,128",
         help="MLP hidden layers of the digits model (default: the fixture's 256,128)",
     )
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.cap_compare and args.concurrency == parser.get_default("concurrency"):
+        concurrencies = [1, 8]
 
     from edgemodel_sandbox.models import digits_classifier
 
@@ -467,6 +561,22 @@ def main() -> int:
         f"load={os.getloadavg()[0]:.2f} duration={args.duration}s per cell",
         flush=True,
     )
+    if args.cap_compare:
+        rows = cap_compare(
+            fixture.model,
+            x,
+            expected,
+            work,
+            args.rounds,
+            args.duration,
+            concurrencies,
+            args.baseline_src,
+        )
+        print()
+        print_table(rows)
+        print_cap_verdict(rows)
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
     rows += bench_onnxruntime(fixture.model, x, concurrencies, args.duration)
 
     # Every server runs for the whole benchmark and the cells are interleaved round by round,

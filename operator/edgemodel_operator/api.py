@@ -372,6 +372,12 @@ def _check_cross_field(spec: EdgeModelSpec) -> None:
                 raise SpecError(
                     f"{path}.tolerations[{j}].value", "must be empty when operator is Exists"
                 )
+            if toleration.operator == "Exists" and not toleration.key:
+                # Without a key it tolerates every taint: reserved nodes would be open to
+                # any EdgeModel author (docs/security.md).
+                raise SpecError(
+                    f"{path}.tolerations[{j}].key", "is required when operator is Exists"
+                )
         selected = target.node_selector.get("kubernetes.io/arch")
         if selected is not None and selected != target.arch:
             raise SpecError(

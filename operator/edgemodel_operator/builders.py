@@ -23,6 +23,8 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 TERMINATION_LOG = "/dev/termination-log"
+ARTIFACT_AUDIENCE = "edgemodel-artifacts"  # the store's `--audience`
+ARTIFACT_TOKEN_DIR = "/var/run/secrets/edgemodel.dev/artifacts"
 
 Manifest = dict[str, Any]
 
@@ -114,12 +116,75 @@ def artifact_key(revision: str, variant: Variant) -> str:
 # ------------------------------------------------------------------ compression Job
 
 
-def _source_volume(uri: str, mount: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
-    """The path a container reads `uri` from, plus the volume and mount that make it so."""
+def host_directory_allowed(directory: str, allowlist: tuple[str, ...]) -> bool:
+    """Whether a node `directory` lies in (or is) one of the admin-allowlisted directories.
+
+    Compared as normalised absolute paths, component by component, so "/data2" is not inside
+    "/data" and "/data/../etc" is not inside anything (`..` is refused outright).
+    """
+    parts = directory.split("/")
+    if not directory.startswith("/") or ".." in parts:
+        return False
+    have = [p for p in parts if p and p != "."]
+    for allowed in allowlist:
+        root = [p for p in allowed.split("/") if p and p != "."]
+        if have[: len(root)] == root:
+            return True
+    return False
+
+
+def host_path_problems(spec: EdgeModelSpec, settings: Settings) -> list[tuple[str, str]]:
+    """(field, message) for every `file://` source the operator may not mount (pure).
+
+    A `file://` source becomes a hostPath volume: a spec field reaching the node's
+    filesystem. Only directories the admin allowlisted (`Settings.host_path_allowlist`,
+    chart value `operator.hostPathAllowlist`) may be mounted, read only. See
+    docs/security.md.
+    """
+    problems = []
+    for field_path, uri in _sources(spec).items():
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            continue
+        directory = parsed.path.rpartition("/")[0] or "/"
+        if not host_directory_allowed(directory, settings.host_path_allowlist):
+            allowed = ", ".join(settings.host_path_allowlist) or "none"
+            problems.append(
+                (
+                    field_path,
+                    f"{field_path}: {uri!r} would mount the node directory {directory!r}, which "
+                    f"is not in the operator's host path allowlist ({allowed})",
+                )
+            )
+    return problems
+
+
+def _sources(spec: EdgeModelSpec) -> dict[str, str]:
+    """Every source URI of the spec by its field path."""
+    out = {"spec.model.uri": spec.model.uri}
+    if spec.compression.calibration is not None:
+        out["spec.compression.calibration.uri"] = spec.compression.calibration.uri
+    if spec.compression.accuracy_gate is not None:
+        out["spec.compression.accuracyGate.evaluation.uri"] = (
+            spec.compression.accuracy_gate.evaluation.uri
+        )
+    return out
+
+
+def _source_volume(uri: str, key: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The path a container reads source `key`'s `uri` from, plus the volume and mount.
+
+    Volume names derive from `key` (model, calibration, evaluation) only, so two sources on
+    the same claim or host directory get distinct names (duplicates make the API server
+    refuse the Job) and the name is the same in every process (no `hash()`, which is salted
+    per process). The host path allowlist is enforced before any manifest is built: reconcile
+    refuses a spec with `host_path_problems` and never gets here with one.
+    """
+    mount = f"/sources/{key}"
+    volume = f"src-{key}"
     parsed = urlparse(uri)
     if parsed.scheme == "pvc":
         claim = parsed.netloc
-        volume = f"src-{claim}"[:63]
         return (
             f"{mount}/{claim}{parsed.path}",
             [{"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
@@ -127,7 +192,6 @@ def _source_volume(uri: str, mount: str) -> tuple[str, list[dict[str, Any]], lis
         )
     if parsed.scheme == "file":
         directory, _, filename = parsed.path.rpartition("/")
-        volume = f"src-host-{abs(hash(directory)) % 10**8}"
         return (
             f"{mount}/host/{filename}",
             [{"name": volume, "hostPath": {"path": directory or "/", "type": "Directory"}}],
@@ -242,7 +306,7 @@ def compression_job(
     if spec.compression.accuracy_gate is not None:
         sources["evaluation"] = spec.compression.accuracy_gate.evaluation.uri
     for key, uri in sources.items():
-        path, extra_volumes, extra_mounts = _source_volume(uri, f"/sources/{key}")
+        path, extra_volumes, extra_mounts = _source_volume(uri, key)
         paths[key] = path
         volumes += extra_volumes
         mounts += extra_mounts
@@ -308,6 +372,16 @@ def compression_job(
                                     settings.artifact_url,
                                     "--revision",
                                     key,
+                                    "--namespace",
+                                    namespace,
+                                    "--uid",
+                                    uid,
+                                    "--revision-digest",
+                                    revision_digest(spec),
+                                    "--variant",
+                                    variant,
+                                    "--token-file",
+                                    f"{ARTIFACT_TOKEN_DIR}/token",
                                     "--termination-log",
                                     TERMINATION_LOG,
                                 ],
@@ -316,16 +390,60 @@ def compression_job(
                                     "limits": {"memory": "256Mi"},
                                 },
                                 "securityContext": container_security_context(),
-                                "volumeMounts": mounts[:2],
+                                # Only publish sees the store token (compress runs model code).
+                                "volumeMounts": [
+                                    *mounts[:2],
+                                    {
+                                        "name": "artifact-token",
+                                        "mountPath": ARTIFACT_TOKEN_DIR,
+                                        "readOnly": True,
+                                    },
+                                ],
                                 "terminationMessagePath": TERMINATION_LOG,
                                 "terminationMessagePolicy": "FallbackToLogsOnError",
                             }
                         ],
-                        "volumes": volumes,
+                        "volumes": [*volumes, artifact_token_volume()],
                     },
                     settings,
                 ),
             },
+        },
+    }
+
+
+def revision_digest(spec: EdgeModelSpec) -> str:
+    """The full sha256 of a revision's material; `revision_of` is "r" + its first 10 digits.
+
+    The artifact store keys records by it (docs/architecture.md, artifact store): 40 bits of a
+    short revision name are not enough to stand for "this very compression input".
+    """
+    material = {
+        "model": spec.model.sha256,
+        "compression": to_dict(spec.compression),
+        "targets": sorted((t.name, t.arch, t.accelerator, t.runtime) for t in spec.targets),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def artifact_token_volume() -> dict[str, Any]:
+    """A projected ServiceAccount token for the artifact store's audience, bound to the pod.
+
+    The store reviews it (TokenReview), finds the pod, its Job and the Job's EdgeModel, and
+    lets it write that EdgeModel's records only; it dies with the pod.
+    """
+    return {
+        "name": "artifact-token",
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": ARTIFACT_AUDIENCE,
+                        "expirationSeconds": 3600,
+                        "path": "token",
+                    }
+                }
+            ]
         },
     }
 
@@ -657,8 +775,63 @@ def target_service(name: str, namespace: str, uid: str, target: Target) -> Manif
 # ------------------------------------------------------------------ artifact store
 
 
+_QUANTITY_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+}
+
+
+API_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _api_token_volume() -> dict[str, Any]:
+    """The pod's own API credentials, as automountServiceAccountToken would project them."""
+    return {
+        "name": "api-token",
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
+            ]
+        },
+    }
+
+
+def store_quota_bytes(storage: str) -> int:
+    """The store's `--quota-bytes`: 90% of its volume (a full disk would fail every write,
+    reads and collection included); 0 (no quota) when `storage` is not a plain quantity."""
+    number = storage.rstrip("kMGTi")
+    unit = storage[len(number) :]
+    if unit not in _QUANTITY_UNITS or not number.isdigit():
+        return 0
+    return int(number) * _QUANTITY_UNITS[unit] * 9 // 10
+
+
 def artifact_store(settings: Settings) -> list[Manifest]:
-    """PVC + Deployment + Service of the in-cluster, content-addressed artifact store."""
+    """ServiceAccount + PVC + Deployment + Service of the in-cluster artifact store.
+
+    The store's account needs the ClusterRole the chart grants it (`<release>-artifact-store`:
+    create tokenreviews, get pods and jobs, list edgemodels).
+    """
     name, namespace = settings.artifact_service, settings.namespace
     store_labels = {
         "app.kubernetes.io/name": "edgemodel-artifacts",
@@ -667,6 +840,11 @@ def artifact_store(settings: Settings) -> list[Manifest]:
         "app.kubernetes.io/component": "artifact-store",
     }
     return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
+        },
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
@@ -688,6 +866,10 @@ def artifact_store(settings: Settings) -> list[Manifest]:
                     "metadata": {"labels": store_labels},
                     "spec": with_image_pull(
                         {
+                            # The store reviews writers' tokens with the API (TokenReview) and
+                            # lists EdgeModels to collect what none references: its own account,
+                            # its token projected explicitly (what automount would mount).
+                            "serviceAccountName": name,
                             "automountServiceAccountToken": False,
                             "securityContext": pod_security_context(),
                             "containers": [
@@ -703,6 +885,11 @@ def artifact_store(settings: Settings) -> list[Manifest]:
                                         "$(POD_IP)",
                                         "--port",
                                         str(settings.artifact_port),
+                                        "--token-review",
+                                        "--audience",
+                                        ARTIFACT_AUDIENCE,
+                                        "--quota-bytes",
+                                        str(store_quota_bytes(settings.artifact_storage)),
                                     ],
                                     "env": list(POD_IP_ENV),
                                     "ports": [
@@ -721,11 +908,19 @@ def artifact_store(settings: Settings) -> list[Manifest]:
                                         "limits": {"memory": "512Mi"},
                                     },
                                     "securityContext": container_security_context(),
-                                    "volumeMounts": [{"name": "store", "mountPath": "/store"}],
+                                    "volumeMounts": [
+                                        {"name": "store", "mountPath": "/store"},
+                                        {
+                                            "name": "api-token",
+                                            "mountPath": API_TOKEN_DIR,
+                                            "readOnly": True,
+                                        },
+                                    ],
                                 }
                             ],
                             "volumes": [
-                                {"name": "store", "persistentVolumeClaim": {"claimName": name}}
+                                {"name": "store", "persistentVolumeClaim": {"claimName": name}},
+                                _api_token_volume(),
                             ],
                         },
                         settings,

@@ -98,11 +98,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cluster network, as in the sandbox)",
     )
     parser.add_argument("--prometheus-url", default=os.environ.get("EDGEMODEL_PROMETHEUS_URL", ""))
-    parser.add_argument("--prometheus-token-file", default="", help="bearer token for Prometheus")
+    # The chart mounts the token and CA and names their paths in these variables.
     parser.add_argument(
-        "--prometheus-ca-file", default="", help="CA bundle for an https Prometheus"
+        "--prometheus-token-file",
+        default=os.environ.get("EDGEMODEL_PROMETHEUS_TOKEN_FILE", ""),
+        help="bearer token for --prometheus-url only, re-read on every query",
+    )
+    parser.add_argument(
+        "--prometheus-ca-file",
+        default=os.environ.get("EDGEMODEL_PROMETHEUS_CA_FILE", ""),
+        help="CA bundle for an https --prometheus-url",
     )
     parser.add_argument("--prometheus-insecure", action="store_true", help="skip TLS verification")
+    parser.add_argument(
+        "--prometheus-allowed-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a Prometheus the edgemodel.dev/prometheus-url annotation may name; it never gets "
+        "the token or CA of --prometheus-url (repeatable; none: the annotation is refused)",
+    )
+    parser.add_argument(
+        "--host-path-allow",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a node directory file:// model and data sources may be mounted from, read only "
+        "(repeatable; none: file:// sources are refused in the cluster)",
+    )
     parser.add_argument(
         "--listen-address",
         default="0.0.0.0",
@@ -146,6 +169,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         prometheus_token_file=args.prometheus_token_file,
         prometheus_ca_file=args.prometheus_ca_file,
         prometheus_insecure=args.prometheus_insecure,
+        prometheus_allowed_urls=tuple(args.prometheus_allowed_url),
+        host_path_allowlist=tuple(args.host_path_allow),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from edgemodel_operator import (
 )
 from edgemodel_operator.api import GROUP, KIND, PLURAL, VERSION, SpecError, parse_spec
 from edgemodel_operator.conditions import set_condition
-from edgemodel_operator.kube import Credentials, Kube, KubeError
+from edgemodel_operator.kube import Credentials, Kube, KubeError, OwnershipConflict
 from edgemodel_operator.lifecycle import (
     Apply,
     Delete,
@@ -51,6 +52,7 @@ log = logging.getLogger("edgemodel.operator")
 EM_API = f"{GROUP}/{VERSION}"
 Key = tuple[str, str]  # (namespace, name)
 MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGER}
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 @dataclass
@@ -70,14 +72,21 @@ class Runtime:
     _prometheus: dict[str, metrics.PrometheusClient] = field(default_factory=dict)
 
     def prometheus_client(self, url: str) -> metrics.PrometheusClient:
+        """The client for `url`; only the operator-configured Prometheus gets its credentials.
+
+        The bearer token and CA of `--prometheus-url` go to that URL alone: a Prometheus named
+        by an (allowlisted) annotation is queried without them (docs/security.md).
+        """
         client = self._prometheus.get(url)
         if client is None:
             settings = self.settings
+            configured = settings.prometheus_url.rstrip("/")
+            own = bool(configured) and url.rstrip("/") == configured
             client = metrics.PrometheusClient(
                 url,
-                token_file=settings.prometheus_token_file or None,
-                ca_file=settings.prometheus_ca_file or None,
-                insecure=settings.prometheus_insecure,
+                token_file=(settings.prometheus_token_file or None) if own else None,
+                ca_file=(settings.prometheus_ca_file or None) if own else None,
+                insecure=settings.prometheus_insecure and own,
             )
             self._prometheus[url] = client
         return client
@@ -107,13 +116,21 @@ async def startup(
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    # The same credentials kopf itself uses: the kubeconfig, else the pod's service account.
-    info = kopf.login_with_kubeconfig(
-        settings=settings, logger=logger
-    ) or kopf.login_with_service_account(settings=settings, logger=logger)
-    if info is None:
+    # The same credentials kopf itself uses: the kubeconfig, else the pod's service account,
+    # whose bound token the client re-reads from its file (it expires; see kube.py).
+    credentials: Credentials | None = None
+    info = kopf.login_with_kubeconfig(settings=settings, logger=logger)
+    if info is not None:
+        credentials = Credentials.from_kopf(info)
+    else:
+        info = kopf.login_with_service_account(settings=settings, logger=logger)
+        if info is not None:
+            credentials = dataclasses.replace(
+                Credentials.from_kopf(info), token_path=SERVICE_ACCOUNT_TOKEN
+            )
+    if credentials is None:
         raise kopf.PermanentError("no Kubernetes credentials found (kubeconfig or service account)")
-    runtime.kube = Kube(Credentials.from_kopf(info))
+    runtime.kube = Kube(credentials)
     if runtime.settings.manage_artifact_store:
         await _ensure_artifact_store(runtime)
     if runtime.metrics_port:
@@ -225,6 +242,11 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     except SpecError as exc:
         await _invalid_spec(kube, body, status, str(exc), generation)
         return None
+    host_paths = builders.host_path_problems(spec, runtime.settings)
+    if host_paths:
+        message = "; ".join(text for _, text in host_paths)
+        await _host_path_refused(kube, body, status, message, generation)
+        return None
     revision = revision_of(spec)
     desired = Desired(name, namespace, meta["uid"], generation, spec, revision, runtime.settings)
     state = State.from_status(status)
@@ -238,13 +260,27 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     # Writes of different objects go out together (a model's first pass makes a dozen);
     # deletions and Events follow, in the order decided.
     applies = [a for a in actions if isinstance(a, Apply)]
-    await asyncio.gather(*(_apply(kube, body, a) for a in applies))
+    conflicts = [c for c in await asyncio.gather(*(_apply_owned(kube, a) for a in applies)) if c]
     for action in actions:
         if isinstance(action, (Delete, Event)):
             await _apply(kube, body, action)
     new_status = new_state.to_status(generation)
+    if conflicts:
+        new_status = ownership_conflict_status(new_status, conflicts, _now(), generation)
     if _changed(status, new_status):
-        await kube.patch_status(EM_API, KIND, namespace, name, new_status)
+        try:
+            # Precondition on the version read above: a status computed from an older read
+            # (another replica during a rolling upgrade) is refused, re-read and recomputed.
+            await kube.patch_status(
+                EM_API, KIND, namespace, name, new_status, meta.get("resourceVersion")
+            )
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            log.info("status changed meanwhile; recomputing", extra={"key": key})
+            return 1.0
+        if conflicts and not _conflicted(status):
+            await kube.event(body, "Warning", "OwnershipConflict", "; ".join(conflicts))
     telemetry.record_status(
         namespace, name, new_status, spec.slo.latency_p95_ms if spec.slo else None
     )
@@ -355,7 +391,9 @@ async def _measure(
         return {}
     ns, name, rev = desired.namespace, desired.name, desired.revision
     try:
-        url = metrics.prometheus_url_for(annotations, runtime.settings.prometheus_url)
+        url = metrics.allowed_prometheus_url(
+            annotations, runtime.settings.prometheus_url, runtime.settings.prometheus_allowed_urls
+        )
     except ValueError as exc:
         url, problem = "", str(exc)
     else:
@@ -446,6 +484,43 @@ async def _artifact_base_url(runtime: Runtime, kube: Kube) -> str | None:
     return f"http://{address}" if address else None
 
 
+async def _apply_owned(kube: Kube, action: Apply) -> str | None:
+    """Applies one manifest; the conflict's text when the object is someone else's."""
+    try:
+        await kube.apply(action.manifest)
+    except OwnershipConflict as exc:
+        return str(exc).removeprefix("409: ")
+    return None
+
+
+def ownership_conflict_status(
+    status: dict[str, Any], conflicts: list[str], now: str, generation: int
+) -> dict[str, Any]:
+    """`status` with Ready=False, reason OwnershipConflict, naming every conflicting object.
+
+    The operator never takes over an object it does not control (kube.Kube.apply); until
+    the owner renames or deletes theirs, the EdgeModel says which object is in the way.
+    """
+    message = "; ".join(sorted(conflicts))
+    conditions = set_condition(
+        status.get("conditions") or [],
+        "Ready",
+        False,
+        "OwnershipConflict",
+        message,
+        now,
+        generation,
+    )
+    return {**status, "conditions": conditions}
+
+
+def _conflicted(status: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("reason") == "OwnershipConflict"
+        for c in status.get("conditions") or []
+    )
+
+
 async def _apply(kube: Kube, body: dict[str, Any], action: Apply | Delete | Event) -> None:
     if isinstance(action, Apply):
         await kube.apply(action.manifest)
@@ -471,11 +546,43 @@ async def _invalid_spec(
     )
     # Stalled: nothing changes until the spec does (kstatus/Flux fail it at once).
     conditions = set_condition(conditions, "Stalled", True, "InvalidSpec", message, now, generation)
+    await _refuse(kube, body, status, conditions, generation, "InvalidSpec", message)
+
+
+async def _host_path_refused(
+    kube: Kube, body: dict[str, Any], status: dict[str, Any], message: str, generation: int
+) -> None:
+    """A `file://` source outside the host path allowlist: refused, like an invalid spec."""
+    now, reason = _now(), "HostPathNotAllowed"
+    conditions = set_condition(
+        status.get("conditions") or [],
+        "Ready",
+        False,
+        "HostPathNotAllowed",
+        message,
+        now,
+        generation,
+    )
+    conditions = set_condition(
+        conditions, "Stalled", True, "HostPathNotAllowed", message, now, generation
+    )
+    await _refuse(kube, body, status, conditions, generation, reason, message)
+
+
+async def _refuse(
+    kube: Kube,
+    body: dict[str, Any],
+    status: dict[str, Any],
+    conditions: list[Any],
+    generation: int,
+    reason: str,
+    message: str,
+) -> None:
     new = {"phase": "Failed", "observedGeneration": generation, "conditions": conditions}
     if _changed(status, new):
         meta = body["metadata"]
         await kube.patch_status(EM_API, KIND, meta["namespace"], meta["name"], new)
-        await kube.event(body, "Warning", "InvalidSpec", message)
+        await kube.event(body, "Warning", reason, message)
 
 
 async def _ensure_artifact_store(runtime: Runtime) -> None:

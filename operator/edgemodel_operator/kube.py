@@ -5,6 +5,12 @@ in-cluster service account). It maps (apiVersion, kind) to paths, does server-si
 (idempotent, conflict-free with force), merge-patches status, posts Events, and owns the
 404 / 409 / 429 / 5xx handling: transient failures are retried with backoff here so the
 handler never sees them; a missing object on get or delete is simply "not there".
+
+Trust boundaries (docs/security.md): a bound ServiceAccount token expires, so a token read
+from a file is re-read before each request and, on a 401, once more and the request retried
+once; `apply` never takes over an object this EdgeModel does not control (OwnershipConflict);
+`patch_status` may carry a resourceVersion precondition, so a second operator replica (a
+rolling upgrade) cannot overwrite a newer status with one computed from an older read.
 """
 
 from __future__ import annotations
@@ -53,12 +59,54 @@ class KubeError(Exception):
         self.status = status
 
 
+class OwnershipConflict(KubeError):
+    """An object of the name the operator would write exists and is not ours to change."""
+
+    def __init__(self, kind: str, namespace: str | None, name: str, owner: str) -> None:
+        where = f"{namespace}/{name}" if namespace else name
+        super().__init__(409, f"{kind} {where} exists and is owned by {owner}, not this EdgeModel")
+        self.kind = kind
+        self.name = name
+        self.owner = owner
+
+
+def controller_of(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ownerReference with controller=true of an object, if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def foreign_owner(existing: Mapping[str, Any], manifest: Mapping[str, Any]) -> str | None:
+    """Who owns `existing` when it is not the controller `manifest` names (pure); else None.
+
+    Only manifests with a controller ownerReference are checked (what an EdgeModel owns); an
+    existing object counts as ours only when its controller reference has the same uid.
+    """
+    ours = controller_of(manifest)
+    if ours is None:
+        return None
+    theirs = controller_of(existing)
+    if theirs is not None and theirs.get("uid") == ours.get("uid"):
+        return None
+    if theirs is not None:
+        return f"{theirs.get('kind')} {theirs.get('name')}"
+    managers = sorted(
+        {str(m.get("manager")) for m in (existing.get("metadata") or {}).get("managedFields") or []}
+    )
+    return "no controller (managed by " + (", ".join(managers) or "unknown") + ")"
+
+
 @dataclass(frozen=True)
 class Credentials:
     """Where the API server is and how to authenticate to it."""
 
     server: str
     token: str | None = None
+    # A file to (re-)read the token from: a projected ServiceAccount token is bound and
+    # rotated on disk (the kubelet refreshes it; it expires after an hour by default).
+    token_path: str | None = None
     ca_path: str | None = None
     ca_data: bytes | None = None
     certificate_path: str | None = None
@@ -121,9 +169,8 @@ class Kube:
     def __init__(self, credentials: Credentials, attempts: int = 6) -> None:
         self._credentials = credentials
         self._attempts = attempts
+        self._token = credentials.token
         headers = {"Accept": "application/json", "User-Agent": "edgemodel-operator"}
-        if credentials.token:
-            headers["Authorization"] = f"Bearer {credentials.token}"
         self._session = aiohttp.ClientSession(
             base_url=credentials.server.rstrip("/") + "/",
             headers=headers,
@@ -133,6 +180,17 @@ class Kube:
 
     async def close(self) -> None:
         await self._session.close()
+
+    def _auth_headers(self) -> dict[str, str]:
+        """The Authorization header, with the token re-read from its file when it has one."""
+        path = self._credentials.token_path
+        if path:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    self._token = handle.read().strip() or self._token
+            except OSError as exc:  # keep the last good token; the 401 path says the rest
+                log.warning("token file unreadable", extra={"path": path, "error": str(exc)})
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     async def request(
         self,
@@ -148,23 +206,36 @@ class Kube:
             url += "?" + urlencode(params)
         data = None if body is None else json.dumps(body)
         delay = 0.2
-        for attempt in range(self._attempts):
+        reauthenticated = False
+        attempt = 0
+        while attempt < self._attempts:
+            attempt += 1
             try:
                 async with self._session.request(
-                    method, url, data=data, headers={"Content-Type": content_type}
+                    method,
+                    url,
+                    data=data,
+                    headers={"Content-Type": content_type, **self._auth_headers()},
                 ) as response:
                     text = await response.text()
                     if response.status < 300:
                         return json.loads(text) if text else None
                     if response.status == 404 and method in ("GET", "DELETE"):
                         return None
-                    if response.status not in RETRYABLE or attempt == self._attempts - 1:
+                    if response.status == 401 and not reauthenticated:
+                        # The token expired between reads: re-read it (above) and retry once,
+                        # not counted as an attempt.
+                        reauthenticated = True
+                        attempt -= 1
+                        log.info("401 from the API server; re-reading the token and retrying")
+                        continue
+                    if response.status not in RETRYABLE or attempt == self._attempts:
                         raise KubeError(response.status, _message(text))
                     retry_after = response.headers.get("Retry-After")
                     if retry_after and retry_after.isdigit():
                         delay = max(delay, float(retry_after))
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                if attempt == self._attempts - 1:
+                if attempt == self._attempts:
                     raise KubeError(0, f"API server unreachable: {exc}") from exc
             log.debug("retrying %s %s in %.1fs", method, path, delay)
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
@@ -200,11 +271,24 @@ class Kube:
         return items
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply: create or update to match `manifest`; our fields win conflicts."""
+        """Server-side apply: create or update to match `manifest`; our fields win conflicts.
+
+        Forcing is only safe on objects we own: a manifest with a controller ownerReference
+        (everything an EdgeModel owns) is applied only when no object of that name exists or
+        the existing one has the same controller; otherwise OwnershipConflict, and nothing
+        is written (a user's Service of the same name is never taken over).
+        """
         meta = manifest["metadata"]
         path = resource_path(
             manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]
         )
+        if controller_of(manifest) is not None:
+            existing = await self.request("GET", path)
+            owner = foreign_owner(existing, manifest) if existing else None
+            if owner is not None:
+                raise OwnershipConflict(
+                    manifest["kind"], meta.get("namespace"), meta["name"], owner
+                )
         result: dict[str, Any] = await self.request(
             "PATCH",
             path,
@@ -223,14 +307,29 @@ class Kube:
         return gone is not None
 
     async def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None:
-        """Merge-patch the status subresource (no resourceVersion: never a conflict)."""
+        """Merge-patch the status subresource.
+
+        With `resource_version` (the one the status was computed from) the patch is a
+        precondition: if anyone wrote the object since, the API server answers 409 and this
+        raises KubeError(409) without writing, so a status computed from an older read (a
+        second replica during a rolling upgrade) never overwrites a newer one.
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             result: dict[str, Any] | None = await self.request(
                 "PATCH",
                 resource_path(api_version, kind, namespace, name, "status"),
-                body={"status": status},
+                body=body,
                 content_type="application/merge-patch+json",
             )
         except KubeError as exc:

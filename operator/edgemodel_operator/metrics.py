@@ -11,6 +11,13 @@ Three layers, each usable alone:
   whatever goes wrong on the wire becomes a `QueryResult` with an error, and so an ERROR
   reading, because a monitoring outage must never look like a healthy or a failing model.
 
+Trust boundary (docs/security.md): whatever Prometheus answers is untrusted text. A failed
+query carries two texts: `error`, the full detail, for the operator's log only, and `reason`,
+one of a few fixed, bounded phrases, the only one that may reach an EdgeModel's status or
+Events (`public_error`). The per-object URL annotation is honoured only for URLs the operator
+allowlists (`allowed_prometheus_url`), and redirects are never followed, so the operator's
+bearer token goes nowhere but the URL it was configured for.
+
 What counts as an error (the numerator of the error rate): server-side failures only.
   - HTTP: every 5xx status.
   - gRPC: INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, DATA_LOSS.
@@ -24,8 +31,9 @@ a healthy revision look broken and trigger a rollback.
 from __future__ import annotations
 
 import json
+import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,7 @@ __all__ = [
     "PrometheusClient",
     "QueryResult",
     "Reading",
+    "allowed_prometheus_url",
     "classify_error_rate",
     "classify_latency",
     "classify_vs_baseline",
@@ -64,7 +73,9 @@ __all__ = [
     "selector",
 ]
 
+log = logging.getLogger("edgemodel.metrics")
 DURATION_METRIC = "edgemodel_request_duration_seconds"
+MAX_RESPONSE_BYTES = 1 << 20  # an instant query's answer is tiny; never buffer a flood
 REQUESTS_METRIC = "edgemodel_requests_total"
 
 # Per-object override of the operator-wide Prometheus URL.
@@ -169,10 +180,20 @@ def request_rate_query(
 
 @dataclass(frozen=True)
 class QueryResult:
-    """An instant query's answer: a value, no data (value None, no error), or an error."""
+    """An instant query's answer: a value, no data (value None, no error), or an error.
+
+    `error` is the detail (may quote Prometheus: logs only); `reason` the fixed phrase that
+    may be shown to the EdgeModel's users (status, Events).
+    """
 
     value: float | None = None
     error: str | None = None
+    reason: str = ""
+
+    @property
+    def public_error(self) -> str:
+        """The error as users may see it: a fixed phrase, never text Prometheus sent."""
+        return self.reason or REASON_FAILED
 
     @property
     def ok(self) -> bool:
@@ -183,22 +204,47 @@ class QueryResult:
         return self.error is None and self.value is None
 
 
+# The fixed phrases a failed query may show users (QueryResult.reason). Prometheus' own
+# `errorType` values are a closed set and so may be named; anything else it says may not.
+REASON_FAILED = "Prometheus query failed"
+REASON_UNREACHABLE = "Prometheus unreachable"
+REASON_TIMEOUT = "Prometheus timed out"
+REASON_CONFIGURATION = "Prometheus client configuration invalid (see the operator's log)"
+REASON_NOT_UNDERSTOOD = "Prometheus answer not understood"
+PROMETHEUS_ERROR_TYPES = frozenset(
+    {"bad_data", "timeout", "canceled", "execution", "internal", "unavailable", "not_found"}
+)
+
+
+def _http_reason(status: int, error_type: Any = None) -> str:
+    code = status if 100 <= status <= 599 else 0
+    kind = f" ({error_type})" if error_type in PROMETHEUS_ERROR_TYPES else ""
+    return f"Prometheus answered HTTP {code}{kind}"
+
+
 def parse_query_response(status: int, body: bytes) -> QueryResult:
     """Interprets an /api/v1/query HTTP answer (pure, so every shape is unit-testable)."""
     try:
         payload = json.loads(body)
     except ValueError:
         snippet = body[:200].decode("utf-8", "replace").strip()
-        return QueryResult(error=f"HTTP {status}: not JSON: {snippet!r}")
+        return QueryResult(
+            error=f"HTTP {status}: not JSON: {snippet!r}", reason=_http_reason(status)
+        )
     if not isinstance(payload, dict):
-        return QueryResult(error=f"HTTP {status}: unexpected JSON {type(payload).__name__}")
+        return QueryResult(
+            error=f"HTTP {status}: unexpected JSON {type(payload).__name__}",
+            reason=REASON_NOT_UNDERSTOOD,
+        )
     if payload.get("status") != "success" or status != 200:
         kind = payload.get("errorType") or "error"
         message = payload.get("error") or f"status {payload.get('status')!r}"
-        return QueryResult(error=f"HTTP {status}: {kind}: {message}")
+        return QueryResult(
+            error=f"HTTP {status}: {kind}: {message}", reason=_http_reason(status, kind)
+        )
     data = payload.get("data")
     if not isinstance(data, dict):
-        return QueryResult(error="response has no data object")
+        return QueryResult(error="response has no data object", reason=REASON_NOT_UNDERSTOOD)
     result_type = data.get("resultType")
     result = data.get("result")
     try:
@@ -206,17 +252,23 @@ def parse_query_response(status: int, body: bytes) -> QueryResult:
             return QueryResult(value=_sample_value(result))
         if result_type == "vector":
             if not isinstance(result, list):
-                return QueryResult(error="vector result is not a list")
+                return QueryResult(
+                    error="vector result is not a list", reason=REASON_NOT_UNDERSTOOD
+                )
             if not result:
                 return QueryResult()  # no data
             # Our queries aggregate to one series; with several, the first is as good as any.
             first = result[0]
             if not isinstance(first, dict):
-                return QueryResult(error="vector sample is not an object")
+                return QueryResult(
+                    error="vector sample is not an object", reason=REASON_NOT_UNDERSTOOD
+                )
             return QueryResult(value=_sample_value(first.get("value")))
     except (TypeError, ValueError, IndexError) as exc:
-        return QueryResult(error=f"bad sample in response: {exc}")
-    return QueryResult(error=f"unexpected result type {result_type!r}")
+        return QueryResult(error=f"bad sample in response: {exc}", reason=REASON_NOT_UNDERSTOOD)
+    return QueryResult(
+        error=f"unexpected result type {result_type!r}", reason=REASON_NOT_UNDERSTOOD
+    )
 
 
 def _sample_value(sample: Any) -> float:
@@ -279,7 +331,7 @@ class PrometheusClient:
             ssl_option = self._ssl()
         except (OSError, ValueError) as exc:
             # OSError covers ssl.SSLError (a bad CA file); ValueError a token that is not text.
-            return QueryResult(error=f"client configuration: {exc}")
+            return QueryResult(error=f"client configuration: {exc}", reason=REASON_CONFIGURATION)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         try:
             if self._session is not None:
@@ -288,11 +340,15 @@ class PrometheusClient:
                 return await self._post(session, url, promql, headers, ssl_option, timeout)
         except TimeoutError:
             return QueryResult(
-                error=f"Prometheus at {self.base_url} timed out after {self.timeout_s:g} s"
+                error=f"Prometheus at {self.base_url} timed out after {self.timeout_s:g} s",
+                reason=REASON_TIMEOUT,
             )
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             # ValueError: aiohttp rejects a malformed URL before connecting.
-            return QueryResult(error=f"Prometheus at {self.base_url} unreachable: {exc!r}")
+            return QueryResult(
+                error=f"Prometheus at {self.base_url} unreachable: {exc!r}",
+                reason=REASON_UNREACHABLE,
+            )
 
     async def _post(
         self,
@@ -303,12 +359,25 @@ class PrometheusClient:
         ssl_option: ssl.SSLContext | bool,
         timeout: aiohttp.ClientTimeout,
     ) -> QueryResult:
-        # POST (form-encoded) so long selectors never hit URL length limits of proxies.
+        # POST (form-encoded) so long selectors never hit URL length limits of proxies. No
+        # redirects: a 3xx must not carry the bearer token to wherever it points.
         async with session.post(
-            url, data={"query": promql}, headers=headers, ssl=ssl_option, timeout=timeout
+            url,
+            data={"query": promql},
+            headers=headers,
+            ssl=ssl_option,
+            timeout=timeout,
+            allow_redirects=False,
         ) as response:
-            body = await response.read()
-            return parse_query_response(response.status, body)
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    break
+            result = parse_query_response(response.status, bytes(body))
+        if result.error is not None:
+            log.warning("prometheus query failed", extra={"url": url, "error": result.error})
+        return result
 
     async def p95_ms(
         self,
@@ -322,7 +391,7 @@ class PrometheusClient:
         """The selection's p95 latency in ms, classified against `slo.latency_p95_ms`."""
         result = await self.query(p95_latency_query(namespace, model, revision, target, window_s))
         if result.error is not None:
-            return Reading(Outcome.ERROR, None, slo.latency_p95_ms, result.error)
+            return Reading(Outcome.ERROR, None, slo.latency_p95_ms, result.public_error)
         seconds = result.value
         return classify_latency(None if seconds is None else seconds * 1000.0, slo.latency_p95_ms)
 
@@ -338,7 +407,7 @@ class PrometheusClient:
         """The selection's server-error fraction, classified against `slo.max_error_rate`."""
         result = await self.query(error_rate_query(namespace, model, revision, target, window_s))
         if result.error is not None:
-            return Reading(Outcome.ERROR, None, slo.max_error_rate, result.error)
+            return Reading(Outcome.ERROR, None, slo.max_error_rate, result.public_error)
         return classify_error_rate(result.value, slo.max_error_rate)
 
     async def request_rate(
@@ -362,3 +431,24 @@ def prometheus_url_for(annotations: Mapping[str, str], default: str) -> str:
             f"annotation {PROMETHEUS_URL_ANNOTATION}={raw!r}: must be an http:// or https:// URL"
         )
     return raw.rstrip("/")
+
+
+def allowed_prometheus_url(
+    annotations: Mapping[str, str], default: str, allowlist: Collection[str]
+) -> str:
+    """The Prometheus URL for one object, refusing an annotation the operator did not allow.
+
+    Anyone who may edit an EdgeModel may set the annotation; without this check they could
+    point the operator (and, before, its credentials) at any host, and read the answers back
+    in status. An annotated URL is honoured only when it equals (trailing "/" aside) one of
+    the operator's `allowlist` (chart value `prometheus.allowedUrls`); the operator-configured
+    `default` is always allowed. ValueError names the annotation and the refused value.
+    """
+    url = prometheus_url_for(annotations, default)
+    allowed = {u.strip().rstrip("/") for u in allowlist if u.strip()}
+    if url and url.rstrip("/") != default.rstrip("/") and url not in allowed:
+        raise ValueError(
+            f"annotation {PROMETHEUS_URL_ANNOTATION}={url!r}: not in the operator's allowed "
+            "Prometheus URLs (chart value prometheus.allowedUrls)"
+        )
+    return url

@@ -62,6 +62,14 @@ class Settings:
     prometheus_token_file: str = ""  # bearer token, re-read on every query (rotation)
     prometheus_ca_file: str = ""
     prometheus_insecure: bool = False
+    # URLs the per-object annotation edgemodel.dev/prometheus-url may name (exact, trailing
+    # "/" aside); empty: the annotation is refused. Such a Prometheus never gets the token or
+    # CA above, which are for `prometheus_url` only (docs/security.md).
+    prometheus_allowed_urls: tuple[str, ...] = ()
+    # Host directories a `file://` model or data source may be mounted from (hostPath, read
+    # only); a source outside all of them is refused naming the field. Empty (the default):
+    # no spec field ever reaches the node's filesystem (docs/security.md).
+    host_path_allowlist: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.image_pull_policy not in PULL_POLICIES:
@@ -74,6 +82,15 @@ class Settings:
                 raise ValueError(f"image pull secret {name!r} is not a valid Secret name")
         if not 0 < self.artifact_port < 65536:
             raise ValueError(f"artifact port {self.artifact_port} is not a TCP port")
+        for directory in self.host_path_allowlist:
+            if not directory.startswith("/") or ".." in directory.split("/"):
+                raise ValueError(
+                    f"host path allowlist entry {directory!r}: must be an absolute path "
+                    "without '..'"
+                )
+        for url in self.prometheus_allowed_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"allowed Prometheus URL {url!r}: must be http:// or https://")
 
     @property
     def artifact_url(self) -> str:

@@ -5,6 +5,8 @@
 2. Otherwise download from `--server` (`/v1/artifacts/<sha256>`) or `--uri`, verify, and put it
    in the cache, retrying with backoff until `--timeout-s`.
 3. Lay it out in `--dest`: plain (`model.onnx`) or a Triton model repository.
+4. Keep the node cache within `--cache-max-bytes`: least-recently-used entries go first, never
+   the one just fetched (see `artifacts.cache`).
 
 Prints one JSON line: {"sha256", "cacheHit", "layout", "path"}. Exit codes: 0 ready, 2 bad
 arguments or a model Triton cannot describe, 1 no verified artifact (unreachable until the
@@ -18,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+DEFAULT_CACHE_MAX_BYTES = 20 << 30  # artifacts.cache.DEFAULT_CACHE_MAX_BYTES
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
@@ -42,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", action="store_true", help="TensorRT FP16 (with --gpu)")
     parser.add_argument("--timeout-s", type=float, default=120.0, metavar="S")
     parser.add_argument("--max-bytes", type=int, default=4 << 30, metavar="N")
+    parser.add_argument(
+        "--cache-max-bytes",
+        type=int,
+        default=DEFAULT_CACHE_MAX_BYTES,
+        metavar="N",
+        help="evict least-recently-used cache entries beyond this many bytes "
+        f"(default {DEFAULT_CACHE_MAX_BYTES})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--instance-count must be at least 1")
         if args.max_batch_size is not None and args.max_batch_size < 0:
             raise ValueError("--max-batch-size must not be negative")
-        if not args.timeout_s > 0 or args.max_bytes <= 0:
-            raise ValueError("--timeout-s and --max-bytes must be positive")
+        if not args.timeout_s > 0 or args.max_bytes <= 0 or args.cache_max_bytes <= 0:
+            raise ValueError("--timeout-s, --max-bytes and --cache-max-bytes must be positive")
     except ValueError as exc:  # SourceError is a ValueError
         return fail(EXIT_BAD_INPUT, str(exc))
 
@@ -113,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
         return fail(EXIT_BAD_INPUT, str(exc))
     except OSError as exc:
         return fail(EXIT_FAILED, f"cannot lay out into {args.dest}: {exc.strerror or exc}")
+    try:
+        evicted = store.evict(args.cache_max_bytes, keep=frozenset({sha256}))
+    except OSError as exc:  # a full or read-only cache must not fail a ready pod
+        evicted = []
+        print(f"edgemodel fetch: cache eviction failed: {exc}", file=sys.stderr)
+    if evicted:
+        print(f"edgemodel fetch: evicted {len(evicted)} cache entries", file=sys.stderr)
     print(
         json.dumps(
             {"sha256": sha256, "cacheHit": hit, "layout": args.layout, "path": str(placed)},

@@ -1,9 +1,15 @@
 """Owns `edgemodel publish`: push a compression output to the artifact server, tell the operator.
 
 Steps: find the single artifact under DIR, check model.onnx against the report's sha256, upload
-it (skipped when the server already has it), store the revision record, then write the summary
-(see `artifacts.publish`) to the termination log and stdout. On failure the termination log
-gets `{"schema", "revision", "error"}` instead, so the operator can show why.
+it (skipped when the server already has it), store the revision record under the EdgeModel's
+namespace + UID + full revision digest + variant, then write the summary (see
+`artifacts.publish`) to the termination log and stdout. On failure the termination log gets
+`{"schema", "revision", "error"}` instead, so the operator can show why.
+
+Writes carry the bearer token read from `--token-file` (in a compression Job: the projected
+ServiceAccount token for the store's audience, `DEFAULT_TOKEN_FILE`). Records are write-once:
+when a record with another artifact is already there (a retried Job whose first try published),
+the stored record stands and its summary is the one reported.
 
 Exit codes: 0 published, 2 bad input or refused by the server (one line on stderr), 1 the server
 stayed unreachable for `--timeout-s`.
@@ -17,6 +23,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+DEFAULT_TOKEN_FILE = Path("/var/run/secrets/edgemodel.dev/artifacts/token")
 EXIT_UNREACHABLE = 1
 EXIT_BAD_INPUT = 2
 
@@ -26,7 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "output", type=Path, metavar="DIR", help="`edgemodel compress --output` dir"
     )
     parser.add_argument("--server", required=True, metavar="URL", help="artifact server base URL")
-    parser.add_argument("--revision", required=True, metavar="R", help="revision name to record")
+    parser.add_argument(
+        "--revision", required=True, metavar="R", help="artifact key reported in the summary"
+    )
+    parser.add_argument("--namespace", required=True, help="the EdgeModel's namespace")
+    parser.add_argument("--uid", required=True, help="the EdgeModel's UID")
+    parser.add_argument(
+        "--revision-digest",
+        required=True,
+        metavar="SHA256",
+        help="the full sha256 digest of the revision (records are keyed by it)",
+    )
+    parser.add_argument("--variant", required=True, help="the artifact variant (amd64, gpu...)")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help=f"bearer token for writes (default {DEFAULT_TOKEN_FILE} when it exists)",
+    )
     parser.add_argument(
         "--termination-log",
         type=Path,
@@ -60,6 +84,18 @@ def _write_termination(path: Path | None, text: str) -> str | None:
     return None
 
 
+def _read_token(path: Path | None) -> str | None:
+    """The bearer token for writes; OSError/ValueError when a named file is unusable."""
+    if path is None:
+        path = DEFAULT_TOKEN_FILE if DEFAULT_TOKEN_FILE.exists() else None
+        if path is None:
+            return None
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"--token-file {path}: empty")
+    return token
+
+
 def run(args: argparse.Namespace) -> int:
     from edgemodel_runtime.artifacts import client
     from edgemodel_runtime.artifacts.publish import (
@@ -70,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         find_artifact,
         summary,
     )
+    from edgemodel_runtime.artifacts.store import InvalidName, RecordKey
     from edgemodel_runtime.sources import sha256_file
 
     termination = _termination_path(args)
@@ -83,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = client.normalize_server(args.server)
         revision = check_revision(args.revision)
+        try:
+            key = RecordKey.parse(args.namespace, args.uid, args.revision_digest, args.variant)
+        except InvalidName as exc:
+            raise PublishError(str(exc)) from None
+        token = _read_token(args.token_file)
         if not args.timeout_s > 0:
             raise PublishError("--timeout-s must be positive")
         artifact = find_artifact(args.output)
@@ -107,18 +149,26 @@ def run(args: argparse.Namespace) -> int:
 
     def push() -> None:
         if not client.has_artifact(server, artifact.sha256):
-            client.upload_artifact(server, artifact.sha256, artifact.model)
+            client.upload_artifact(server, artifact.sha256, artifact.model, token=token)
 
     # The summary's fields ride along at the top level, so the operator's store lookup (an
     # artifact reused across EdgeModels) reads the same shape as the termination message.
     record = {**result, "artifactSha256": artifact.sha256, "report": artifact.report}
     try:
         client.retry(push, deadline_s=args.timeout_s, on_retry=on_retry)
-        client.retry(
-            lambda: client.put_revision(server, revision, record),
-            deadline_s=args.timeout_s,
-            on_retry=on_retry,
-        )
+        try:
+            client.retry(
+                lambda: client.put_record(server, key, record, token=token),
+                deadline_s=args.timeout_s,
+                on_retry=on_retry,
+            )
+        except client.Rejected as exc:
+            stored = client.get_record(server, key) if exc.status == 409 else None
+            if stored is None or not isinstance(stored.get("artifactSha256"), str):
+                raise
+            # Write-once: the first record for this revision stands; report it, not ours.
+            print(f"edgemodel publish: {exc}; reporting the stored record", file=sys.stderr)
+            result = {name: stored[name] for name in result if name in stored}
     except client.Rejected as exc:
         return fail(EXIT_BAD_INPUT, str(exc))
     except client.Unreachable as exc:

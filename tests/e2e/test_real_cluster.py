@@ -4,9 +4,10 @@ One sandbox with edge-real-amd64-0 (a real kubelet over containerd and runc, tai
 pods that ask land on it) and its authenticated registry; then, in order:
 
 1. `helm install` of charts/edgemodel with `image.repository` at the sandbox registry and an
-   imagePullSecret: the operator (non-root, read-only root filesystem, no capabilities,
-   RuntimeDefault seccomp, checked on the running process) becomes available and reconciles;
-   the artifact store runs on a PVC of the `local-path` class.
+   imagePullSecret: two operator replicas (non-root, read-only root filesystem, no
+   capabilities, RuntimeDefault seccomp, checked on the running processes) become available
+   and join the kopf peering with distinct priorities, so one leads; the artifact store runs
+   on a PVC of the `local-path` class.
 2. Artifacts go into the store through its Service's ClusterIP (kube-proxy, from the host).
 3. An EdgeModel with a target on the real node: its compression Job and runtime pod are real
    containers there, pulled with the pull secret the operator copied into the namespace;
@@ -15,7 +16,8 @@ pods that ask land on it) and its authenticated registry; then, in order:
    artifact.
 5. With the artifact store scaled to 0: the runtime container killed with `ctr` is restarted by
    the kubelet and serves again; a replacement pod serves from the node cache.
-6. `helm upgrade` to a new image tag rolls the operator onto it.
+6. `helm upgrade` to a new image tag rolls the operator onto it, and the new leader rolls the
+   runtime pod onto the new image.
 7. Deleting the EdgeModel and `helm uninstall` leave no pod.
 
 The steps share the module's sandbox and run in file order; each needs the ones before it.
@@ -142,11 +144,10 @@ class Stack:
                     "get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False
                 )[-4000:]
             )
-        out.append(
-            self.kubectl(
-                "logs", "-n", SYSTEM, "deploy/em-edgemodel-operator", "--tail=40", check=False
+        for deployment in ("em-edgemodel-operator", STORE):
+            out.append(
+                self.kubectl("logs", "-n", SYSTEM, f"deploy/{deployment}", "--tail=30", check=False)
             )
-        )
         return "\n".join(out)
 
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 300) -> Any:
@@ -222,7 +223,6 @@ def _values(stack: Stack, tag: str) -> Path:
             "tolerations": ON_REAL_NODE["tolerations"],
         },
         "artifactStore": {
-            "size": "1Gi",
             "nodeSelector": {"kubernetes.io/os": "linux", **ON_REAL_NODE["nodeSelector"]},
             "tolerations": ON_REAL_NODE["tolerations"],
         },
@@ -325,12 +325,17 @@ def test_the_store_keeps_artifacts_on_its_volume_and_answers_on_its_cluster_ip(
     stack: Stack,
 ) -> None:
     store = _service_url(stack, SYSTEM, STORE, "http")
+    # Writes carry a ServiceAccount token minted for the store's audience (TokenReview).
+    stack.kubectl("create", "serviceaccount", "uploader", "-n", SYSTEM)
+    token = stack.kubectl(
+        "create", "token", "uploader", "-n", SYSTEM, f"--audience={STORE}", "--duration=10m"
+    ).strip()
     fixture = digits_classifier()
     for path in (fixture.model, fixture.evaluation):
         digest = sha256_file(path)
         stack.wait(
             f"PUT {path.name} through {store}",
-            functools.partial(_put, f"{store}/v1/artifacts/{digest}", path.read_bytes()),
+            functools.partial(_put, f"{store}/v1/artifacts/{digest}", path.read_bytes(), token),
             60,
         )
     stack.fixture = fixture
@@ -340,9 +345,11 @@ def test_the_store_keeps_artifacts_on_its_volume_and_answers_on_its_cluster_ip(
     assert any(p.read_bytes() == fixture.model.read_bytes() for p in stored), digest
 
 
-def _put(url: str, data: bytes) -> bool:
+def _put(url: str, data: bytes, token: str) -> bool:
     try:
-        request = urllib.request.Request(url, data=data, method="PUT")
+        request = urllib.request.Request(
+            url, data=data, method="PUT", headers={"Authorization": f"Bearer {token}"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status in (200, 201)
     except OSError:
@@ -540,7 +547,9 @@ def test_a_chart_upgrade_to_a_new_image_tag_rolls_the_operator(stack: Stack) -> 
         assert pod["spec"]["containers"][0]["image"] == image
         assert f"--runtime-image={image}" in pod["spec"]["containers"][0]["args"]
         _container_id(pod, "operator")
-    assert _peers(stack, [p["metadata"]["name"] for p in new]) is not None
+    names = [p["metadata"]["name"] for p in new]
+    peers = stack.wait("the new replicas in the peering object", lambda: _peers(stack, names), 90)
+    assert len(set(peers.values())) == OPERATORS, peers
 
     # One of the new replicas leads: it rolls the EdgeModel's runtime pod onto the new image.
     def runtime_rolled() -> Any:

@@ -21,6 +21,7 @@ from edgemodel_runtime.artifacts.store import (
     DigestMismatch,
     InvalidName,
     MissingArtifact,
+    RecordKey,
     TooLarge,
     parse_record,
     validate_revision,
@@ -28,6 +29,7 @@ from edgemodel_runtime.artifacts.store import (
 )
 
 SHA = hashlib.sha256(b"blob").hexdigest()
+KEY = RecordKey("ns1", "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f", "d" * 64, "amd64")
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -137,21 +139,23 @@ def test_oversized_upload_is_refused(store: ArtifactStore) -> None:
 def test_open_removes_leftovers(store: ArtifactStore) -> None:
     store.begin()  # never finished: the process "died"
     (store.tmp / "dir").mkdir()
-    (store.revisions / ".r1.abc.part").write_text("{")
+    record_dir = store.record_path(KEY).parent
+    record_dir.mkdir(parents=True)
+    (record_dir / f".{KEY.digest}.abc.part").write_text("{")
     assert len(store.open()) == 3
     assert not any(store.tmp.iterdir())
-    assert not any(store.revisions.iterdir())
+    assert not any(record_dir.iterdir())
 
 
 def test_records_need_their_artifact(store: ArtifactStore) -> None:
     record: dict[str, Any] = {"artifactSha256": SHA, "report": {"a": 1}}
     with pytest.raises(MissingArtifact):
-        store.put_record("r1", record)
+        store.put_record(KEY, record)
     _upload(store, b"blob", SHA)
-    assert store.put_record("r1", record) is True
-    assert store.put_record("r1", record) is False
-    assert store.get_record("r1") == record
-    assert store.get_record("r2") is None
+    assert store.put_record(KEY, record) is True
+    assert store.put_record(KEY, record) is False
+    assert store.get_record(KEY) == record
+    assert store.get_record(RecordKey(KEY.namespace, KEY.uid, KEY.digest, "arm64")) is None
 
 
 # --- client retry schedule -----------------------------------------------------------------

@@ -171,7 +171,8 @@ def test_decoder_returns_arrays_or_reasons() -> None:
     assert from_list("a", "FP32", (2, 2), a) is a
     with pytest.raises(ServeError, match="not a list of INT8"):
         from_list("b", "INT8", (1,), b)
-    assert decode_json_document(b'{"inputs": [')[1].startswith("malformed JSON")
+    document, error = decode_json_document(b'{"inputs": [')
+    assert document is None and error is not None and error.startswith("malformed JSON")
 
 
 # --- DataPlane.admit and the shape rule ----------------------------------------------------
@@ -211,8 +212,8 @@ def test_admission_sheds_past_the_cap_and_the_budget() -> None:
 
 
 def test_kernel_refusal_blames_new_shapes_only(tmp_path: Path) -> None:
-    """x [N, K] + B[4]: K=1 (warm-up) and 4 run; K=7 is the client's; a failure on a shape
-    that ran before would be the server's."""
+    """x [N, K] + B[4]: K = 1 (the warm-up) and 4 run; the kernel's refusal of K = 7, a shape
+    this process never ran, is the client's 400, not onnxruntime's FAIL as a server error."""
     bias = numpy_helper.from_array(np.ones(4, np.float32), "B")
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "B"], ["y"])],

@@ -11,6 +11,12 @@ removed and fetched again. Downloads land under a private dot-name and are renam
 after verification, so concurrent fetchers of the same blob on one node never see a partial
 file; the last rename wins, with identical bytes.
 
+Size bound: every use (`lookup` hit, `fill`) touches the entry's directory mtime, which is the
+cache's LRU clock (atime is unreliable under noatime/relatime). `evict` removes whole entries,
+least recently used first, until the cache is within a byte bound; it never removes the entries
+it is told to keep (the one just fetched) nor one with a download in flight. A running pod is
+unaffected by eviction: its layout is a hard link (or a copy), not a path into the cache.
+
 Layouts: plain -> `<dest>/model.onnx`; triton -> `<dest>/<name>/1/model.onnx` and
 `<dest>/<name>/config.pbtxt` (a Triton model repository). Files are hard-linked from the cache
 when the filesystem allows, copied otherwise, and always replaced atomically.
@@ -35,6 +41,8 @@ TRITON_VERSION = "1"
 # is gone (init containers of other pods do not share a PID namespace, so no PID check).
 STALE_TMP_S = 3600.0
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+ENTRY_RE = re.compile(r"[0-9a-f]{64}")
+DEFAULT_CACHE_MAX_BYTES = 20 << 30
 
 
 class CacheError(ValueError):
@@ -68,10 +76,59 @@ class NodeCache:
         except FileNotFoundError:
             return None
         if digest == sha256:
+            self.touch(sha256)
             return path
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return None
+
+    def touch(self, sha256: str, when: float | None = None) -> None:
+        """Mark the entry used now (its directory's mtime is the LRU clock)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.root / sha256, None if when is None else (when, when))
+
+    def entries(self) -> list[tuple[float, int, str]]:
+        """(last used, bytes, sha256) of every entry, least recently used first."""
+        found: list[tuple[float, int, str]] = []
+        if not self.root.is_dir():
+            return found
+        for directory in self.root.iterdir():
+            if not ENTRY_RE.fullmatch(directory.name) or not directory.is_dir():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                size = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+                found.append((directory.stat().st_mtime, size, directory.name))
+        return sorted(found)
+
+    def evict(
+        self, max_bytes: int, keep: frozenset[str] = frozenset(), now: float | None = None
+    ) -> list[str]:
+        """Remove least-recently-used entries until the cache holds at most `max_bytes`;
+        returns the sha256s removed. Entries in `keep`, or with a download in flight (a fresh
+        dot-file), stay even if the bound cannot be met."""
+        now = time.time() if now is None else now
+        entries = self.entries()
+        total = sum(size for _used, size, _sha in entries)
+        removed: list[str] = []
+        for _used, size, sha in entries:
+            if total <= max_bytes:
+                break
+            directory = self.root / sha
+            if sha in keep or self._in_flight(directory, now):
+                continue
+            shutil.rmtree(directory, ignore_errors=True)
+            if not directory.exists():
+                total -= size
+                removed.append(sha)
+        return removed
+
+    @staticmethod
+    def _in_flight(directory: Path, now: float) -> bool:
+        for entry in directory.glob(".*"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat().st_mtime <= STALE_TMP_S:
+                    return True
+        return False
 
     def clean_stale(self, sha256: str, now: float | None = None) -> list[Path]:
         directory = self.root / sha256
@@ -103,6 +160,7 @@ class NodeCache:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 incoming.unlink()
+        self.touch(sha256)
         return target
 
 

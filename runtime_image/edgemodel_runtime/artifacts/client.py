@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgemodel_runtime.artifacts.store import RecordKey
+
 T = TypeVar("T")
 
 SHA256_HEADER = "X-Content-Sha256"
@@ -58,8 +60,16 @@ def artifact_url(server: str, sha256: str) -> str:
     return f"{server}/v1/artifacts/{sha256}"
 
 
-def revision_url(server: str, revision: str) -> str:
-    return f"{server}/v1/revisions/{revision}"
+def record_url(server: str, key: RecordKey) -> str:
+    return f"{server}/v1/records/{_record_path(key)}"
+
+
+def _record_path(key: RecordKey) -> str:
+    return f"{key.namespace}/{key.uid}/{key.digest}/{key.variant}"
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def backoff_delays(initial: float = 0.25, factor: float = 2.0, cap: float = 5.0) -> Iterator[float]:
@@ -160,30 +170,43 @@ def has_artifact(server: str, sha256: str, *, timeout_s: float = 30.0) -> bool:
     return headers.get(SHA256_HEADER, sha256) == sha256
 
 
-def upload_artifact(server: str, sha256: str, path: Path, *, timeout_s: float = 300.0) -> bool:
-    """PUT a blob; True if the server created it, False if it was already there."""
-    status, _, _ = request("PUT", artifact_url(server, sha256), data=path, timeout_s=timeout_s)
-    return status == 201
-
-
-def put_revision(
-    server: str, revision: str, record: dict[str, Any], *, timeout_s: float = 30.0
+def upload_artifact(
+    server: str, sha256: str, path: Path, *, token: str | None = None, timeout_s: float = 300.0
 ) -> bool:
-    """PUT a revision record; True if the revision is new."""
-    body = json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    """PUT a blob; True if the server created it, False if it was already there."""
     status, _, _ = request(
         "PUT",
-        revision_url(server, revision),
-        data=body,
-        headers={"Content-Type": "application/json"},
+        artifact_url(server, sha256),
+        data=path,
+        headers=auth_headers(token),
         timeout_s=timeout_s,
     )
     return status == 201
 
 
-def get_revision(server: str, revision: str, *, timeout_s: float = 30.0) -> dict[str, Any] | None:
+def put_record(
+    server: str,
+    key: RecordKey,
+    record: dict[str, Any],
+    *,
+    token: str | None = None,
+    timeout_s: float = 30.0,
+) -> bool:
+    """PUT a revision record; True if new, False if the same one was there (409: another)."""
+    body = json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    status, _, _ = request(
+        "PUT",
+        record_url(server, key),
+        data=body,
+        headers={"Content-Type": "application/json", **auth_headers(token)},
+        timeout_s=timeout_s,
+    )
+    return status == 201
+
+
+def get_record(server: str, key: RecordKey, *, timeout_s: float = 30.0) -> dict[str, Any] | None:
     try:
-        _, _, body = request("GET", revision_url(server, revision), timeout_s=timeout_s)
+        _, _, body = request("GET", record_url(server, key), timeout_s=timeout_s)
     except Rejected as exc:
         if exc.status == 404:
             return None

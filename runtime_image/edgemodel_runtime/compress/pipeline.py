@@ -229,12 +229,12 @@ def _build(
 
     min_agreement = effective_min_agreement(settings, labels is not None)
     with _quiet_ort_logging():
-        prepared = quantize.prepare(model, settings, work, label)
-        del model
         reference: dict[str, np.ndarray] | None = None
-        if evaluation is not None:
+        if evaluation is not None:  # judged before any conversion work: refuse early
             reference = runner.run_all(runner.make_session(source), evaluation, specs)
             _check_judgeable(reference, float_outputs, labels, settings, label)
+        prepared = quantize.prepare(model, settings, work, label)
+        del model
         counter = iter(range(1_000_000))
 
         def convert(variant: quantize.Variant) -> Path:

@@ -156,8 +156,12 @@ def _smaller_base(staged: Path, dest: Path) -> bool:
 
 def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: str) -> Prepared:
     upgraded_from: int | None = None
+    before_upgrade: onnx.ModelProto | None = None
     if settings.mode in ("dynamic-int8", "static-int8"):
+        before_upgrade = model
         model, upgraded_from = graph.upgrade_opset(model, label)
+        if upgraded_from is None:
+            before_upgrade = None
     stats = prune_model(model, settings.prune_sparsity) if settings.prune_sparsity > 0 else None
     fused: list[str] = []
     if settings.mode == "dynamic-int8" and settings.target != "gpu":
@@ -170,7 +174,18 @@ def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: st
     if settings.mode in ("dynamic-int8", "static-int8"):
         how = preprocess(staged, prepared)
         unprocessed = workdir / "unprocessed.onnx"
-        _smaller_base(staged, unprocessed)
+        if before_upgrade is not None:
+            # Weight-only int8 needs no opset upgrade (Cast and Mul exist in every opset), and
+            # the version converter adds Reshape/Shape/Flatten nodes the original never ran.
+            if settings.prune_sparsity > 0:
+                prune_model(before_upgrade, settings.prune_sparsity)
+            graph.ensure_node_names(before_upgrade)
+            original = workdir / "before-upgrade.onnx"
+            onnx.save_model(before_upgrade, str(original))
+            _smaller_base(original, unprocessed)
+            original.unlink()
+        else:
+            _smaller_base(staged, unprocessed)
     elif settings.mode == "none":
         graph.optimize_basic(staged, prepared)
         how = "onnxruntime basic optimisation"

@@ -394,12 +394,12 @@ class DataPlane:
             if self._inflight == 0:
                 self._idle.set()
 
-    @contextlib.contextmanager
-    def admit(self, body_bytes: int) -> Iterator[None]:
-        """Admit one request holding `body_bytes` of body for its whole life, or refuse it.
+    def admit(self, body_bytes: int) -> Admission:
+        """Admit one request holding `body_bytes` of body (`with dataplane.admit(n):`), or refuse.
 
         Raises UNAVAILABLE when not serving, TOO_LARGE past the request limit, OVERLOADED when
         the in-flight cap or the body budget is spent — all before any byte of the body is read.
+        The admission holds its slot and bytes until the `with` block ends.
         """
         if not self.serving:
             raise ServeError(ErrorKind.UNAVAILABLE, f"model {self.name!r} is not ready")
@@ -420,12 +420,20 @@ class DataPlane:
                 f"server at capacity ({self._inflight_bytes} bytes of request bodies in "
                 "flight), retry later",
             )
+        return Admission(self, body_bytes)
+
+    def _enter(self, body_bytes: int) -> None:
+        self._inflight += 1
         self._inflight_bytes += body_bytes
-        try:
-            with self.track():
-                yield
-        finally:
-            self._inflight_bytes -= body_bytes
+        self._idle.clear()
+        self.metrics.inflight.inc()
+
+    def _leave(self, body_bytes: int) -> None:
+        self._inflight -= 1
+        self._inflight_bytes -= body_bytes
+        self.metrics.inflight.dec()
+        if self._inflight == 0:
+            self._idle.set()
 
     # --- metadata --------------------------------------------------------------------------
 
@@ -625,6 +633,22 @@ class DataPlane:
         if len(self._verified) < MAX_VERIFIED_SHAPES:
             self._verified.add(signature)
         return arrays
+
+
+class Admission:
+    """One admitted request's slot and body bytes (a plain class: this is the hot path)."""
+
+    __slots__ = ("_body_bytes", "_dataplane")
+
+    def __init__(self, dataplane: DataPlane, body_bytes: int) -> None:
+        self._dataplane = dataplane
+        self._body_bytes = body_bytes
+
+    def __enter__(self) -> None:
+        self._dataplane._enter(self._body_bytes)
+
+    def __exit__(self, *_exc: object) -> None:
+        self._dataplane._leave(self._body_bytes)
 
 
 Execute = Callable[[Mapping[str, Array], Sequence[str]], Awaitable[list[Array]]]

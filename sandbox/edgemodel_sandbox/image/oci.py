@@ -364,6 +364,7 @@ def write_archive(
         temp = Path(handle.name)
     try:
         _write_archive_tar(temp, entries, epoch)
+        temp.chmod(0o644)
         temp.rename(destination)  # atomic: a reader sees the old archive or the new one
     finally:
         temp.unlink(missing_ok=True)

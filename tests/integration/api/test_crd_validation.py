@@ -176,6 +176,11 @@ INVALID: list[tuple[str, Mutation, str]] = [
         "spec.targets[0].tolerations[0].value",
     ),
     (
+        "toleration-exists-without-key",
+        _set("targets.0.tolerations", [{"operator": "Exists", "effect": "NoSchedule"}]),
+        "spec.targets[0].tolerations[0].key",
+    ),
+    (
         "toleration-effect-unknown",
         _set("targets.0.tolerations", [{"key": "k", "effect": "Sometimes"}]),
         "spec.targets[0].tolerations[0].effect",
@@ -381,3 +386,26 @@ def test_kubectl_get_shows_the_printer_columns(
     table = cluster.kubectl("get", "em", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "STABLE", "READY", "P95MS", "AGE"]
     assert table[1].split()[:5] == ["shown", "Ready", "r-1a2b3c4d", "3/3", "7.5"]
+
+
+@pytest.mark.parametrize(
+    "toleration",
+    [{"operator": "Exists"}, {"key": "", "operator": "Exists", "effect": "NoSchedule"}],
+    ids=["no-key", "empty-key"],
+)
+def test_toleration_of_every_taint_is_refused(
+    cluster: Cluster, crd: dict[str, Any], namespace: str, toleration: dict[str, Any]
+) -> None:
+    # Attack: `operator: Exists` with no key tolerates every taint, so an EdgeModel author
+    # could put its pods on nodes the admin reserved (control plane, other tenants' nodes).
+    manifest = minimal("tolerate-all")
+    manifest["spec"]["targets"][0]["tolerations"] = [toleration]
+    result = _apply(cluster, namespace, manifest)
+    assert result.returncode != 0, f"API server accepted {toleration}: {result.stdout}"
+    assert "spec.targets[0].tolerations[0].key" in result.stderr, result.stderr
+    # A keyed Exists toleration (the GPU one the operator itself adds) stays valid.
+    manifest["spec"]["targets"][0]["tolerations"] = [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    accepted = _apply(cluster, namespace, manifest)
+    assert accepted.returncode == 0, accepted.stderr

@@ -2,7 +2,8 @@
 subprocess, and a compression output as `edgemodel compress` leaves it.
 
 Servers bind 127.0.0.1 with `--port 0` and announce the port they got on stderr, so parallel
-test runs never race for a port.
+test runs never race for a port. Writes need credentials: by default a server accepts the
+static `WRITER_TOKEN` (any record) and `request` sends it with every PUT; `auth=False` sends none.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from edgemodel_runtime.sources import sha256_file
 
 _LISTENING = re.compile(r"artifact server listening host=\S+ port=(\d+)")
+WRITER_TOKEN = "test-writer-token-0123456789abcdef"
 
 
 @dataclass
@@ -32,6 +34,9 @@ class ArtifactServer:
 
     root: Path
     max_bytes: int = 1 << 20
+    writers: list[str] = field(default_factory=list)  # default: a token file with WRITER_TOKEN
+    token: str | None = WRITER_TOKEN
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[str] | None = None
     port: int = 0
     log: list[str] = field(default_factory=list)
@@ -41,6 +46,11 @@ class ArtifactServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ArtifactServer:
+        writers = self.writers
+        if not writers:
+            tokens = self.root.parent / f"{self.root.name}.tokens"
+            tokens.write_text(f"{WRITER_TOKEN}\n")
+            writers = ["--write-token-file", str(tokens)]
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -55,7 +65,9 @@ class ArtifactServer:
                 "0",
                 "--max-bytes",
                 str(self.max_bytes),
+                *writers,
             ],
+            env={**os.environ, **self.env},
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -89,10 +101,13 @@ class ArtifactServer:
         path: str,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
+        *,
+        auth: bool = True,
     ) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method, headers=headers or {}
-        )
+        all_headers = dict(headers or {})
+        if auth and method == "PUT" and self.token:
+            all_headers.setdefault("Authorization", f"Bearer {self.token}")
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)
         try:
             with urllib.request.urlopen(req, timeout=10) as response:
                 return response.status, dict(response.headers.items()), response.read()

@@ -3,6 +3,7 @@ artifact server: compression output -> store -> node cache -> plain or Triton la
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -14,7 +15,34 @@ from tritonclient.grpc import model_config_pb2
 
 from edgemodel_cli.main import main as edgemodel_main
 from edgemodel_runtime.sources import sha256_file
-from tests.integration.artifacts.support import ArtifactServer, Digits, compress_output, edgemodel
+from tests.integration.artifacts.support import (
+    WRITER_TOKEN,
+    ArtifactServer,
+    Digits,
+    compress_output,
+    edgemodel,
+)
+
+UID = "0b9d3a52-5c4e-4f7e-9a43-1d2c3b4a5f60"
+
+
+def _digest(revision: str) -> str:
+    """A full revision digest per test revision, so tests sharing a server never share a record."""
+    return hashlib.sha256(revision.encode()).hexdigest()
+
+
+def _record(revision: str) -> str:
+    return f"/v1/records/ns1/{UID}/{_digest(revision)}/amd64"
+
+
+def _key_args(tmp_path: Path, revision: str) -> list[str]:
+    """Where the record goes, and the writer's credentials (a Job gets a projected token)."""
+    token = tmp_path / "writer-token"
+    token.write_text(WRITER_TOKEN + "\n")
+    return [
+        "--namespace", "ns1", "--uid", UID, "--revision-digest", _digest(revision),
+        "--variant", "amd64", "--token-file", str(token),
+    ]  # fmt: skip
 
 
 def _closed_port_url() -> str:
@@ -27,7 +55,7 @@ def _closed_port_url() -> str:
 def _publish(server: ArtifactServer, output: Path, revision: str, log: Path) -> dict[str, object]:
     result = edgemodel(
         "publish", str(output), "--server", server.url, "--revision", revision,
-        "--termination-log", str(log),
+        "--termination-log", str(log), *_key_args(log.parent, revision),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary: dict[str, object] = json.loads(result.stdout)
@@ -68,7 +96,7 @@ def test_publish_end_to_end(server: ArtifactServer, digits: Digits, tmp_path: Pa
     }
     status, _, body = server.request("GET", f"/v1/artifacts/{digits.sha256}")
     assert status == 200 and body == digits.path.read_bytes()
-    status, _, body = server.request("GET", "/v1/revisions/digits-7f3a")
+    status, _, body = server.request("GET", _record("digits-7f3a"))
     record = json.loads(body)
     assert record["artifactSha256"] == digits.sha256
     assert record["report"]["accuracy"]["agreement"] == 0.9963
@@ -93,14 +121,14 @@ def test_publish_refuses_a_model_that_does_not_match_its_report(
     log = tmp_path / "log"
     code = _run(
         "publish", str(tmp_path / "work"), "--server", server.url, "--revision", "r1",
-        "--termination-log", str(log),
+        "--termination-log", str(log), *_key_args(tmp_path, "r1"),
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
     assert digits.sha256 in err and len(err.strip().splitlines()) == 1
     failure = json.loads(log.read_text())
     assert failure["revision"] == "r1" and digits.sha256 in failure["error"]
-    assert server.request("GET", "/v1/revisions/r1")[0] == 404
+    assert server.request("GET", _record("r1"))[0] == 404
 
 
 @pytest.mark.parametrize("case", ["empty", "two", "gate-failed", "bad-revision", "bad-server"])
@@ -125,7 +153,10 @@ def test_publish_bad_input_exits_2(
     elif case == "bad-server":
         compress_output(output, digits.path)
         url = "ftp://example"
-    code = _run("publish", str(output), "--server", url, "--revision", revision)
+    code = _run(
+        "publish", str(output), "--server", url, "--revision", revision,
+        *_key_args(tmp_path, revision),
+    )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("edgemodel publish: ") and len(err.strip().splitlines()) == 1
@@ -137,7 +168,7 @@ def test_publish_to_an_unreachable_server_exits_1(
     compress_output(tmp_path / "work", digits.path)
     code = _run(
         "publish", str(tmp_path / "work"), "--server", _closed_port_url(), "--revision", "r3",
-        "--timeout-s", "0.6",
+        "--timeout-s", "0.6", *_key_args(tmp_path, "r3"),
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.artifacts.support import ArtifactServer
+from tests.integration.artifacts.support import WRITER_TOKEN, ArtifactServer
+
+AUTH = {"Authorization": f"Bearer {WRITER_TOKEN}"}
 
 
 def _blob(size: int = 200_000) -> tuple[bytes, str]:
@@ -63,6 +65,7 @@ def test_streamed_chunked_upload(server: ArtifactServer) -> None:
         "PUT",
         f"/v1/artifacts/{sha}",
         body=iter([data[:100_000], data[100_000:]]),
+        headers=AUTH,
         encode_chunked=True,
     )
     response = conn.getresponse()
@@ -90,9 +93,11 @@ def test_oversized_body_is_refused(server: ArtifactServer, chunked: bool) -> Non
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     if chunked:
         parts = [data[i : i + 65536] for i in range(0, len(data), 65536)]
-        conn.request("PUT", f"/v1/artifacts/{sha}", body=iter(parts), encode_chunked=True)
+        conn.request(
+            "PUT", f"/v1/artifacts/{sha}", body=iter(parts), headers=AUTH, encode_chunked=True
+        )
     else:
-        conn.request("PUT", f"/v1/artifacts/{sha}", body=data)
+        conn.request("PUT", f"/v1/artifacts/{sha}", body=data, headers=AUTH)
     response = conn.getresponse()
     assert response.status == 413
     assert str(server.max_bytes) in json.loads(response.read())["error"]
@@ -102,7 +107,14 @@ def test_oversized_body_is_refused(server: ArtifactServer, chunked: bool) -> Non
 
 GOOD_SHA = "0" * 64
 BAD_SHAS = ["A" * 64, "0" * 63, "0" * 65, "g" * 64, "short", "%2e%2e", "%20" + "0" * 63]
-BAD_REVISIONS = ["Rev1", "-rev", "rev_1", "a" * 64, "%2e%2e", "r%20x", "r.1"]
+BAD_VARIANTS = ["Rev1", "-rev", "rev_1", "a" * 64, "%2e%2e", "r%20x", "r.1"]
+UID = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
+
+
+def _record_path(name: str, variant: str = "amd64") -> str:
+    """A record's URL; `name` picks the revision digest, so tests never share a record."""
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    return f"/v1/records/ns1/{UID}/{digest}/{variant}"
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT"])
@@ -119,13 +131,13 @@ def test_bad_sha256_is_400_naming_it(server: ArtifactServer, method: str, value:
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT"])
-@pytest.mark.parametrize("value", BAD_REVISIONS)
-def test_bad_revision_is_400_naming_it(server: ArtifactServer, method: str, value: str) -> None:
+@pytest.mark.parametrize("value", BAD_VARIANTS)
+def test_bad_record_key_is_400_naming_it(server: ArtifactServer, method: str, value: str) -> None:
     record = json.dumps({"artifactSha256": GOOD_SHA}).encode() if method == "PUT" else None
-    status, _, body = server.request(method, f"/v1/revisions/{value}", record)
+    status, _, body = server.request(method, _record_path("bad", value), record)
     assert status == 400
     error = json.loads(body)["error"]
-    assert "revision" in error
+    assert "variant" in error
     assert value.replace("%2e", ".").replace("%20", " ") in error
 
 
@@ -137,16 +149,17 @@ def test_revision_records(server: ArtifactServer) -> None:
     data, sha = _blob(1000)
     record = {"artifactSha256": sha, "report": {"result": "passed", "sizes": {"ratio": 0.25}}}
     body = json.dumps(record).encode()
+    path = _record_path("rev-1")
     # The record may not point at an artifact the store does not hold.
-    status, _, reply = server.request("PUT", "/v1/revisions/rev-1", body)
+    status, _, reply = server.request("PUT", path, body)
     assert status == 409
     assert sha in json.loads(reply)["error"]
-    assert server.request("GET", "/v1/revisions/rev-1")[0] == 404
+    assert server.request("GET", path)[0] == 404
 
     assert server.request("PUT", f"/v1/artifacts/{sha}", data)[0] == 201
-    assert server.request("PUT", "/v1/revisions/rev-1", body)[0] == 201
-    assert server.request("PUT", "/v1/revisions/rev-1", body)[0] == 200
-    status, _, reply = server.request("GET", "/v1/revisions/rev-1")
+    assert server.request("PUT", path, body)[0] == 201
+    assert server.request("PUT", path, body)[0] == 200  # the same record again: idempotent
+    status, _, reply = server.request("GET", path)
     assert (status, json.loads(reply)) == (200, record)
 
 
@@ -163,14 +176,14 @@ def test_revision_records(server: ArtifactServer) -> None:
     ids=["syntax", "not-utf8", "array", "missing-sha", "bad-sha", "report-not-object"],
 )
 def test_malformed_revision_record_is_400(server: ArtifactServer, body: bytes, needle: str) -> None:
-    status, _, reply = server.request("PUT", "/v1/revisions/rev-bad", body)
+    status, _, reply = server.request("PUT", _record_path("rev-bad"), body)
     assert status == 400
     assert needle in json.loads(reply)["error"]
 
 
 def test_oversized_revision_record_is_413(server: ArtifactServer) -> None:
     body = json.dumps({"artifactSha256": GOOD_SHA, "report": {"x": "y" * (4 << 20)}}).encode()
-    assert server.request("PUT", "/v1/revisions/rev-big", body)[0] == 413
+    assert server.request("PUT", _record_path("rev-big"), body)[0] == 413
 
 
 def test_missing_artifact_is_404(server: ArtifactServer) -> None:
@@ -182,7 +195,8 @@ def _start_partial_upload(server: ArtifactServer, total: int, sent: int) -> sock
     sha = "1" * 64
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     head = (
-        f"PUT /v1/artifacts/{sha} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {total}\r\n\r\n"
+        f"PUT /v1/artifacts/{sha} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {total}\r\n"
+        f"Authorization: Bearer {WRITER_TOKEN}\r\n\r\n"
     ).encode()
     sock.sendall(head + os.urandom(sent))
     return sock
