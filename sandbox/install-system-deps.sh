@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the sandbox needs from the machine's package manager: Prometheus (Debian's
 # `prometheus` package, the real server) and openssl; for the runtime image and the real node
-# (docs/architecture.md, "Real images and the real node"): mmdebstrap + arch-test (Debian base
+# (docs/architecture.md, "Images without Docker" and "A real node"): mmdebstrap + arch-test (Debian base
 # filesystems), skopeo and umoci (OCI tooling), containerd + runc, the CNI plugins, iptables and
 # conntrack (kube-proxy), qemu-user-static + binfmt-support (arm64 images on amd64); espeak-ng and
 # sox make the speech the compression zoo feeds its VAD model. Go >= 1.26 must already be on PATH:

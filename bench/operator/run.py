@@ -4,31 +4,40 @@ Brings up its own sandbox (temporary state dir, `--nodes` kwok nodes, `kwok_pods
 marks every pod Running/Ready, so no real runtime process runs and the control loop is
 measured end to end at a scale real processes cannot reach on one machine) and tears it down
 at the end. Compression is cached: a local `edgemodel artifact-server` holds the digits
-model and a passed revision record for every (revision, variant) the spec needs, and the
-operator looks artifacts up there (`--artifact-url`), so it goes straight to Deployments.
+model and a passed record for every variant of every EdgeModel, and the operator looks
+artifacts up there (`--artifact-url`), so it goes straight to Deployments. Records are keyed
+by the EdgeModel's UID, known only once it exists, so EdgeModels are created and seeded while
+the operator is paused (SIGSTOP) and timed from the moment it resumes.
 
 Measured:
-  1. one EdgeModel (3 targets) at a time, `--single` times: API create -> all 3 of its
-     Deployments exist (seen on a watch); p50 / p95; also create -> phase Ready.
-  2. `--models` EdgeModels x 3 targets created at once (16 client threads): time until all
-     Deployments exist and until every EdgeModel is phase Ready.
+  1. one EdgeModel (3 targets) at a time, `--single` times: operator resumed -> all 3 of
+     its Deployments exist (seen on a watch); p50 / p95; also -> phase Ready.
+  2. `--models` EdgeModels x 3 targets created at once (16 client threads): from the
+     operator's resuming, time until all Deployments exist and every EdgeModel is Ready.
   3. the operator process's peak RSS (VmHWM at the end; VmRSS sampled each second).
+  4. API requests per reconcile (the operator's `reconciled ... api_requests=N` lines): with
+     the watch-fed caches a pass reads nothing; `--no-cache` runs the operator on the path
+     before them (a GET and four LISTs per pass) to measure the difference.
 Baseline: the same bulk apply against a second operator with `--workers 1` (serial
 reconcile), in its own namespace (each operator watches only its namespaces).
 
+The bench talks to the API server through the operator's own client (kube.Kube, on an
+event loop of its own thread): one client for operator and benches (docs/architecture.md).
+
 Run: .venv/bin/python bench/operator/run.py [--nodes 1000] [--models 300] [--single 20]
+     [--no-cache] [--no-baseline]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import contextlib
-import http.client
 import json
 import os
 import shutil
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
@@ -36,14 +45,19 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from edgemodel_operator import labels
 from edgemodel_operator.api import parse_spec
-from edgemodel_operator.revision import revision_of, variants
+from edgemodel_operator.artifact_lookup import record_path
+from edgemodel_operator.builders import revision_digest
+from edgemodel_operator.handlers import OBSERVE_BY_LIST_ENV
+from edgemodel_operator.kube import Credentials, Kube, KubeError, resource_path
+from edgemodel_operator.revision import variants
 from edgemodel_sandbox import pki
 from edgemodel_sandbox.cluster import Sandbox, free_port
 from edgemodel_sandbox.models import digits_classifier, sha256_file
@@ -51,7 +65,8 @@ from edgemodel_sandbox.tools import Tools, tools_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGEMODEL = Path(sys.executable).with_name("edgemodel")
-GROUP, VERSION, PLURAL = "edgemodel.dev", "v1alpha1", "edgemodels"
+GROUP, VERSION, PLURAL = labels.GROUP, labels.VERSION, labels.PLURAL
+T = TypeVar("T")
 TARGET_P50_S = 3.0
 TARGET_CONVERGE_S = 120.0
 TARGET_RSS_MB = 300.0
@@ -90,56 +105,57 @@ def edgemodel(name: str, body_spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------ a minimal API client
+# ------------------------------------------------------------------ the API client
 
 
 class Api:
-    """Raw HTTPS to the sandbox API server (cheap enough to watch hundreds of objects)."""
+    """The sandbox API server through kube.Kube, whose event loop runs in a thread of its own
+    so the bench's threads can call it (and its watches run there)."""
 
     def __init__(self, sandbox: Sandbox) -> None:
         state = sandbox.state()
         assert state is not None
         credentials = pki.PKI(sandbox.directory / "pki")
-        self.host, self.port = "127.0.0.1", state.ports["apiserver"]
-        self.token = credentials.admin_token
-        self.context = ssl.create_default_context(cafile=str(credentials.ca_cert))
-        self._local = threading.local()
-
-    def connection(self, timeout: float | None = 60) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(
-            self.host, self.port, context=self.context, timeout=timeout
+        self.credentials = Credentials(
+            server=f"https://127.0.0.1:{state.ports['apiserver']}",
+            token=credentials.admin_token,
+            ca_path=str(credentials.ca_cert),
         )
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.kube = self.call(self._client())
+
+    async def _client(self) -> Kube:
+        return Kube(self.credentials, attempts=20)  # a fresh CRD answers 429 for a while
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.connection()
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        data = json.dumps(body).encode() if body is not None else None
-        for attempt in range(20):
-            try:
-                conn.request(method, path, body=data, headers=headers)
-                response = conn.getresponse()
-                payload = response.read()
-            except (OSError, http.client.HTTPException):
-                # A keep-alive connection the server closed while idle: one fresh try.
-                conn.close()
-                conn = self._local.conn = self.connection()
-                if attempt > 0:
-                    raise
-                continue
-            if response.status != 429 or attempt == 19:
-                break
-            time.sleep(0.5)
-        if response.status >= 300 and response.status != 409:
-            raise RuntimeError(f"{method} {path}: {response.status} {payload[:300]!r}")
-        return json.loads(payload) if payload else None
+        try:
+            return self.call(self.kube.request(method, path, body=body))
+        except KubeError as exc:
+            if exc.status == 409:  # already there
+                return None
+            raise
 
     def create_namespace(self, name: str) -> None:
         self.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
 
-    def create_edgemodel(self, namespace: str, body: dict[str, Any]) -> None:
-        self.request("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}", body)
+    def create_edgemodel(self, namespace: str, body: dict[str, Any]) -> str:
+        """Creates it; its uid (the artifact store keys its records by it)."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+        created = self.request("POST", path, body)
+        return str(created["metadata"]["uid"])
+
+    def close(self) -> None:
+        self.call(self.kube.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
 
 
 @dataclass
@@ -152,60 +168,40 @@ class Watch:
     ready: dict[str, float] = field(default_factory=dict)
     status_writes: int = 0
     lock: threading.Condition = field(default_factory=threading.Condition)
-    _conns: list[http.client.HTTPSConnection] = field(default_factory=list)
+    _tasks: list[concurrent.futures.Future[None]] = field(default_factory=list)
     stopped: bool = False
 
     def start(self) -> None:
-        paths = {
-            "Deployment": f"/apis/apps/v1/namespaces/{self.namespace}/deployments",
-            "EdgeModel": f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}",
-        }
-        for kind, path in paths.items():
-            response = self._open(path, "")  # the watch is live before anything is created
-            threading.Thread(target=self._run, args=(kind, path, response), daemon=True).start()
+        kinds = {"Deployment": "apps/v1", "EdgeModel": labels.EDGEMODEL_API_VERSION}
+        for kind, api_version in kinds.items():
+            listed = threading.Event()
+            self._tasks.append(self.api.spawn(self._run(api_version, kind, listed)))
+            # Listed, then watched from the list's resourceVersion: live before any create.
+            if not listed.wait(60):
+                raise RuntimeError(f"listing {kind}s in {self.namespace} did not finish")
 
-    def _open(self, path: str, resource_version: str) -> http.client.HTTPResponse:
-        for attempt in range(30):  # a fresh CRD answers 429 until its storage is ready
-            conn = self.api.connection(timeout=None)  # quiet spells are normal
-            query = "watch=1&timeoutSeconds=3600"
-            if resource_version:
-                query += f"&resourceVersion={resource_version}"
-            conn.request(
-                "GET", f"{path}?{query}", headers={"Authorization": f"Bearer {self.api.token}"}
-            )
-            response = conn.getresponse()  # headers arrive once the watch is established
-            if response.status == 200:
-                self._conns.append(conn)
-                return response
-            conn.close()
-            if attempt == 29:
-                raise RuntimeError(f"watch {path}: {response.status}")
-            time.sleep(0.5)
-        raise AssertionError("unreachable")
-
-    def _run(self, kind: str, path: str, response: http.client.HTTPResponse) -> None:
+    async def _run(self, api_version: str, kind: str, listed: threading.Event) -> None:
         # The API server drops a watcher that falls behind (a burst of 300 creates can do
         # it): the stream then just ends. Re-list (first-seen times of what was missed are a
         # little late, never early) and watch on from the list's resourceVersion.
-        while True:
+        kube = self.api.kube
+        path = resource_path(api_version, kind, self.namespace)
+        while not self.stopped:
             try:
-                for line in response:
-                    event = json.loads(line)
+                found = await kube.request("GET", path)
+                for item in found.get("items") or []:
+                    self._seen(kind, item, False)
+                listed.set()
+                version = found["metadata"]["resourceVersion"]
+                async for event in kube.watch(api_version, kind, self.namespace, version):
                     if event.get("type") != "DELETED":
                         self._seen(kind, event.get("object") or {}, event.get("type") == "MODIFIED")
-            except Exception as exc:  # closing the connection in `stop` ends up here too
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 if not self.stopped:
                     log(f"watch on {path} failed: {exc!r}")
-            if self.stopped:
-                return
-            try:
-                listed = self.api.request("GET", path)
-                for item in listed.get("items") or []:
-                    self._seen(kind, item, False)
-                response = self._open(path, listed["metadata"]["resourceVersion"])
-            except Exception as exc:
-                log(f"re-watch of {path} failed: {exc!r}")
-                time.sleep(1.0)
+                    await asyncio.sleep(1.0)
 
     def _seen(self, kind: str, obj: dict[str, Any], modified: bool) -> None:
         now = time.monotonic()
@@ -213,7 +209,7 @@ class Watch:
         name = meta.get("name", "")
         with self.lock:
             if kind == "Deployment":
-                owner = (meta.get("labels") or {}).get("edgemodel.dev/name", "")
+                owner = (meta.get("labels") or {}).get(labels.MODEL, "")
                 self.deployments.setdefault(name, (owner, now))
             else:
                 self.status_writes += int(modified)
@@ -236,11 +232,8 @@ class Watch:
 
     def stop(self) -> None:
         self.stopped = True
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                if conn.sock is not None:
-                    conn.sock.shutdown(2)
-                conn.close()
+        for task in self._tasks:
+            task.cancel()
 
 
 # ------------------------------------------------------------------ processes
@@ -255,6 +248,7 @@ class Operator:
     workers: int
     namespaces: list[str]
     log_path: Path
+    observe_by_list: bool = False  # --no-cache: the GET + four LISTs path
     process: subprocess.Popen[bytes] | None = None
     peak_sampled_kb: int = 0
     samples: list[int] = field(default_factory=list)
@@ -285,7 +279,11 @@ class Operator:
                 command,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, KUBECONFIG=str(self.kubeconfig)),
+                env=dict(
+                    os.environ,
+                    KUBECONFIG=str(self.kubeconfig),
+                    **{OBSERVE_BY_LIST_ENV: "1" if self.observe_by_list else "0"},
+                ),
                 start_new_session=True,
             )
         threading.Thread(target=self._sample, daemon=True).start()
@@ -310,6 +308,17 @@ class Operator:
                 self.samples.append(rss)
                 self.peak_sampled_kb = max(self.peak_sampled_kb, rss)
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The operator stopped (SIGSTOP) inside the block: what is created meanwhile is
+        waiting on its watches when it resumes, as on a busy operator."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
     def hwm_mb(self) -> float:
         return self._field("VmHWM") / 1024
 
@@ -333,6 +342,7 @@ def artifact_server(root: Path, log_path: Path) -> Iterator[str]:
             [
                 *(str(EDGEMODEL), "artifact-server", "--root", str(root)),
                 *("--host", "127.0.0.1", "--port", str(port)),
+                "--insecure-allow-anonymous-writes",  # loopback only, seeded by this bench
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -364,29 +374,47 @@ def put(url: str, data: bytes, content_type: str) -> None:
         assert response.status in (200, 201), response.status
 
 
-def seed_store(store: str, model: Path, body_spec: dict[str, Any]) -> str:
-    """The model blob plus a passed revision record per variant: compression is cached."""
+@dataclass(frozen=True)
+class Store:
+    """The bench's artifact store, holding the model blob."""
+
+    url: str
+    digest: str
+    size: int
+
+    def seed(self, namespace: str, uid: str, body_spec: dict[str, Any]) -> None:
+        """A passed record per variant for EdgeModel `uid`: its compression is cached.
+
+        Records are keyed by the EdgeModel's namespace, UID and full revision digest
+        (artifact_lookup.record_path), so they can only be written once it exists.
+        """
+        parsed = parse_spec(body_spec)
+        digest = revision_digest(parsed)
+        for variant in variants(parsed):
+            record = {
+                "artifactSha256": self.digest,
+                "report": {
+                    "mode": "dynamic-int8",
+                    "sizes": {"ratio": 1.0, "artifact_bytes": self.size},
+                },
+                "artifactUri": f"{self.url}/v1/artifacts/{self.digest}",
+                "sizeBytes": self.size,
+                "ratio": 1.0,
+                "mode": "dynamic-int8",
+                "result": "passed",
+            }
+            put(
+                self.url + record_path(namespace, uid, digest, variant),
+                json.dumps(record).encode(),
+                "application/json",
+            )
+
+
+def seed_store(store: str, model: Path) -> Store:
+    """The model blob; records follow per EdgeModel (`Store.seed`)."""
     digest = sha256_file(model)
     put(f"{store}/v1/artifacts/{digest}", model.read_bytes(), "application/octet-stream")
-    parsed = parse_spec(body_spec)
-    revision = revision_of(parsed)
-    size = model.stat().st_size
-    for variant in variants(parsed):
-        record = {
-            "artifactSha256": digest,
-            "report": {"mode": "dynamic-int8", "sizes": {"ratio": 1.0, "artifact_bytes": size}},
-            "artifactUri": f"{store}/v1/artifacts/{digest}",
-            "sizeBytes": size,
-            "ratio": 1.0,
-            "mode": "dynamic-int8",
-            "result": "passed",
-        }
-        put(
-            f"{store}/v1/revisions/{revision}-{variant}",
-            json.dumps(record).encode(),
-            "application/json",
-        )
-    return revision
+    return Store(store, digest, model.stat().st_size)
 
 
 # ------------------------------------------------------------------ measurements
@@ -398,15 +426,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def single(api: Api, namespace: str, count: int, body_spec: dict[str, Any]) -> dict[str, Any]:
+def single(
+    api: Api,
+    operator: Operator,
+    store: Store,
+    namespace: str,
+    count: int,
+    body_spec: dict[str, Any],
+) -> dict[str, Any]:
+    """One at a time: created and its records seeded while the operator is paused, then
+    timed from the moment it resumes."""
     watch = Watch(api, namespace)
     watch.start()
     to_deployments, to_ready = [], []
     try:
         for i in range(count):
             name = f"single-{i:03d}"
+            with operator.paused():
+                uid = api.create_edgemodel(namespace, edgemodel(name, body_spec))
+                store.seed(namespace, uid, body_spec)
             started = time.monotonic()
-            api.create_edgemodel(namespace, edgemodel(name, body_spec))
             if not watch.wait(lambda n=name: len(watch.deployments_of(n)) >= 3, 60):
                 raise RuntimeError(f"{name}: no 3 Deployments within 60 s")
             to_deployments.append(max(watch.deployments_of(name)) - started)
@@ -422,19 +461,33 @@ def single(api: Api, namespace: str, count: int, body_spec: dict[str, Any]) -> d
 
 
 def bulk(
-    api: Api, namespace: str, count: int, body_spec: dict[str, Any], timeout: float
+    api: Api,
+    operator: Operator,
+    store: Store,
+    namespace: str,
+    count: int,
+    body_spec: dict[str, Any],
+    timeout: float,
 ) -> dict[str, Any]:
+    """All at once: created (16 client threads) and seeded while the operator is paused,
+    then timed from the moment it resumes and finds them all on its watches."""
     watch = Watch(api, namespace)
     watch.start()
     names = [f"m-{i:04d}" for i in range(count)]
+
+    def create(name: str) -> None:
+        store.seed(
+            namespace, api.create_edgemodel(namespace, edgemodel(name, body_spec)), body_spec
+        )
+
     try:
+        with operator.paused():
+            begun = time.monotonic()
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(create, names))
+            created = time.monotonic() - begun
         started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(
-                pool.map(lambda n: api.create_edgemodel(namespace, edgemodel(n, body_spec)), names)
-            )
-        created = time.monotonic() - started
-        log(f"{count} EdgeModels created in {created:.1f} s")
+        log(f"{count} EdgeModels created and seeded in {created:.1f} s (operator paused)")
         want = 3 * count
         all_deps = watch.wait(lambda: len(watch.deployments) >= want, timeout)
         deps_at = (
@@ -465,18 +518,33 @@ def bulk(
 
 
 def reconcile_stats(log_path: Path, namespace: str) -> dict[str, float]:
-    """From the operator's `reconciled ... seconds=S` lines for `namespace`."""
-    seconds = []
+    """From the operator's `reconciled ... seconds=S api_requests=N` lines for `namespace`."""
+    seconds: list[float] = []
+    requests: list[int] = []
     for line in log_path.read_text(errors="replace").splitlines():
         if " reconciled " in line and namespace in line and " seconds=" in line:
             with contextlib.suppress(ValueError):
                 seconds.append(float(line.rsplit(" seconds=", 1)[1].split()[0]))
+            if " api_requests=" in line:
+                with contextlib.suppress(ValueError):
+                    requests.append(int(line.rsplit(" api_requests=", 1)[1].split()[0]))
+    nan = float("nan")
     if not seconds:
-        return {"reconciles": 0, "reconcile_p50_s": float("nan"), "reconcile_max_s": float("nan")}
+        return {
+            "reconciles": 0,
+            "reconcile_p50_s": nan,
+            "reconcile_max_s": nan,
+            "api_requests": 0,
+            "requests_per_reconcile": nan,
+            "requests_per_reconcile_p50": nan,
+        }
     return {
         "reconciles": len(seconds),
         "reconcile_p50_s": statistics.median(seconds),
         "reconcile_max_s": max(seconds),
+        "api_requests": sum(requests),
+        "requests_per_reconcile": sum(requests) / len(requests) if requests else nan,
+        "requests_per_reconcile_p50": statistics.median(requests) if requests else nan,
     }
 
 
@@ -554,6 +622,15 @@ def report(args: argparse.Namespace, ours: dict[str, Any], naive: dict[str, Any]
             None,
         ),
         (
+            "API requests per reconcile, mean / p50",
+            f"{b['requests_per_reconcile']:.2f} / {b['requests_per_reconcile_p50']:.0f}",
+            dash,
+            f"{nb['requests_per_reconcile']:.2f} / {nb['requests_per_reconcile_p50']:.0f}"
+            if nb
+            else dash,
+            None,
+        ),
+        (
             "EdgeModel status writes during the bulk run",
             str(b["status_writes"]),
             dash,
@@ -579,7 +656,9 @@ def report(args: argparse.Namespace, ours: dict[str, Any], naive: dict[str, Any]
     print()
     print(
         f"Operator benchmark: {args.nodes} kwok nodes, kwok-played pods, compression cached; "
-        f"operator --workers {args.workers}; {os.cpu_count()} CPUs shared"
+        f"operator --workers {args.workers}; {os.cpu_count()} CPUs shared; "
+        f"{'GET + four LISTs per reconcile (--no-cache)' if args.no_cache else 'watch-fed caches'}"
+        f"; load average at the end {os.getloadavg()[0]:.1f}"
     )
     print()
     print(f"| metric | measured | target | {naive_title} | ok |")
@@ -597,7 +676,7 @@ def run_operator(
     args: argparse.Namespace,
     sandbox: Sandbox,
     api: Api,
-    store: str,
+    store: Store,
     workers: int,
     label: str,
     body_spec: dict[str, Any],
@@ -606,7 +685,12 @@ def run_operator(
 ) -> dict[str, Any]:
     namespaces = [f"bench-{label}-bulk"] + ([f"bench-{label}-single"] if with_single else [])
     operator = Operator(
-        sandbox.kubeconfig, store, workers, namespaces, work / f"operator-{label}.log"
+        sandbox.kubeconfig,
+        store.url,
+        workers,
+        namespaces,
+        work / f"operator-{label}.log",
+        observe_by_list=args.no_cache,
     )
     for namespace in namespaces:
         api.create_namespace(namespace)
@@ -615,10 +699,10 @@ def run_operator(
     try:
         out: dict[str, Any] = {}
         if with_single:
-            out["single"] = single(api, namespaces[1], args.single, body_spec)
+            out["single"] = single(api, operator, store, namespaces[1], args.single, body_spec)
             log(f"single: {out['single']}")
         timeout = args.timeout if label == "w" else args.baseline_timeout
-        out["bulk"] = bulk(api, namespaces[0], args.models, body_spec, timeout)
+        out["bulk"] = bulk(api, operator, store, namespaces[0], args.models, body_spec, timeout)
         out["bulk"].update(reconcile_stats(operator.log_path, namespaces[0]))
         log(f"bulk: {out['bulk']}")
         out["hwm_mb"] = operator.hwm_mb()
@@ -639,6 +723,12 @@ def main() -> int:
         "--baseline-timeout", type=float, default=120.0, help="the --workers 1 run, seconds"
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the --workers 1 run")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="operators observe by a GET and four LISTs per reconcile (the path before the "
+        "watch-fed caches), to compare API requests per reconcile and convergence",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
 
@@ -669,13 +759,20 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         api = Api(sandbox)
-        with artifact_server(work / "store", work / "artifact-server.log") as store:
-            revision = seed_store(store, fixture.model, body_spec)
-            log(f"store {store} holds revision {revision}")
-            ours = run_operator(args, sandbox, api, store, args.workers, "w", body_spec, work, True)
-            naive = None
-            if not args.no_baseline:
-                naive = run_operator(args, sandbox, api, store, 1, "serial", body_spec, work, False)
+        try:
+            with artifact_server(work / "store", work / "artifact-server.log") as url:
+                store = seed_store(url, fixture.model)
+                log(f"store {url} holds the model {store.digest[:12]}")
+                ours = run_operator(
+                    args, sandbox, api, store, args.workers, "w", body_spec, work, True
+                )
+                naive = None
+                if not args.no_baseline:
+                    naive = run_operator(
+                        args, sandbox, api, store, 1, "serial", body_spec, work, False
+                    )
+        finally:
+            api.close()
         ok = report(args, ours, naive)
         print(f"total bench time {time.monotonic() - started:.0f} s")
         return 0 if ok else 1

@@ -522,7 +522,7 @@ def print_cap_verdict(rows: list[Row]) -> None:
             )
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
@@ -542,6 +542,88 @@ def main() -> int:
         default="256,128",
         help="MLP hidden layers of the digits model (default: the fixture's 256,128)",
     )
+    return parser
+
+
+def _start_targets(
+    stack: contextlib.ExitStack[Any],
+    model: Path,
+    expected: np.ndarray,
+    work: Path,
+    skip_triton: bool,
+) -> list[Target]:
+    """Start every server (edgemodel off/on, the echo floor, Triton off/on) for the whole run."""
+    targets: list[Target] = []
+    for max_batch, label in ((0, "off"), (32, "on")):
+        ports = (free_port(), free_port(), free_port())
+        command = edgemodel_command(model, ports, max_batch)
+        pid = stack.enter_context(process(command, ports[0], work / f"edgemodel-{label}.log"))
+        targets.append(Target("edgemodel", label, ports[0], ports[1], pid))
+    echo_ports = (free_port(), free_port())
+    np.save(work / "expected.npy", expected)
+    echo = [sys.executable, str(Path(__file__).with_name("echo_server.py")), MODEL_NAME]
+    echo += [str(echo_ports[0]), str(echo_ports[1]), str(work / "expected.npy")]
+    pid = stack.enter_context(process(echo, echo_ports[0], work / "echo.log"))
+    targets.append(Target("echo floor", "-", echo_ports[0], echo_ports[1], pid))
+    if not skip_triton:
+        targets += _start_triton(stack, model, work)
+    return targets
+
+
+def _start_triton(stack: contextlib.ExitStack[Any], model: Path, work: Path) -> list[Target]:
+    targets: list[Target] = []
+    for triton_batching, label in ((False, "off"), (True, "on")):
+        root = work / f"triton-{label}"
+        try:
+            binary, repository, backends = triton_repo.build(
+                root, model, MODEL_NAME, triton_batching
+            )
+        except FileNotFoundError as exc:
+            print(f"triton skipped: {exc}")
+            break
+        http, grpc, metrics = free_port(), free_port(), free_port()
+        env = dict(os.environ)
+        libs = binary.parents[2].parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = f"{libs}:{env.get('LD_LIBRARY_PATH', '')}"
+        command = [
+            str(binary), f"--model-repository={repository}",
+            f"--backend-directory={backends}", f"--http-port={http}",
+            f"--grpc-port={grpc}", f"--metrics-port={metrics}", "--allow-metrics=false",
+            "--log-verbose=0", "--log-info=false",
+        ]  # fmt: skip
+        pid = stack.enter_context(process(command, http, work / f"triton-{label}.log", env=env))
+        targets.append(Target("triton", label, http, grpc, pid))
+    return targets
+
+
+def _measure_rounds(
+    targets: list[Target], concurrencies: list[int], rounds: int, duration: float, x: np.ndarray
+) -> list[Row]:
+    """Every (target, protocol, concurrency) cell, interleaved round by round, summarized."""
+    cells: dict[tuple[str, str, str, int], tuple[list[float], float, int, float]] = {}
+    for round_index in range(rounds):
+        for concurrency in concurrencies:
+            for target in targets:
+                for protocol in ("HTTP", "gRPC"):
+                    key = (target.system, protocol, target.batching, concurrency)
+                    cpu_before = cpu_seconds(target.pid)
+                    lat, elapsed, errors = measure(
+                        target, protocol, concurrency, duration / rounds, x
+                    )
+                    cpu = cpu_seconds(target.pid) - cpu_before
+                    old = cells.get(key, ([], 0.0, 0, 0.0))
+                    cells[key] = (old[0] + lat, old[1] + elapsed, old[2] + errors, old[3] + cpu)
+        print(f"round {round_index + 1}/{rounds} done", flush=True)
+    return [
+        summarize(system, protocol, batching, concurrency, lat, elapsed, errors, cpu)
+        for (system, protocol, batching, concurrency), (lat, elapsed, errors, cpu) in sorted(
+            cells.items(), key=lambda item: (item[0][0], item[0][2], item[0][3], item[0][1])
+        )
+    ]
+
+
+def main() -> int:
+    parser = _parser()
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.cap_compare and args.concurrency == parser.get_default("concurrency"):
@@ -581,64 +663,12 @@ def main() -> int:
 
     # Every server runs for the whole benchmark and the cells are interleaved round by round,
     # so a burst of background load hits every system alike instead of whichever ran then.
-    targets: list[Target] = []
     with contextlib.ExitStack() as stack:
-        for max_batch, label in ((0, "off"), (32, "on")):
-            ports = (free_port(), free_port(), free_port())
-            command = edgemodel_command(fixture.model, ports, max_batch)
-            pid = stack.enter_context(process(command, ports[0], work / f"edgemodel-{label}.log"))
-            targets.append(Target("edgemodel", label, ports[0], ports[1], pid))
-        echo_ports = (free_port(), free_port())
-        np.save(work / "expected.npy", expected)
-        echo = [sys.executable, str(Path(__file__).with_name("echo_server.py")), MODEL_NAME]
-        echo += [str(echo_ports[0]), str(echo_ports[1]), str(work / "expected.npy")]
-        pid = stack.enter_context(process(echo, echo_ports[0], work / "echo.log"))
-        targets.append(Target("echo floor", "-", echo_ports[0], echo_ports[1], pid))
-        if not args.skip_triton:
-            for triton_batching, label in ((False, "off"), (True, "on")):
-                root = work / f"triton-{label}"
-                try:
-                    binary, repository, backends = triton_repo.build(
-                        root, fixture.model, MODEL_NAME, triton_batching
-                    )
-                except FileNotFoundError as exc:
-                    print(f"triton skipped: {exc}")
-                    break
-                http, grpc, metrics = free_port(), free_port(), free_port()
-                env = dict(os.environ)
-                libs = binary.parents[2].parent / "nvidia_pytriton.libs"
-                env["LD_LIBRARY_PATH"] = f"{libs}:{env.get('LD_LIBRARY_PATH', '')}"
-                command = [
-                    str(binary), f"--model-repository={repository}",
-                    f"--backend-directory={backends}", f"--http-port={http}",
-                    f"--grpc-port={grpc}", f"--metrics-port={metrics}", "--allow-metrics=false",
-                    "--log-verbose=0", "--log-info=false",
-                ]  # fmt: skip
-                pid = stack.enter_context(
-                    process(command, http, work / f"triton-{label}.log", env=env)
-                )
-                targets.append(Target("triton", label, http, grpc, pid))
+        targets = _start_targets(stack, fixture.model, expected, work, args.skip_triton)
         for target in targets:
             check_correct(target, x, expected)
         print(f"servers ready: {len(targets)}; {args.rounds} rounds", flush=True)
-        cells: dict[tuple[str, str, str, int], tuple[list[float], float, int, float]] = {}
-        for round_index in range(args.rounds):
-            for concurrency in concurrencies:
-                for target in targets:
-                    for protocol in ("HTTP", "gRPC"):
-                        key = (target.system, protocol, target.batching, concurrency)
-                        cpu_before = cpu_seconds(target.pid)
-                        lat, elapsed, errors = measure(
-                            target, protocol, concurrency, args.duration / args.rounds, x
-                        )
-                        cpu = cpu_seconds(target.pid) - cpu_before
-                        old = cells.get(key, ([], 0.0, 0, 0.0))
-                        cells[key] = (old[0] + lat, old[1] + elapsed, old[2] + errors, old[3] + cpu)
-            print(f"round {round_index + 1}/{args.rounds} done", flush=True)
-    for (system, protocol, batching, concurrency), (lat, elapsed, errors, cpu) in sorted(
-        cells.items(), key=lambda item: (item[0][0], item[0][2], item[0][3], item[0][1])
-    ):
-        rows.append(summarize(system, protocol, batching, concurrency, lat, elapsed, errors, cpu))
+        rows += _measure_rounds(targets, concurrencies, args.rounds, args.duration, x)
 
     print()
     print_table(rows)

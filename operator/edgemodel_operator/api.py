@@ -310,23 +310,27 @@ def _convert(hint: Any, raw: Any, path: str) -> Any:
         return {str(k): str(v) for k, v in raw.items()}
     if dataclasses.is_dataclass(hint):
         return parse(hint, raw, path)  # type: ignore[arg-type]
-    if hint is bool:
-        if not isinstance(raw, bool):
-            raise SpecError(path, f"expected true or false, got {raw!r}")
-        return raw
-    if hint is int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise SpecError(path, f"expected an integer, got {raw!r}")
-        return raw
-    if hint is float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise SpecError(path, f"expected a number, got {raw!r}")
-        return float(raw)
-    if hint is str:
-        if not isinstance(raw, str):
-            raise SpecError(path, f"expected a string, got {raw!r}")
-        return raw
-    raise TypeError(f"unsupported type {hint!r} at {path}")
+    return _convert_scalar(hint, raw, path)
+
+
+# scalar type -> (accepted Python types, what the error calls it); bool is refused where a
+# number is expected (it is an int subclass in Python, not a number in the API).
+_SCALARS: dict[type, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+}
+
+
+def _convert_scalar(hint: Any, raw: Any, path: str) -> Any:
+    if hint not in _SCALARS:
+        raise TypeError(f"unsupported type {hint!r} at {path}")
+    accepted, what = _SCALARS[hint]
+    value: Any = raw
+    if (isinstance(value, bool) and hint is not bool) or not isinstance(value, accepted):
+        raise SpecError(path, f"expected {what}, got {raw!r}")
+    return float(raw) if hint is float else raw
 
 
 def _check_constraints(metadata: Any, value: Any, path: str) -> None:
@@ -346,13 +350,7 @@ def _check_constraints(metadata: Any, value: Any, path: str) -> None:
 
 def _check_cross_field(spec: EdgeModelSpec) -> None:
     """The CRD's CEL rules, repeated so a spec stored under an older CRD is still caught."""
-    comp = spec.compression
-    if comp.quantization == "static-int8" and comp.calibration is None:
-        raise SpecError("spec.compression.calibration", "required when quantization is static-int8")
-    if comp.embedding_bits == 4 and comp.quantization not in ("dynamic-int8", "static-int8"):
-        raise SpecError(
-            "spec.compression.embeddingBits", "4 needs quantization dynamic-int8 or static-int8"
-        )
+    _check_compression(spec.compression)
     if not 1 <= len(spec.targets) <= 16:
         raise SpecError("spec.targets", "must have 1 to 16 items")
     seen: set[str] = set()
@@ -361,30 +359,46 @@ def _check_cross_field(spec: EdgeModelSpec) -> None:
         if target.name in seen:
             raise SpecError(f"{path}.name", f"duplicate target name {target.name!r}")
         seen.add(target.name)
-        if target.replicas.max is not None and target.replicas.min > target.replicas.max:
-            raise SpecError(f"{path}.replicas.min", "must be <= replicas.max")
-        if not target.gpu and "nvidia.com/gpu" in target.resources.limits:
+        _check_target(target, path)
+    _check_rollout_steps(spec.rollout.steps)
+    if spec.autoscaling.scale_down_at >= spec.autoscaling.scale_up_at:
+        raise SpecError("spec.autoscaling.scaleDownAt", "must be below scaleUpAt")
+    if spec.autoscaling.enabled and spec.slo is None:
+        raise SpecError("spec.slo", "required when autoscaling is enabled")
+
+
+def _check_compression(comp: Compression) -> None:
+    if comp.quantization == "static-int8" and comp.calibration is None:
+        raise SpecError("spec.compression.calibration", "required when quantization is static-int8")
+    if comp.embedding_bits == 4 and comp.quantization not in ("dynamic-int8", "static-int8"):
+        raise SpecError(
+            "spec.compression.embeddingBits", "4 needs quantization dynamic-int8 or static-int8"
+        )
+
+
+def _check_target(target: Target, path: str) -> None:
+    if target.replicas.max is not None and target.replicas.min > target.replicas.max:
+        raise SpecError(f"{path}.replicas.min", "must be <= replicas.max")
+    if not target.gpu and "nvidia.com/gpu" in target.resources.limits:
+        raise SpecError(f"{path}.resources.limits", "nvidia.com/gpu needs accelerator nvidia-gpu")
+    for j, toleration in enumerate(target.tolerations):
+        if toleration.operator == "Exists" and toleration.value:
             raise SpecError(
-                f"{path}.resources.limits", "nvidia.com/gpu needs accelerator nvidia-gpu"
+                f"{path}.tolerations[{j}].value", "must be empty when operator is Exists"
             )
-        for j, toleration in enumerate(target.tolerations):
-            if toleration.operator == "Exists" and toleration.value:
-                raise SpecError(
-                    f"{path}.tolerations[{j}].value", "must be empty when operator is Exists"
-                )
-            if toleration.operator == "Exists" and not toleration.key:
-                # Without a key it tolerates every taint: reserved nodes would be open to
-                # any EdgeModel author (docs/security.md).
-                raise SpecError(
-                    f"{path}.tolerations[{j}].key", "is required when operator is Exists"
-                )
-        selected = target.node_selector.get("kubernetes.io/arch")
-        if selected is not None and selected != target.arch:
-            raise SpecError(
-                f"{path}.nodeSelector",
-                f"kubernetes.io/arch={selected} contradicts arch {target.arch}",
-            )
-    steps = spec.rollout.steps
+        if toleration.operator == "Exists" and not toleration.key:
+            # Without a key it tolerates every taint: reserved nodes would be open to any
+            # EdgeModel author (docs/security.md).
+            raise SpecError(f"{path}.tolerations[{j}].key", "is required when operator is Exists")
+    selected = target.node_selector.get("kubernetes.io/arch")
+    if selected is not None and selected != target.arch:
+        raise SpecError(
+            f"{path}.nodeSelector",
+            f"kubernetes.io/arch={selected} contradicts arch {target.arch}",
+        )
+
+
+def _check_rollout_steps(steps: list[int]) -> None:
     if not 1 <= len(steps) <= 20:
         raise SpecError("spec.rollout.steps", "must have 1 to 20 items")
     for i, step in enumerate(steps):
@@ -392,14 +406,10 @@ def _check_cross_field(spec: EdgeModelSpec) -> None:
             raise SpecError(
                 f"spec.rollout.steps[{i}]", f"{step} must be a percent between 1 and 100"
             )
-    if not steps or steps[-1] != 100:
+    if steps[-1] != 100:
         raise SpecError("spec.rollout.steps", "must end at 100")
     if any(b <= a for a, b in itertools.pairwise(steps)):
         raise SpecError("spec.rollout.steps", "must be strictly increasing")
-    if spec.autoscaling.scale_down_at >= spec.autoscaling.scale_up_at:
-        raise SpecError("spec.autoscaling.scaleDownAt", "must be below scaleUpAt")
-    if spec.autoscaling.enabled and spec.slo is None:
-        raise SpecError("spec.slo", "required when autoscaling is enabled")
 
 
 def to_dict(value: Any) -> Any:

@@ -133,48 +133,76 @@ def decide(
         return result(replace(state, below_since=None), start, f"hold: no data ({p95.detail})")
     upper = policy.scale_up_at * slo.latency_p95_ms
     lower = policy.scale_down_at * slo.latency_p95_ms
-    interval = policy.interval_seconds
-
     if value > upper:
-        state = replace(state, below_since=None)
-        over = f"p95 {_ms(value)} > {policy.scale_up_at:g} x SLO = {_ms(upper)}"
-        if start >= high:
-            return result(state, start, f"hold: {over}, at max {high} replicas")
-        last_up = state.last_scale_up_at
-        if last_up is not None and now - last_up < interval:
-            wait = interval - (now - last_up)
-            return result(state, start, f"hold: {over}, cooldown after scale-up ({wait:.0f}s left)")
-        count = min(high, start + step_up(start, value, upper))
         return result(
-            replace(state, last_scale_up_at=now), count, f"scale up {start}->{count}: {over}"
+            *_above(state, policy, value=value, upper=upper, start=start, high=high, now=now)
         )
-
     if value < lower:
-        since = state.below_since if state.below_since is not None else now
-        state = replace(state, below_since=since)
-        under = f"p95 {_ms(value)} < {policy.scale_down_at:g} x SLO = {_ms(lower)}"
-        if start <= low:
-            return result(state, start, f"hold: {under}, at min {low} replicas")
-        below_for = now - since
-        if below_for < policy.stabilization_seconds:
-            return result(
-                state,
-                start,
-                f"hold: {under}, stabilizing ({below_for:.0f}s of {policy.stabilization_seconds}s)",
-            )
-        last = state.last_scale_at
-        if last is not None and now - last < interval:
-            wait = interval - (now - last)
-            return result(state, start, f"hold: {under}, cooldown after scaling ({wait:.0f}s left)")
-        count = start - 1
         return result(
-            replace(state, last_scale_down_at=now),
-            count,
-            f"scale down {start}->{count}: {under} for {below_for:.0f}s",
+            *_below(state, policy, value=value, lower=lower, start=start, low=low, now=now)
         )
-
     return result(
         replace(state, below_since=None),
         start,
         f"hold: p95 {_ms(value)} within [{_ms(lower)}, {_ms(upper)}]",
+    )
+
+
+def _above(
+    state: ScalerState,
+    policy: Autoscaling,
+    *,
+    value: float,
+    upper: float,
+    start: int,
+    high: int,
+    now: float,
+) -> tuple[ScalerState, int, str]:
+    """p95 over the scale-up line: (state, replicas, why) — up by `step_up`, or hold."""
+    state = replace(state, below_since=None)
+    over = f"p95 {_ms(value)} > {policy.scale_up_at:g} x SLO = {_ms(upper)}"
+    if start >= high:
+        return state, start, f"hold: {over}, at max {high} replicas"
+    interval = policy.interval_seconds
+    last_up = state.last_scale_up_at
+    if last_up is not None and now - last_up < interval:
+        wait = interval - (now - last_up)
+        return state, start, f"hold: {over}, cooldown after scale-up ({wait:.0f}s left)"
+    count = min(high, start + step_up(start, value, upper))
+    return replace(state, last_scale_up_at=now), count, f"scale up {start}->{count}: {over}"
+
+
+def _below(
+    state: ScalerState,
+    policy: Autoscaling,
+    *,
+    value: float,
+    lower: float,
+    start: int,
+    low: int,
+    now: float,
+) -> tuple[ScalerState, int, str]:
+    """p95 under the scale-down line: (state, replicas, why) — down by one once stable."""
+    since = state.below_since if state.below_since is not None else now
+    state = replace(state, below_since=since)
+    under = f"p95 {_ms(value)} < {policy.scale_down_at:g} x SLO = {_ms(lower)}"
+    if start <= low:
+        return state, start, f"hold: {under}, at min {low} replicas"
+    below_for = now - since
+    if below_for < policy.stabilization_seconds:
+        return (
+            state,
+            start,
+            f"hold: {under}, stabilizing ({below_for:.0f}s of {policy.stabilization_seconds}s)",
+        )
+    interval = policy.interval_seconds
+    last = state.last_scale_at
+    if last is not None and now - last < interval:
+        wait = interval - (now - last)
+        return state, start, f"hold: {under}, cooldown after scaling ({wait:.0f}s left)"
+    count = start - 1
+    return (
+        replace(state, last_scale_down_at=now),
+        count,
+        f"scale down {start}->{count}: {under} for {below_for:.0f}s",
     )

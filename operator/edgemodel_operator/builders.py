@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from edgemodel_operator import labels as keys
 from edgemodel_operator.api import GROUP, KIND, VERSION, EdgeModelSpec, Target, to_dict
 from edgemodel_operator.revision import CompressionPlan, Variant, compression_plan, variant_of
 from edgemodel_operator.settings import Settings
 
-MANAGER = "edgemodel-operator"
+MANAGER = keys.MANAGER
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -34,12 +35,12 @@ Manifest = dict[str, Any]
 
 def labels(name: str, component: str, **extra: str) -> dict[str, str]:
     out = {
-        "app.kubernetes.io/name": f"edgemodel-{component}",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/part-of": "edgemodel",
-        "app.kubernetes.io/managed-by": MANAGER,
-        "app.kubernetes.io/component": component,
-        "edgemodel.dev/name": name,
+        keys.APP_NAME: f"edgemodel-{component}",
+        keys.INSTANCE: name,
+        keys.PART_OF: "edgemodel",
+        keys.MANAGED_BY: MANAGER,
+        keys.COMPONENT: component,
+        keys.MODEL: name,
     }
     out.update({f"edgemodel.dev/{key}": value for key, value in extra.items()})
     return out
@@ -320,7 +321,7 @@ def compression_job(
             "name": job_name(name, revision, variant),
             "namespace": namespace,
             "labels": job_labels,
-            "annotations": {"edgemodel.dev/compression-note": plan.note} if plan.note else {},
+            "annotations": {keys.COMPRESSION_NOTE: plan.note} if plan.note else {},
             "ownerReferences": [owner_reference(name, uid)],
         },
         "spec": {
@@ -644,7 +645,7 @@ def _server_container(
     }
 
 
-SPEC_HASH = "edgemodel.dev/spec-hash"
+SPEC_HASH = keys.SPEC_HASH
 
 
 def stamp(manifest: Manifest) -> Manifest:
@@ -667,10 +668,7 @@ def runtime_deployment(
 ) -> Manifest:
     variant = variant_of(target)
     pod_labels = labels(name, "runtime", revision=revision, target=target.name, variant=variant)
-    selector = {
-        k: pod_labels[k]
-        for k in ("edgemodel.dev/name", "edgemodel.dev/target", "edgemodel.dev/revision")
-    }
+    selector = {k: pod_labels[k] for k in (keys.MODEL, keys.TARGET, keys.REVISION)}
     node_cache = bool(settings.node_cache_path)
     cache: dict[str, Any] = (
         {
@@ -689,7 +687,7 @@ def runtime_deployment(
                 "name": deployment_name(name, target.name, revision),
                 "namespace": namespace,
                 "labels": pod_labels,
-                "annotations": {"edgemodel.dev/artifact-sha256": artifact_sha256},
+                "annotations": {keys.ARTIFACT_SHA256: artifact_sha256},
                 "ownerReferences": [owner_reference(name, uid)],
             },
             "spec": {
@@ -707,7 +705,7 @@ def runtime_deployment(
                             "prometheus.io/scrape": "true",
                             "prometheus.io/port": str(METRICS_PORT),
                             "prometheus.io/path": "/metrics",
-                            "edgemodel.dev/artifact-sha256": artifact_sha256,
+                            keys.ARTIFACT_SHA256: artifact_sha256,
                         },
                     },
                     "spec": with_image_pull(
@@ -751,7 +749,7 @@ def target_service(name: str, namespace: str, uid: str, target: Target) -> Manif
             "ownerReferences": [owner_reference(name, uid)],
         },
         "spec": {
-            "selector": {"edgemodel.dev/name": name, "edgemodel.dev/target": target.name},
+            "selector": {keys.MODEL: name, keys.TARGET: target.name},
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {
@@ -834,10 +832,10 @@ def artifact_store(settings: Settings) -> list[Manifest]:
     """
     name, namespace = settings.artifact_service, settings.namespace
     store_labels = {
-        "app.kubernetes.io/name": "edgemodel-artifacts",
-        "app.kubernetes.io/part-of": "edgemodel",
-        "app.kubernetes.io/managed-by": MANAGER,
-        "app.kubernetes.io/component": "artifact-store",
+        keys.APP_NAME: "edgemodel-artifacts",
+        keys.PART_OF: "edgemodel",
+        keys.MANAGED_BY: MANAGER,
+        keys.COMPONENT: "artifact-store",
     }
     return [
         {
@@ -861,7 +859,7 @@ def artifact_store(settings: Settings) -> list[Manifest]:
             "spec": {
                 "replicas": 1,
                 "strategy": {"type": "Recreate"},  # a ReadWriteOnce volume has one writer
-                "selector": {"matchLabels": {"app.kubernetes.io/name": "edgemodel-artifacts"}},
+                "selector": {"matchLabels": {keys.APP_NAME: "edgemodel-artifacts"}},
                 "template": {
                     "metadata": {"labels": store_labels},
                     "spec": with_image_pull(
@@ -933,7 +931,7 @@ def artifact_store(settings: Settings) -> list[Manifest]:
             "kind": "Service",
             "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
             "spec": {
-                "selector": {"app.kubernetes.io/name": "edgemodel-artifacts"},
+                "selector": {keys.APP_NAME: "edgemodel-artifacts"},
                 "ports": [{"name": "http", "port": settings.artifact_port, "targetPort": "http"}],
             },
         },
@@ -943,7 +941,7 @@ def artifact_store(settings: Settings) -> list[Manifest]:
 # ------------------------------------------------------------------ pull secrets
 
 
-PULL_SECRET_SOURCE = "edgemodel.dev/copied-from"
+PULL_SECRET_SOURCE = keys.COPIED_FROM
 
 
 def pull_secret_copy(source: Mapping[str, Any], namespace: str) -> Manifest:
@@ -960,9 +958,9 @@ def pull_secret_copy(source: Mapping[str, Any], namespace: str) -> Manifest:
             "name": meta["name"],
             "namespace": namespace,
             "labels": {
-                "app.kubernetes.io/part-of": "edgemodel",
-                "app.kubernetes.io/managed-by": MANAGER,
-                "app.kubernetes.io/component": "pull-secret",
+                keys.PART_OF: "edgemodel",
+                keys.MANAGED_BY: MANAGER,
+                keys.COMPONENT: "pull-secret",
             },
             "annotations": {PULL_SECRET_SOURCE: f"{meta.get('namespace', '')}/{meta['name']}"},
         },
@@ -999,7 +997,7 @@ def pull_secret_copies(
         present = existing.get(name)
         if present is not None:
             present_labels = (present.get("metadata") or {}).get("labels") or {}
-            if present_labels.get("app.kubernetes.io/managed-by") != MANAGER:
+            if present_labels.get(keys.MANAGED_BY) != MANAGER:
                 continue  # the user's own Secret of that name: theirs to keep
         copy = pull_secret_copy(source, namespace)
         if present is not None and _same_copy(present, copy):

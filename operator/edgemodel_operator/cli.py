@@ -13,6 +13,15 @@ from edgemodel_operator.settings import RUNTIME_IMAGE, TRITON_IMAGE, Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_scope_arguments(parser)
+    _add_image_arguments(parser)
+    _add_cluster_arguments(parser)
+    _add_prometheus_arguments(parser)
+    _add_process_arguments(parser)
+
+
+def _add_scope_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which namespaces are watched, and peering between replicas."""
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
         "--all-namespaces",
@@ -45,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="this replica's peering priority; the highest is active (default: random)",
     )
+
+
+def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The images and the artifact store the operator deploys, and how pods pull images."""
     parser.add_argument("--runtime-image", default=RUNTIME_IMAGE)
     parser.add_argument("--triton-image", default=TRITON_IMAGE)
     parser.add_argument(
@@ -79,6 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="let GPU targets serve from the CPU when CUDA does not work (default: the server "
         "exits and the EdgeModel says so; the sandbox's simulated GPU nodes need this)",
     )
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where artifacts, node caches and in-cluster Services are reached."""
     parser.add_argument(
         "--artifact-url",
         default="",
@@ -97,6 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="reach in-cluster Services through their EndpointSlices (operator outside the "
         "cluster network, as in the sandbox)",
     )
+
+
+def _add_prometheus_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Prometheus the SLO loop queries and which ones annotations may name."""
     parser.add_argument("--prometheus-url", default=os.environ.get("EDGEMODEL_PROMETHEUS_URL", ""))
     # The chart mounts the token and CA and names their paths in these variables.
     parser.add_argument(
@@ -118,6 +139,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Prometheus the edgemodel.dev/prometheus-url annotation may name; it never gets "
         "the token or CA of --prometheus-url (repeatable; none: the annotation is refused)",
     )
+
+
+def _add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """Node paths, the metrics server, concurrency, liveness and logging."""
     parser.add_argument(
         "--host-path-allow",
         action="append",

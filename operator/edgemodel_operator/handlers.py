@@ -1,10 +1,13 @@
 """Owns the kopf wiring: watch events feed a work queue; workers observe, decide, apply.
 
 Handlers only gather and apply (principle 1): `reconcile` reads the EdgeModel and what it
-owns, hands them to `lifecycle.transition`, applies the returned actions through the one
-API client, and writes status only when it changed. No kopf daemons or timers per object
-(they would put a finalizer on every EdgeModel and block its deletion whenever the operator
-is down); ownerReferences let the garbage collector remove what an EdgeModel owned.
+owns from the watch-fed caches (cache.py; no API request unless something must change),
+asks `observe.readings_needed` which SLO readings the pass needs and takes only those (one
+shared HTTP session for Prometheus), hands them to `lifecycle.transition`, applies the
+returned actions through the one API client, and writes status only when it changed. No
+kopf daemons or timers per object (they would put a finalizer on every EdgeModel and block
+its deletion whenever the operator is down); ownerReferences let the garbage collector
+remove what an EdgeModel owned.
 """
 
 from __future__ import annotations
@@ -13,26 +16,30 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import kopf
 
 from edgemodel_operator import (
     artifact_lookup,
     builders,
     canary,
+    labels,
     metrics,
     observe,
     providers,
     telemetry,
 )
-from edgemodel_operator.api import GROUP, KIND, PLURAL, VERSION, SpecError, parse_spec
+from edgemodel_operator.api import SpecError, parse_spec
+from edgemodel_operator.cache import DELETED, ModelCache, Owned, OwnedCache
 from edgemodel_operator.conditions import set_condition
-from edgemodel_operator.kube import Credentials, Kube, KubeError, OwnershipConflict
+from edgemodel_operator.kube import Credentials, Kube, KubeError, OwnershipConflict, counting
 from edgemodel_operator.lifecycle import (
     Apply,
     Delete,
@@ -43,16 +50,25 @@ from edgemodel_operator.lifecycle import (
     State,
     transition,
 )
+from edgemodel_operator.observe import Readings, ReadingsPlan, readings_needed
 from edgemodel_operator.placement import Requirements, explain_unplaceable
 from edgemodel_operator.revision import revision_of, variants
 from edgemodel_operator.settings import Settings
 from edgemodel_operator.workqueue import WorkQueue
 
 log = logging.getLogger("edgemodel.operator")
-EM_API = f"{GROUP}/{VERSION}"
+GROUP, VERSION, PLURAL, KIND = labels.GROUP, labels.VERSION, labels.PLURAL, labels.KIND
+EM_API = labels.EDGEMODEL_API_VERSION
 Key = tuple[str, str]  # (namespace, name)
-MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGER}
+MANAGED = labels.MANAGED
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# Benchmark switch (bench/operator --no-cache): observe by GET + four LISTs per pass, as
+# before the watch-fed caches, to measure the API requests they save.
+OBSERVE_BY_LIST_ENV = "EDGEMODEL_OBSERVE_BY_LIST"
+
+
+def _observe_by_list() -> bool:
+    return os.environ.get(OBSERVE_BY_LIST_ENV, "") == "1"
 
 
 @dataclass
@@ -69,7 +85,24 @@ class Runtime:
     reconciles: int = 0
     metrics_port: int = 0
     listen_address: str = "0.0.0.0"
+    # What the watches said (cache.py): read instead of a GET and four LISTs per pass.
+    owned: OwnedCache = field(default_factory=OwnedCache)
+    models: ModelCache = field(default_factory=ModelCache)
+    observe_by_list: bool = field(default_factory=_observe_by_list)
     _prometheus: dict[str, metrics.PrometheusClient] = field(default_factory=dict)
+    # One HTTP session for every Prometheus query (opened on first use, closed on cleanup).
+    _http: aiohttp.ClientSession | None = None
+
+    def http_session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def close_http(self) -> None:
+        self._prometheus.clear()  # its clients hold the session closed here
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     def prometheus_client(self, url: str) -> metrics.PrometheusClient:
         """The client for `url`; only the operator-configured Prometheus gets its credentials.
@@ -87,6 +120,7 @@ class Runtime:
                 token_file=(settings.prometheus_token_file or None) if own else None,
                 ca_file=(settings.prometheus_ca_file or None) if own else None,
                 insecure=settings.prometheus_insecure and own,
+                session=self.http_session(),
             )
             self._prometheus[url] = client
         return client
@@ -154,13 +188,17 @@ async def cleanup(memo: Any, **_: Any) -> None:
             await task
     if runtime.kube is not None:
         await runtime.kube.close()
+    await runtime.close_http()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def edgemodel_event(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+def edgemodel_event(
+    type: str, namespace: str | None, name: str, body: Any, memo: Any, **_: Any
+) -> None:
     runtime = _runtime(memo)
     key: Key = (namespace or "", name)
-    if type == "DELETED":
+    runtime.models.observe(type, body)
+    if type == DELETED:
         runtime.queue.forget(key)
         telemetry.forget(*key)
         runtime.unplaceable.discard(key)
@@ -168,25 +206,70 @@ def edgemodel_event(type: str, namespace: str | None, name: str, memo: Any, **_:
     runtime.queue.add(key)
 
 
-def _owned_event(labels: Mapping[str, str], namespace: str | None, memo: Any) -> None:
-    owner = labels.get("edgemodel.dev/name")
-    if owner and namespace:
-        _runtime(memo).queue.add((namespace, owner))
+# The watch-fed cache of owned objects (cache.py). kopf runs every index handler while it
+# lists and watches, and runs no other handler until each indexed kind has been listed once,
+# so no reconcile is queued before the cache holds every existing object. Index handlers are
+# not called for deletions: the event handlers below pass those on.
+
+
+def _index(kind: str, body: Any, memo: Any) -> None:
+    _runtime(memo).owned.observe(kind, None, body)
+
+
+@kopf.index("batch", "v1", "jobs")
+def owned_jobs(body: Any, memo: Any, **_: Any) -> None:
+    _index("Job", body, memo)
+
+
+@kopf.index("apps", "v1", "deployments")
+def owned_deployments(body: Any, memo: Any, **_: Any) -> None:
+    _index("Deployment", body, memo)
+
+
+@kopf.index("", "v1", "services")
+def owned_services(body: Any, memo: Any, **_: Any) -> None:
+    _index("Service", body, memo)
+
+
+@kopf.index("", "v1", "pods")
+def owned_pods(body: Any, memo: Any, **_: Any) -> None:
+    _index("Pod", body, memo)
+
+
+def _owned_event(
+    kind: str, type: str | None, body: Any, namespace: str | None, memo: Any, queue: bool = True
+) -> None:
+    runtime = _runtime(memo)
+    if type == DELETED:
+        runtime.owned.observe(kind, type, body)
+    owner = (body.get("metadata", {}).get("labels") or {}).get(labels.MODEL)
+    if queue and owner and namespace:
+        runtime.queue.add((namespace, owner))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
-    _owned_event(labels, namespace, memo)
+def job_event(type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
+    _owned_event("Job", type, body, namespace, memo)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
-    _owned_event(labels, namespace, memo)
+def deployment_event(
+    type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    _owned_event("Deployment", type, body, namespace, memo)
 
 
-@kopf.on.event("", "v1", "pods", labels={**MANAGED, "app.kubernetes.io/component": "runtime"})
-def pod_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
-    _owned_event(labels, namespace, memo)
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+def service_event(type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
+    _owned_event("Service", type, body, namespace, memo)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+def pod_event(type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
+    # Runtime pods queue their EdgeModel (readiness, scheduling); a Job's pods only need to
+    # be current in the cache (their Job's own events queue it).
+    component = (body.get("metadata", {}).get("labels") or {}).get(labels.COMPONENT)
+    _owned_event("Pod", type, body, namespace, memo, queue=component == labels.COMPONENT_RUNTIME)
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -206,8 +289,10 @@ async def _worker(runtime: Runtime, index: int) -> None:
         key = await runtime.queue.get()
         started = time.monotonic()
         result = "ok"
+        calls = [0]
         try:
-            delay = await reconcile(runtime, key)
+            with counting() as calls:
+                delay = await reconcile(runtime, key)
         except asyncio.CancelledError:
             raise
         except KubeError as exc:
@@ -223,7 +308,14 @@ async def _worker(runtime: Runtime, index: int) -> None:
         runtime.reconciles += 1
         if delay is not None:
             runtime.queue.add_after(key, delay)
-        log.debug("reconciled", extra={"key": key, "seconds": round(time.monotonic() - started, 3)})
+        log.debug(
+            "reconciled",
+            extra={
+                "key": key,
+                "seconds": round(time.monotonic() - started, 3),
+                "api_requests": calls[0],
+            },
+        )
 
 
 async def reconcile(runtime: Runtime, key: Key) -> float | None:
@@ -231,7 +323,9 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     kube = runtime.kube
     assert kube is not None
     namespace, name = key
-    body = await kube.get(EM_API, KIND, namespace, name)
+    body = None if runtime.observe_by_list else runtime.models.get(key)
+    if body is None:
+        body = await kube.get(EM_API, KIND, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     meta = body["metadata"]
@@ -260,7 +354,10 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     # Writes of different objects go out together (a model's first pass makes a dozen);
     # deletions and Events follow, in the order decided.
     applies = [a for a in actions if isinstance(a, Apply)]
-    conflicts = [c for c in await asyncio.gather(*(_apply_owned(kube, a) for a in applies)) if c]
+    known = None if runtime.observe_by_list else runtime.owned
+    conflicts = [
+        c for c in await asyncio.gather(*(_apply_owned(kube, a, known) for a in applies)) if c
+    ]
     for action in actions:
         if isinstance(action, (Delete, Event)):
             await _apply(kube, body, action)
@@ -271,14 +368,17 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
         try:
             # Precondition on the version read above: a status computed from an older read
             # (another replica during a rolling upgrade) is refused, re-read and recomputed.
-            await kube.patch_status(
+            written = await kube.patch_status(
                 EM_API, KIND, namespace, name, new_status, meta.get("resourceVersion")
             )
         except KubeError as exc:
             if exc.status != 409:
                 raise
             log.info("status changed meanwhile; recomputing", extra={"key": key})
+            runtime.models.forget(key)  # the next pass reads it afresh
             return 1.0
+        # Read-your-writes: the next pass starts from this status, not from an older watch copy.
+        runtime.models.offer(written)
         if conflicts and not _conflicted(status):
             await kube.event(body, "Warning", "OwnershipConflict", "; ".join(conflicts))
     telemetry.record_status(
@@ -297,29 +397,28 @@ async def _observe(
     meta_annotations: Mapping[str, str],
 ) -> Observed:
     ns, name = desired.namespace, desired.name
-    owned = {"edgemodel.dev/name": name, **MANAGED}
-    jobs_raw, deps_raw, svcs_raw, pods_raw = await asyncio.gather(
-        kube.list(
-            "batch/v1", "Job", ns, labels={**owned, "app.kubernetes.io/component": "compression"}
-        ),
-        kube.list(
-            "apps/v1", "Deployment", ns, labels={**owned, "app.kubernetes.io/component": "runtime"}
-        ),
-        kube.list("v1", "Service", ns, labels={**owned, "app.kubernetes.io/component": "runtime"}),
-        kube.list("v1", "Pod", ns, labels={**owned}),
+    if runtime.observe_by_list:
+        owned = await _list_owned(kube, ns, name)
+    else:
+        owned = runtime.owned.owned((ns, name))
+    jobs_raw, deps_raw, svcs_raw, pods_raw = (
+        owned.jobs,
+        owned.deployments,
+        owned.services,
+        owned.pods,
     )
     jobs = []
     for job in jobs_raw:
         job_pods = [
             p
             for p in pods_raw
-            if (p["metadata"].get("labels") or {}).get("job-name") == job["metadata"]["name"]
+            if (p["metadata"].get("labels") or {}).get(labels.JOB_NAME) == job["metadata"]["name"]
         ]
         jobs.append(observe.job_observation(job, job_pods))
     runtime_pods = [
         p
         for p in pods_raw
-        if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "runtime"
+        if (p["metadata"].get("labels") or {}).get(labels.COMPONENT) == labels.COMPONENT_RUNTIME
     ]
     unschedulable = observe.unschedulable_targets(runtime_pods)
     if unschedulable:
@@ -353,14 +452,25 @@ async def _observe(
     if missing and store_ready:
         base = await _artifact_base_url(runtime, kube)
         if base:
+            digest = builders.revision_digest(desired.spec)
             for variant in missing:
                 key = builders.artifact_key(desired.revision, variant)
-                found = await artifact_lookup.lookup(base, key)
-                if found:
-                    artifacts[key] = found
-    readings = await _measure(runtime, desired, state, meta_annotations)
+                # Only a record a compression Job of *this* EdgeModel published (the store
+                # checks that) for this very revision digest lets it skip compression.
+                found = await artifact_lookup.lookup_record(
+                    base, desired.namespace, desired.uid, digest, variant
+                )
+                if found.summary:
+                    artifacts[key] = found.summary
+                # found.problem (a malformed record, naming the field): see the lifecycle's
+                # condition for it; until then the revision is compressed again.
+    plan = readings_needed(desired, state, datetime.now(UTC))
+    readings = await _measure(runtime, desired, plan, meta_annotations)
     return Observed(
-        **readings,
+        p95=readings.p95,
+        errors=readings.errors,
+        analysis=readings.analysis,
+        guard=readings.guard,
         jobs=jobs,
         deployments=[observe.deployment_observation(d) for d in deps_raw],
         services=frozenset(s["metadata"]["name"] for s in svcs_raw),
@@ -369,6 +479,21 @@ async def _observe(
         store_ready=store_ready,
         provider_fallbacks=providers.provider_fallbacks(runtime_pods),
     )
+
+
+async def _list_owned(kube: Kube, ns: str, name: str) -> Owned:
+    """What `name` owns, by four LISTs (the path before the caches; bench --no-cache)."""
+    jobs, deps, svcs, pods = await asyncio.gather(
+        kube.list(
+            "batch/v1", "Job", ns, labels=labels.owned_by(name, labels.COMPONENT_COMPRESSION)
+        ),
+        kube.list(
+            "apps/v1", "Deployment", ns, labels=labels.owned_by(name, labels.COMPONENT_RUNTIME)
+        ),
+        kube.list("v1", "Service", ns, labels=labels.owned_by(name, labels.COMPONENT_RUNTIME)),
+        kube.list("v1", "Pod", ns, labels=labels.owned_by(name)),
+    )
+    return Owned(tuple(jobs), tuple(deps), tuple(svcs), tuple(pods))
 
 
 def _worst(readings: list[metrics.Reading]) -> metrics.Reading:
@@ -382,13 +507,13 @@ def _worst(readings: list[metrics.Reading]) -> metrics.Reading:
 
 
 async def _measure(
-    runtime: Runtime, desired: Desired, state: State, annotations: Mapping[str, str]
-) -> dict[str, Any]:
-    """The SLO readings this pass needs (principle 4: each one classified, none raises)."""
+    runtime: Runtime, desired: Desired, plan: ReadingsPlan, annotations: Mapping[str, str]
+) -> Readings:
+    """The SLO readings `plan` names (principle 4: each one classified, none raises)."""
     spec = desired.spec
     slo = spec.slo
-    if slo is None:
-        return {}
+    if slo is None or not plan.current:
+        return Readings()
     ns, name, rev = desired.namespace, desired.name, desired.revision
     try:
         url = metrics.allowed_prometheus_url(
@@ -400,39 +525,29 @@ async def _measure(
         problem = "" if url else "no Prometheus URL configured (--prometheus-url)"
     if problem:
         broken = metrics.Reading(metrics.Outcome.ERROR, None, None, problem)
-        return {"p95": {t.name: broken for t in spec.targets}, "analysis": broken, "guard": broken}
+        return Readings(p95={t.name: broken for t in spec.targets}, analysis=broken, guard=broken)
     client = runtime.prometheus_client(url)
-    window = max(10, spec.autoscaling.interval_seconds)
+    window = plan.window_s
     p95s = await asyncio.gather(
         *(client.p95_ms(ns, name, None, t.name, window, slo) for t in spec.targets)
     )
     errs = await asyncio.gather(
         *(client.error_rate(ns, name, None, t.name, window, slo) for t in spec.targets)
     )
-    out: dict[str, Any] = {
-        "p95": {t.name: r for t, r in zip(spec.targets, p95s, strict=True)},
-        "errors": {t.name: r for t, r in zip(spec.targets, errs, strict=True)},
-    }
-    rollout = canary.RolloutState.from_dict(state.rollout.get("canary"))
-    stable = state.stable_revision
-    analysis_window = max(10, spec.rollout.analysis_interval_seconds)
-    if stable and stable != rev and rollout.rolled_back_at is None:
+    analysis: metrics.Reading | None = None
+    guard: metrics.Reading | None = None
+    analysis_window = plan.analysis_window_s
+    if plan.canary_vs:
         checks = []
         for target in spec.targets:
             c_p95, c_err, s_p95 = await asyncio.gather(
                 client.p95_ms(ns, name, rev, target.name, analysis_window, slo),
                 client.error_rate(ns, name, rev, target.name, analysis_window, slo),
-                client.p95_ms(ns, name, stable, target.name, analysis_window, slo),
+                client.p95_ms(ns, name, plan.canary_vs, target.name, analysis_window, slo),
             )
             checks.append(canary.analyse(c_p95, c_err, s_p95, slo))
-        out["analysis"] = _worst(checks)
-    if (
-        stable == rev
-        and rollout.canary_revision == rev
-        and rollout.guard_active(
-            datetime.now(UTC).timestamp(), spec.rollout.post_promotion_guard_seconds
-        )
-    ):
+        analysis = _worst(checks)
+    if plan.guard:
         checks = []
         for target in spec.targets:
             g_p95, g_err = await asyncio.gather(
@@ -440,8 +555,13 @@ async def _measure(
                 client.error_rate(ns, name, rev, target.name, analysis_window, slo),
             )
             checks.append(_worst([g_p95, g_err]))
-        out["guard"] = _worst(checks)
-    return out
+        guard = _worst(checks)
+    return Readings(
+        p95={t.name: r for t, r in zip(spec.targets, p95s, strict=True)},
+        errors={t.name: r for t, r in zip(spec.targets, errs, strict=True)},
+        analysis=analysis,
+        guard=guard,
+    )
 
 
 async def _sync_pull_secrets(runtime: Runtime, kube: Kube, namespace: str) -> None:
@@ -484,10 +604,19 @@ async def _artifact_base_url(runtime: Runtime, kube: Kube) -> str | None:
     return f"http://{address}" if address else None
 
 
-async def _apply_owned(kube: Kube, action: Apply) -> str | None:
-    """Applies one manifest; the conflict's text when the object is someone else's."""
+async def _apply_owned(kube: Kube, action: Apply, cache: OwnedCache | None) -> str | None:
+    """Applies one manifest; the conflict's text when the object is someone else's.
+
+    An object the watch-fed cache already shows as this EdgeModel's is written without the
+    ownership GET (kube.Kube.apply, `known`)."""
+    meta = action.manifest["metadata"]
+    known = (
+        cache.find(action.manifest["kind"], meta.get("namespace") or "", meta["name"])
+        if cache is not None
+        else None
+    )
     try:
-        await kube.apply(action.manifest)
+        await kube.apply(action.manifest, known)
     except OwnershipConflict as exc:
         return str(exc).removeprefix("409: ")
     return None

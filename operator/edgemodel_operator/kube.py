@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import random
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +31,11 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
-from edgemodel_operator.api import GROUP, KIND, PLURAL, VERSION
+from edgemodel_operator.labels import GROUP, KIND, MANAGER, PLURAL, SERVICE_NAME, VERSION
 
 log = logging.getLogger("edgemodel.kube")
 
-FIELD_MANAGER = "edgemodel-operator"
+FIELD_MANAGER = MANAGER
 RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     # (apiVersion, kind) -> (plural, namespaced)
     ("v1", "Pod"): ("pods", True),
@@ -49,6 +51,20 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     (f"{GROUP}/{VERSION}", KIND): (PLURAL, True),
 }
 RETRYABLE = {429, 500, 502, 503, 504}
+# Requests sent (every attempt) while a `counting()` block is active in this task and the
+# tasks it starts: how the worker reports API requests per reconcile.
+_COUNTER: ContextVar[list[int] | None] = ContextVar("edgemodel_kube_requests", default=None)
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[list[int]]:
+    """Counts the API requests made inside the block (read `[0]` of what it yields)."""
+    box = [0]
+    token = _COUNTER.set(box)
+    try:
+        yield box
+    finally:
+        _COUNTER.reset(token)
 
 
 class KubeError(Exception):
@@ -170,6 +186,7 @@ class Kube:
         self._credentials = credentials
         self._attempts = attempts
         self._token = credentials.token
+        self.requests = 0  # every request sent, all attempts (bench/operator reads it)
         headers = {"Accept": "application/json", "User-Agent": "edgemodel-operator"}
         self._session = aiohttp.ClientSession(
             base_url=credentials.server.rstrip("/") + "/",
@@ -210,6 +227,10 @@ class Kube:
         attempt = 0
         while attempt < self._attempts:
             attempt += 1
+            self.requests += 1
+            box = _COUNTER.get()
+            if box is not None:
+                box[0] += 1
             try:
                 async with self._session.request(
                     method,
@@ -270,19 +291,64 @@ class Kube:
         items: list[dict[str, Any]] = (result or {}).get("items", [])
         return items
 
-    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        resource_version: str = "",
+        timeout_s: int = 3600,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch events ({"type", "object"}) of a collection, until the server ends it.
+
+        Not retried here: the caller re-lists and watches on (a 410, or a stream the server
+        dropped because the watcher fell behind). The operator's own watches are kopf's; this
+        one serves the benches and tools that speak to the API server through this client.
+        """
+        params = {"watch": "1", "timeoutSeconds": str(timeout_s)}
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        url = resource_path(api_version, kind, namespace).lstrip("/") + "?" + urlencode(params)
+        self.requests += 1
+        box = _COUNTER.get()
+        if box is not None:
+            box[0] += 1
+        async with self._session.get(
+            url,
+            headers=self._auth_headers(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30),
+        ) as response:
+            if response.status != 200:
+                raise KubeError(response.status, _message(await response.text()))
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = (event.get("object") or {}).get("code") or 500
+                    raise KubeError(int(status), str((event.get("object") or {}).get("message")))
+                yield event
+
+    async def apply(
+        self, manifest: Mapping[str, Any], known: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Server-side apply: create or update to match `manifest`; our fields win conflicts.
 
         Forcing is only safe on objects we own: a manifest with a controller ownerReference
         (everything an EdgeModel owns) is applied only when no object of that name exists or
         the existing one has the same controller; otherwise OwnershipConflict, and nothing
         is written (a user's Service of the same name is never taken over).
+
+        `known`: the object as the operator's watch last reported it (cache.py). When that
+        copy already has this manifest's controller, the ownership GET is skipped (one
+        request fewer); anything else, or nothing known, is read afresh before deciding.
         """
         meta = manifest["metadata"]
         path = resource_path(
             manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]
         )
-        if controller_of(manifest) is not None:
+        ours = known is not None and foreign_owner(known, manifest) is None
+        if controller_of(manifest) is not None and not ours:
             existing = await self.request("GET", path)
             owner = foreign_owner(existing, manifest) if existing else None
             if owner is not None:
@@ -376,7 +442,7 @@ class Kube:
             "discovery.k8s.io/v1",
             "EndpointSlice",
             namespace,
-            labels={"kubernetes.io/service-name": service},
+            labels={SERVICE_NAME: service},
         )
         for item in slices:
             port = next(

@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from edgemodel_operator import labels
 from edgemodel_operator.api import SLO
 from edgemodel_operator.readings import (
     Outcome,
@@ -79,7 +80,7 @@ MAX_RESPONSE_BYTES = 1 << 20  # an instant query's answer is tiny; never buffer 
 REQUESTS_METRIC = "edgemodel_requests_total"
 
 # Per-object override of the operator-wide Prometheus URL.
-PROMETHEUS_URL_ANNOTATION = "edgemodel.dev/prometheus-url"
+PROMETHEUS_URL_ANNOTATION = labels.PROMETHEUS_URL
 
 # HTTP statuses are numeric (5xx); gRPC codes are names. One regex serves both because the
 # runtime puts either in the same `code` label.

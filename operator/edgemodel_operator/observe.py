@@ -4,16 +4,24 @@ The handler lists Jobs, Pods, Deployments and Services; these functions read wha
 out of them — a Job's outcome and the report its publish step left in its termination
 message, a Deployment's availability, a pod the scheduler could not place — so the decision
 in lifecycle/ never touches a raw API dict.
+
+It also decides, purely, which SLO readings a pass needs (`readings_needed`), so the handler
+only runs the queries a `ReadingsPlan` names and hands back one typed `Readings` value.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from edgemodel_operator.lifecycle import DeploymentObs, JobObs
+from edgemodel_operator import labels
+from edgemodel_operator.canary import RolloutState
+from edgemodel_operator.lifecycle import DeploymentObs, Desired, JobObs, State
 from edgemodel_operator.lifecycle.compression import ATTEMPT_ANNOTATION
+from edgemodel_operator.readings import Reading
 
 GATE_FAILED_EXIT = 3
 
@@ -38,7 +46,7 @@ def _last_lines(text: str, lines: int = 3, limit: int = 600) -> str:
 
 def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObs:
     """A compression Job's outcome, with the report or the reason it failed."""
-    labels = (job.get("metadata") or {}).get("labels") or {}
+    job_labels = (job.get("metadata") or {}).get("labels") or {}
     conditions = _conditions(job)
     complete = (conditions.get("Complete") or {}).get("status") == "True"
     failed = (conditions.get("Failed") or {}).get("status") == "True"
@@ -78,8 +86,8 @@ def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
     attempt = str(annotations.get(ATTEMPT_ANNOTATION) or "1")
     return JobObs(
         name=(job.get("metadata") or {}).get("name", ""),
-        revision=labels.get("edgemodel.dev/revision", ""),
-        variant=labels.get("edgemodel.dev/variant", ""),
+        revision=job_labels.get(labels.REVISION, ""),
+        variant=job_labels.get(labels.VARIANT, ""),
         active=bool((job.get("status") or {}).get("active")),
         succeeded=complete,
         failed=failed,
@@ -92,20 +100,20 @@ def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
 
 def deployment_observation(dep: Mapping[str, Any]) -> DeploymentObs:
     meta = dep.get("metadata") or {}
-    labels = meta.get("labels") or {}
+    dep_labels = meta.get("labels") or {}
     status = dep.get("status") or {}
     spec = dep.get("spec") or {}
     return DeploymentObs(
         name=meta.get("name", ""),
-        revision=labels.get("edgemodel.dev/revision", ""),
-        target=labels.get("edgemodel.dev/target", ""),
+        revision=dep_labels.get(labels.REVISION, ""),
+        target=dep_labels.get(labels.TARGET, ""),
         replicas=int(spec.get("replicas", 1)),
         ready=int(status.get("readyReplicas") or 0),
         available=int(status.get("availableReplicas") or 0),
         updated=int(status.get("updatedReplicas") or 0),
         current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
-        artifact_sha256=(meta.get("annotations") or {}).get("edgemodel.dev/artifact-sha256", ""),
-        spec_hash=(meta.get("annotations") or {}).get("edgemodel.dev/spec-hash", ""),
+        artifact_sha256=(meta.get("annotations") or {}).get(labels.ARTIFACT_SHA256, ""),
+        spec_hash=(meta.get("annotations") or {}).get(labels.SPEC_HASH, ""),
     )
 
 
@@ -117,7 +125,61 @@ def unschedulable_targets(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
             continue
         scheduled = _conditions(pod).get("PodScheduled") or {}
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-            target = ((pod.get("metadata") or {}).get("labels") or {}).get("edgemodel.dev/target")
+            target = ((pod.get("metadata") or {}).get("labels") or {}).get(labels.TARGET)
             if target:
                 out[target] = str(scheduled.get("message", "unschedulable"))
     return out
+
+
+# ------------------------------------------------------------------ SLO readings
+
+
+@dataclass(frozen=True)
+class ReadingsPlan:
+    """Which SLO readings one pass needs; `readings_needed` decides it, the handler queries it.
+
+    `current`: p95 and error rate of what serves each target now (autoscaler, status), over
+    `window_s`. `canary_vs`: the stable revision the canary is analysed against (empty: no
+    analysis). `guard`: the promoted revision is checked during its post-promotion guard.
+    Analysis and guard look back `analysis_window_s`.
+    """
+
+    current: bool = False
+    window_s: int = 0
+    canary_vs: str = ""
+    guard: bool = False
+    analysis_window_s: int = 0
+
+
+@dataclass(frozen=True)
+class Readings:
+    """The SLO readings of one pass, as the lifecycle's `Observed` takes them."""
+
+    p95: Mapping[str, Reading] = field(default_factory=dict)
+    errors: Mapping[str, Reading] = field(default_factory=dict)
+    analysis: Reading | None = None
+    guard: Reading | None = None
+
+
+def readings_needed(desired: Desired, state: State, now: datetime) -> ReadingsPlan:
+    """The readings this pass needs (pure): none without an SLO; the current ones with it;
+    a canary analysis while a revision other than the stable one rolls out (and has not
+    been rolled back); the guard check while the just-promoted revision is under guard."""
+    spec = desired.spec
+    if spec.slo is None:
+        return ReadingsPlan()
+    rev, stable = desired.revision, state.stable_revision
+    rollout = RolloutState.from_dict(state.rollout.get("canary"))
+    analysing = bool(stable) and stable != rev and rollout.rolled_back_at is None
+    guarding = (
+        stable == rev
+        and rollout.canary_revision == rev
+        and rollout.guard_active(now.timestamp(), spec.rollout.post_promotion_guard_seconds)
+    )
+    return ReadingsPlan(
+        current=True,
+        window_s=max(10, spec.autoscaling.interval_seconds),
+        canary_vs=stable if analysing else "",
+        guard=guarding,
+        analysis_window_s=max(10, spec.rollout.analysis_interval_seconds),
+    )

@@ -19,6 +19,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgemodel_runtime.artifacts.cache import NodeCache
 
 DEFAULT_CACHE_MAX_BYTES = 20 << 30  # artifacts.cache.DEFAULT_CACHE_MAX_BYTES
 EXIT_FAILED = 1
@@ -55,14 +59,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Failed(Exception):
+    """Ends the command with an exit code and a one-line reason on stderr."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
 def run(args: argparse.Namespace) -> int:
     from edgemodel_runtime.artifacts import cache as node_cache
-    from edgemodel_runtime.artifacts import client
-    from edgemodel_runtime.sources import SourceError, local_path, normalize_sha256
 
-    def fail(code: int, reason: str) -> int:
-        print(f"edgemodel fetch: {reason}", file=sys.stderr)
-        return code
+    try:
+        sha256, uri = _validated(args)
+        if args.fp16 and not args.gpu:
+            # TensorRT is a GPU accelerator; on CPU the flag has nothing to act on.
+            print("edgemodel fetch: --fp16 ignored without --gpu", file=sys.stderr)
+        store = node_cache.NodeCache(args.cache)
+        cached, hit = _obtain(store, sha256, uri, args)
+        placed = _place(cached, args)
+    except _Failed as failed:
+        print(f"edgemodel fetch: {failed}", file=sys.stderr)
+        return failed.code
+    _evict(store, sha256, args)
+    print(
+        json.dumps(
+            {"sha256": sha256, "cacheHit": hit, "layout": args.layout, "path": str(placed)},
+            separators=(",", ":"),
+        )
+    )
+    return 0
+
+
+def _validated(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The artifact's digest and where to fetch it from (None: the cache only)."""
+    from edgemodel_runtime.artifacts import cache as node_cache
+    from edgemodel_runtime.artifacts import client
+    from edgemodel_runtime.sources import local_path, normalize_sha256
 
     try:
         sha256 = normalize_sha256(args.sha256)
@@ -81,63 +114,74 @@ def run(args: argparse.Namespace) -> int:
         if not args.timeout_s > 0 or args.max_bytes <= 0 or args.cache_max_bytes <= 0:
             raise ValueError("--timeout-s, --max-bytes and --cache-max-bytes must be positive")
     except ValueError as exc:  # SourceError is a ValueError
-        return fail(EXIT_BAD_INPUT, str(exc))
+        raise _Failed(EXIT_BAD_INPUT, str(exc)) from None
+    return sha256, uri
 
-    if args.fp16 and not args.gpu:
-        # TensorRT is a GPU accelerator; on CPU the flag has nothing to act on.
-        print("edgemodel fetch: --fp16 ignored without --gpu", file=sys.stderr)
-    store = node_cache.NodeCache(args.cache)
+
+def _obtain(
+    store: NodeCache, sha256: str, uri: str | None, args: argparse.Namespace
+) -> tuple[Path, bool]:
+    """The cached artifact (fetched with retries on a miss) and whether it was a hit."""
+    from edgemodel_runtime.artifacts import cache as node_cache
+    from edgemodel_runtime.artifacts import client
+    from edgemodel_runtime.sources import SourceError
+
     try:
         cached = store.lookup(sha256)
     except OSError as exc:
-        return fail(EXIT_FAILED, f"cannot read the cache {args.cache}: {exc.strerror or exc}")
-    hit = cached is not None
-    if cached is None:
-        if uri is None:
-            return fail(EXIT_BAD_INPUT, f"{sha256} is not in the cache and no --server/--uri given")
-        source: str = uri
+        raise _Failed(
+            EXIT_FAILED, f"cannot read the cache {args.cache}: {exc.strerror or exc}"
+        ) from None
+    if cached is not None:
+        return cached, True
+    if uri is None:
+        raise _Failed(EXIT_BAD_INPUT, f"{sha256} is not in the cache and no --server/--uri given")
+    source: str = uri
 
-        def download() -> Path:
-            try:
-                return store.fill(
-                    sha256, source, max_bytes=args.max_bytes, timeout_s=min(60.0, args.timeout_s)
-                )
-            except SourceError as exc:
-                raise client.Transient(str(exc)) from None
-
-        def on_retry(exc: client.ClientError, delay: float) -> None:
-            print(f"edgemodel fetch: retrying in {delay:.2g} s: {exc}", file=sys.stderr)
-
+    def download() -> Path:
         try:
-            cached = client.retry(download, deadline_s=args.timeout_s, on_retry=on_retry)
-        except (client.Unreachable, node_cache.CacheError) as exc:
-            return fail(EXIT_FAILED, str(exc))
-        except OSError as exc:
-            return fail(EXIT_FAILED, f"cannot write the cache {args.cache}: {exc.strerror or exc}")
+            return store.fill(
+                sha256, source, max_bytes=args.max_bytes, timeout_s=min(60.0, args.timeout_s)
+            )
+        except SourceError as exc:
+            raise client.Transient(str(exc)) from None
+
+    def on_retry(exc: client.ClientError, delay: float) -> None:
+        print(f"edgemodel fetch: retrying in {delay:.2g} s: {exc}", file=sys.stderr)
+
+    try:
+        return client.retry(download, deadline_s=args.timeout_s, on_retry=on_retry), False
+    except (client.Unreachable, node_cache.CacheError) as exc:
+        raise _Failed(EXIT_FAILED, str(exc)) from None
+    except OSError as exc:
+        raise _Failed(
+            EXIT_FAILED, f"cannot write the cache {args.cache}: {exc.strerror or exc}"
+        ) from None
+
+
+def _place(cached: Path, args: argparse.Namespace) -> Path:
+    from edgemodel_runtime.artifacts import cache as node_cache
 
     try:
         if args.layout == "plain":
-            placed = node_cache.layout_plain(cached, args.dest)
-        else:
-            placed = _layout_triton(cached, args)
+            return node_cache.layout_plain(cached, args.dest)
+        return _layout_triton(cached, args)
     except ValueError as exc:  # TritonConfigError, or an ONNX file onnx cannot parse
-        return fail(EXIT_BAD_INPUT, str(exc))
+        raise _Failed(EXIT_BAD_INPUT, str(exc)) from None
     except OSError as exc:
-        return fail(EXIT_FAILED, f"cannot lay out into {args.dest}: {exc.strerror or exc}")
+        raise _Failed(
+            EXIT_FAILED, f"cannot lay out into {args.dest}: {exc.strerror or exc}"
+        ) from None
+
+
+def _evict(store: NodeCache, sha256: str, args: argparse.Namespace) -> None:
     try:
         evicted = store.evict(args.cache_max_bytes, keep=frozenset({sha256}))
     except OSError as exc:  # a full or read-only cache must not fail a ready pod
-        evicted = []
         print(f"edgemodel fetch: cache eviction failed: {exc}", file=sys.stderr)
+        return
     if evicted:
         print(f"edgemodel fetch: evicted {len(evicted)} cache entries", file=sys.stderr)
-    print(
-        json.dumps(
-            {"sha256": sha256, "cacheHit": hit, "layout": args.layout, "path": str(placed)},
-            separators=(",", ":"),
-        )
-    )
-    return 0
 
 
 def _layout_triton(cached: Path, args: argparse.Namespace) -> Path:

@@ -20,7 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgemodel_runtime.artifacts.publish import Artifact
+    from edgemodel_runtime.artifacts.store import RecordKey
 
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 DEFAULT_TOKEN_FILE = Path("/var/run/secrets/edgemodel.dev/artifacts/token")
@@ -98,16 +104,7 @@ def _read_token(path: Path | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from edgemodel_runtime.artifacts import client
-    from edgemodel_runtime.artifacts.publish import (
-        SUMMARY_SCHEMA,
-        PublishError,
-        check_revision,
-        dumps,
-        find_artifact,
-        summary,
-    )
-    from edgemodel_runtime.artifacts.store import InvalidName, RecordKey
-    from edgemodel_runtime.sources import sha256_file
+    from edgemodel_runtime.artifacts.publish import SUMMARY_SCHEMA, dumps
 
     termination = _termination_path(args)
 
@@ -118,57 +115,11 @@ def run(args: argparse.Namespace) -> int:
         return code
 
     try:
-        server = client.normalize_server(args.server)
-        revision = check_revision(args.revision)
-        try:
-            key = RecordKey.parse(args.namespace, args.uid, args.revision_digest, args.variant)
-        except InvalidName as exc:
-            raise PublishError(str(exc)) from None
-        token = _read_token(args.token_file)
-        if not args.timeout_s > 0:
-            raise PublishError("--timeout-s must be positive")
-        artifact = find_artifact(args.output)
-        actual = sha256_file(artifact.model)
-        if actual != artifact.sha256:
-            raise PublishError(
-                f"{artifact.model}: sha256 {actual} does not match report.json's {artifact.sha256}"
-            )
-        size = artifact.model.stat().st_size
-        result = summary(
-            revision=revision,
-            server=server,
-            sha256=artifact.sha256,
-            size_bytes=size,
-            report=artifact.report,
-        )
+        prepared = _prepare(args)
     except (ValueError, OSError) as exc:  # PublishError is a ValueError
         return fail(EXIT_BAD_INPUT, str(exc))
-
-    def on_retry(exc: client.ClientError, delay: float) -> None:
-        print(f"edgemodel publish: retrying in {delay:.2g} s: {exc}", file=sys.stderr)
-
-    def push() -> None:
-        if not client.has_artifact(server, artifact.sha256):
-            client.upload_artifact(server, artifact.sha256, artifact.model, token=token)
-
-    # The summary's fields ride along at the top level, so the operator's store lookup (an
-    # artifact reused across EdgeModels) reads the same shape as the termination message.
-    record = {**result, "artifactSha256": artifact.sha256, "report": artifact.report}
     try:
-        client.retry(push, deadline_s=args.timeout_s, on_retry=on_retry)
-        try:
-            client.retry(
-                lambda: client.put_record(server, key, record, token=token),
-                deadline_s=args.timeout_s,
-                on_retry=on_retry,
-            )
-        except client.Rejected as exc:
-            stored = client.get_record(server, key) if exc.status == 409 else None
-            if stored is None or not isinstance(stored.get("artifactSha256"), str):
-                raise
-            # Write-once: the first record for this revision stands; report it, not ours.
-            print(f"edgemodel publish: {exc}; reporting the stored record", file=sys.stderr)
-            result = {name: stored[name] for name in result if name in stored}
+        result = _publish(prepared, args.timeout_s)
     except client.Rejected as exc:
         return fail(EXIT_BAD_INPUT, str(exc))
     except client.Unreachable as exc:
@@ -181,3 +132,89 @@ def run(args: argparse.Namespace) -> int:
         print(f"edgemodel publish: {problem}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return 0
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked compression output, ready to push: where, what, under which record key."""
+
+    server: str
+    key: RecordKey
+    token: str | None
+    artifact: Artifact
+    result: dict[str, Any]
+
+
+def _prepare(args: argparse.Namespace) -> _Prepared:
+    """Checks the arguments and the output folder; raises ValueError/OSError naming what."""
+    from edgemodel_runtime.artifacts import client
+    from edgemodel_runtime.artifacts.publish import (
+        PublishError,
+        check_revision,
+        find_artifact,
+        summary,
+    )
+    from edgemodel_runtime.artifacts.store import InvalidName, RecordKey
+    from edgemodel_runtime.sources import sha256_file
+
+    server = client.normalize_server(args.server)
+    revision = check_revision(args.revision)
+    try:
+        key = RecordKey.parse(args.namespace, args.uid, args.revision_digest, args.variant)
+    except InvalidName as exc:
+        raise PublishError(str(exc)) from None
+    token = _read_token(args.token_file)
+    if not args.timeout_s > 0:
+        raise PublishError("--timeout-s must be positive")
+    artifact = find_artifact(args.output)
+    actual = sha256_file(artifact.model)
+    if actual != artifact.sha256:
+        raise PublishError(
+            f"{artifact.model}: sha256 {actual} does not match report.json's {artifact.sha256}"
+        )
+    result = summary(
+        revision=revision,
+        server=server,
+        sha256=artifact.sha256,
+        size_bytes=artifact.model.stat().st_size,
+        report=artifact.report,
+    )
+    return _Prepared(server, key, token, artifact, dict(result))
+
+
+def _publish(prepared: _Prepared, timeout_s: float) -> dict[str, Any]:
+    """Pushes the blob and the record (retrying); returns the summary the operator reads."""
+    from edgemodel_runtime.artifacts import client
+
+    server, artifact, token, result = (
+        prepared.server,
+        prepared.artifact,
+        prepared.token,
+        prepared.result,
+    )
+
+    def on_retry(exc: client.ClientError, delay: float) -> None:
+        print(f"edgemodel publish: retrying in {delay:.2g} s: {exc}", file=sys.stderr)
+
+    def push() -> None:
+        if not client.has_artifact(server, artifact.sha256):
+            client.upload_artifact(server, artifact.sha256, artifact.model, token=token)
+
+    # The summary's fields ride along at the top level, so the operator's store lookup reads
+    # the same shape as the termination message.
+    record = {**result, "artifactSha256": artifact.sha256, "report": artifact.report}
+    client.retry(push, deadline_s=timeout_s, on_retry=on_retry)
+    try:
+        client.retry(
+            lambda: client.put_record(server, prepared.key, record, token=token),
+            deadline_s=timeout_s,
+            on_retry=on_retry,
+        )
+    except client.Rejected as exc:
+        stored = client.get_record(server, prepared.key) if exc.status == 409 else None
+        if stored is None or not isinstance(stored.get("artifactSha256"), str):
+            raise
+        # Write-once: the first record for this revision stands; report it, not ours.
+        print(f"edgemodel publish: {exc}; reporting the stored record", file=sys.stderr)
+        return {name: stored[name] for name in result if name in stored}
+    return result

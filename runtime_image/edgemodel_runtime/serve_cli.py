@@ -51,6 +51,14 @@ def _positive_float(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    _add_capacity_arguments(parser)
+    _add_runtime_arguments(parser)
+    _add_lifecycle_arguments(parser)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is served, where, and the labels its metrics carry."""
     parser.add_argument("model", metavar="MODEL", help="model path, file://, http:// or https://")
     parser.add_argument("--name", required=True, help="model name clients address (v2 protocol)")
     parser.add_argument("--http-port", type=_port, default=8000)
@@ -68,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("EDGEMODEL_TARGET", ""),
         help="metrics label (default: $EDGEMODEL_TARGET)",
     )
+
+
+def _add_capacity_arguments(parser: argparse.ArgumentParser) -> None:
+    """Batching, timeouts and the admission limits."""
     parser.add_argument(
         "--max-batch-size",
         type=_non_negative_int,
@@ -102,6 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="request body bytes buffered at once before shedding (default: 4 x the request "
         "limit, at least 256 MiB)",
     )
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """onnxruntime: providers, threads, where remote models are cached."""
     parser.add_argument("--providers", choices=("cpu", "cuda", "tensorrt"), default="cpu")
     parser.add_argument(
         "--require-provider",
@@ -122,6 +138,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="onnxruntime threads (default: from the container CPU limit)",
     )
     parser.add_argument("--model-cache", type=Path, default=None, help="where remote models go")
+
+
+def _add_lifecycle_arguments(parser: argparse.ArgumentParser) -> None:
+    """The SLO, shutdown and drain timing, execution mode and logging."""
     parser.add_argument(
         "--slo-ms",
         type=_positive_float,

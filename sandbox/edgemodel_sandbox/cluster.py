@@ -261,103 +261,12 @@ class Sandbox:
         self._save(state)
         self._write_kubeconfig(credentials, ports["apiserver"])
         try:
-            self._spawn(
-                state,
-                "etcd",
-                tools.etcd,
-                self._etcd_args(ports),
-                [ports["etcd"], ports["etcd_peer"]],
-            )
-            self._wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), 60)
-            self._spawn(
-                state,
-                "kube-apiserver",
-                tools.kube_apiserver,
-                self._apiserver_args(credentials, ports),
-                [ports["apiserver"]],
-            )
-            self._wait("kube-apiserver", lambda: self._apiserver_ready(state), 120)
-            kubeconfig = str(self.kubeconfig)
-            self._spawn(
-                state,
-                "kube-controller-manager",
-                tools.kube_controller_manager,
-                [
-                    f"--kubeconfig={kubeconfig}",
-                    f"--authentication-kubeconfig={kubeconfig}",
-                    f"--authorization-kubeconfig={kubeconfig}",
-                    "--bind-address=127.0.0.1",
-                    "--secure-port=0",
-                    "--leader-elect=false",
-                    "--use-service-account-credentials=false",
-                    f"--service-account-private-key-file={credentials.sa_key}",
-                    f"--root-ca-file={credentials.ca_cert}",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    "--controllers=*",
-                    # Not the machine-wide /usr/libexec/kubernetes default: `down` removes it.
-                    f"--flex-volume-plugin-dir={self.directory / 'flexvolume'}",
-                    "--concurrent-deployment-syncs=10",
-                    "--concurrent-replicaset-syncs=10",
-                    "--kube-api-qps=200",
-                    "--kube-api-burst=400",
-                    "--v=1",
-                ],
-                [],
-            )
-            self._spawn(
-                state,
-                "kube-scheduler",
-                tools.kube_scheduler,
-                [
-                    f"--kubeconfig={kubeconfig}",
-                    f"--authentication-kubeconfig={kubeconfig}",
-                    f"--authorization-kubeconfig={kubeconfig}",
-                    "--bind-address=127.0.0.1",
-                    "--secure-port=0",
-                    "--leader-elect=false",
-                    "--v=1",
-                ],
-                [],
-            )
-            self._spawn(
-                state,
-                "kwok",
-                tools.kwok,
-                [
-                    f"--kubeconfig={kubeconfig}",
-                    f"--config={self._kwok_stages() if kwok_pods else STAGES}",
-                    f"--manage-nodes-with-annotation-selector={fleet.FAKE_NODE_ANNOTATION}=fake",
-                    "--cidr=10.244.0.0/16",
-                    "--node-lease-duration-seconds=40",
-                    "--node-ip=127.0.0.1",
-                ],
-                [],
-            )
+            self._spawn_control_plane(state, tools, credentials, kwok_pods)
             # The kubelet for EdgeModel's pods on kwok nodes (see edgemodel_sandbox.runner).
             if not kwok_pods:
                 self.start_pod_runner(state)
             if prometheus:
-                if tools.prometheus is None:
-                    raise SandboxError("prometheus is not installed (Debian package `prometheus`)")
-                self._spawn(
-                    state,
-                    "discovery",
-                    Path(sys.executable),
-                    [
-                        "-m",
-                        "edgemodel_sandbox.discovery",
-                        f"--kubeconfig={kubeconfig}",
-                        f"--port={ports['discovery']}",
-                    ],
-                    [ports["discovery"]],
-                )
-                self._spawn(
-                    state,
-                    "prometheus",
-                    tools.prometheus,
-                    self._prometheus_args(ports),
-                    [ports["prometheus"]],
-                )
+                self._spawn_monitoring(state, tools)
             time.sleep(1.0)
             for process in state.processes:
                 if not process.alive():
@@ -370,6 +279,107 @@ class Sandbox:
             raise
         _log(f"control plane up in {time.monotonic() - started:.1f} s")
         return state
+
+    def _spawn_control_plane(
+        self, state: State, tools: Tools, credentials: pki.PKI, kwok_pods: bool
+    ) -> None:
+        """etcd, kube-apiserver (each waited for), controller-manager, scheduler and kwok."""
+        ports = state.ports
+        self._spawn(
+            state,
+            "etcd",
+            tools.etcd,
+            self._etcd_args(ports),
+            [ports["etcd"], ports["etcd_peer"]],
+        )
+        self._wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), 60)
+        self._spawn(
+            state,
+            "kube-apiserver",
+            tools.kube_apiserver,
+            self._apiserver_args(credentials, ports),
+            [ports["apiserver"]],
+        )
+        self._wait("kube-apiserver", lambda: self._apiserver_ready(state), 120)
+        self._spawn(
+            state,
+            "kube-controller-manager",
+            tools.kube_controller_manager,
+            self._controller_manager_args(credentials),
+            [],
+        )
+        self._spawn(state, "kube-scheduler", tools.kube_scheduler, self._scheduler_args(), [])
+        self._spawn(state, "kwok", tools.kwok, self._kwok_args(kwok_pods), [])
+
+    def _spawn_monitoring(self, state: State, tools: Tools) -> None:
+        """The scrape-target discovery service and Prometheus."""
+        if tools.prometheus is None:
+            raise SandboxError("prometheus is not installed (Debian package `prometheus`)")
+        ports = state.ports
+        self._spawn(
+            state,
+            "discovery",
+            Path(sys.executable),
+            [
+                "-m",
+                "edgemodel_sandbox.discovery",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--port={ports['discovery']}",
+            ],
+            [ports["discovery"]],
+        )
+        self._spawn(
+            state,
+            "prometheus",
+            tools.prometheus,
+            self._prometheus_args(ports),
+            [ports["prometheus"]],
+        )
+
+    def _controller_manager_args(self, credentials: pki.PKI) -> list[str]:
+        kubeconfig = str(self.kubeconfig)
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--use-service-account-credentials=false",
+            f"--service-account-private-key-file={credentials.sa_key}",
+            f"--root-ca-file={credentials.ca_cert}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*",
+            # Not the machine-wide /usr/libexec/kubernetes default: `down` removes it.
+            f"--flex-volume-plugin-dir={self.directory / 'flexvolume'}",
+            "--concurrent-deployment-syncs=10",
+            "--concurrent-replicaset-syncs=10",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+            "--v=1",
+        ]
+
+    def _scheduler_args(self) -> list[str]:
+        kubeconfig = str(self.kubeconfig)
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--v=1",
+        ]
+
+    def _kwok_args(self, kwok_pods: bool) -> list[str]:
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--config={self._kwok_stages() if kwok_pods else STAGES}",
+            f"--manage-nodes-with-annotation-selector={fleet.FAKE_NODE_ANNOTATION}=fake",
+            "--cidr=10.244.0.0/16",
+            "--node-lease-duration-seconds=40",
+            "--node-ip=127.0.0.1",
+        ]
 
     def _kwok_stages(self) -> Path:
         """stages.yaml without the exclusion of EdgeModel's pods, written into the state dir."""

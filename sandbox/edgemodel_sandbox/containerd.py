@@ -75,6 +75,31 @@ class Registry:
             raise ValueError(f"registry {self.host}: plain_http takes no TLS settings")
 
 
+def _registry_config(registries: Sequence[Registry]) -> dict[str, Any] | None:
+    """The CRI plugin's `registry` table (auth, TLS, endpoint per host); None without any."""
+    configs: dict[str, Any] = {}
+    mirrors: dict[str, Any] = {}
+    for registry in registries:
+        if registry.host in configs:
+            raise ValueError(f"registry {registry.host} given twice")
+        entry: dict[str, Any] = {}
+        if registry.username is not None:
+            entry["auth"] = {"username": registry.username, "password": registry.password}
+        tls: dict[str, Any] = {}
+        if registry.ca_file is not None:
+            tls["ca_file"] = str(registry.ca_file)
+        if registry.insecure_skip_verify:
+            tls["insecure_skip_verify"] = True
+        if tls:
+            entry["tls"] = tls
+        configs[registry.host] = entry
+        scheme = "http" if registry.plain_http else "https"
+        mirrors[registry.host] = {"endpoint": [f"{scheme}://{registry.host}"]}
+    if not configs:
+        return None
+    return {"configs": configs, "mirrors": mirrors}
+
+
 def containerd_config(
     directory: Path,
     *,
@@ -122,26 +147,9 @@ def containerd_config(
             "conf_dir": str(cni_conf_dir or directory / "cni" / "net.d"),
         },
     }
-    configs: dict[str, Any] = {}
-    mirrors: dict[str, Any] = {}
-    for registry in registries:
-        if registry.host in configs:
-            raise ValueError(f"registry {registry.host} given twice")
-        entry: dict[str, Any] = {}
-        if registry.username is not None:
-            entry["auth"] = {"username": registry.username, "password": registry.password}
-        tls: dict[str, Any] = {}
-        if registry.ca_file is not None:
-            tls["ca_file"] = str(registry.ca_file)
-        if registry.insecure_skip_verify:
-            tls["insecure_skip_verify"] = True
-        if tls:
-            entry["tls"] = tls
-        configs[registry.host] = entry
-        scheme = "http" if registry.plain_http else "https"
-        mirrors[registry.host] = {"endpoint": [f"{scheme}://{registry.host}"]}
-    if configs:
-        cri["registry"] = {"configs": configs, "mirrors": mirrors}
+    registry = _registry_config(registries)
+    if registry:
+        cri["registry"] = registry
     return {
         "version": 2,
         "root": str(directory / "root"),
@@ -343,6 +351,40 @@ MASKED_PATHS = [
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
+def _base_mounts() -> list[dict[str, Any]]:
+    """/proc, /dev (pts, shm, mqueue) and a read-only /sys and cgroup, as runc's default spec."""
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+    ]  # fmt: skip
+
+
+def _join_network(
+    network: str | Path, namespaces: list[dict[str, str]], spec_mounts: list[dict[str, Any]]
+) -> None:
+    """Add what `network` ("host", "none" or a namespace path) needs to the spec's lists."""
+    if network == "host":
+        for etc in ("/etc/hosts", "/etc/resolv.conf"):
+            if Path(etc).exists():
+                spec_mounts.append(Mount(Path(etc), etc).spec())
+    elif network == "none":
+        namespaces.append({"type": "network"})
+    else:
+        namespaces.append({"type": "network", "path": str(network)})
+
+
 def container_spec(
     *,
     name: str,
@@ -377,30 +419,8 @@ def container_spec(
     namespaces: list[dict[str, str]] = [
         {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
     ]  # fmt: skip
-    spec_mounts: list[dict[str, Any]] = [
-        {"destination": "/proc", "type": "proc", "source": "proc",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
-        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-    ]  # fmt: skip
-    if network == "host":
-        for etc in ("/etc/hosts", "/etc/resolv.conf"):
-            if Path(etc).exists():
-                spec_mounts.append(Mount(Path(etc), etc).spec())
-    elif network == "none":
-        namespaces.append({"type": "network"})
-    else:
-        namespaces.append({"type": "network", "path": str(network)})
+    spec_mounts = _base_mounts()
+    _join_network(network, namespaces, spec_mounts)
     for path in tmpfs:
         spec_mounts.append(
             {"destination": path, "type": "tmpfs", "source": "tmpfs",

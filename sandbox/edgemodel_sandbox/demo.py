@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from edgemodel_sandbox.cluster import Sandbox, SandboxError
+from edgemodel_sandbox.cluster import Sandbox, SandboxError, State
 from edgemodel_sandbox.models import digits_classifier, sha256_file
 from edgemodel_sandbox.tools import Tools, tools_dir
 
@@ -66,10 +66,40 @@ def _store_address(sandbox: Sandbox) -> str | None:
     return None
 
 
-def _upload(address: str, path: Path) -> str:
+# What the chart grants the store's account (charts/edgemodel/templates/rbac.yaml): the
+# sandbox runs the operator without the chart, so it grants the same itself.
+STORE_RBAC = f"""
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: edgemodel-artifact-store}}
+rules:
+  - {{apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}}
+  - {{apiGroups: [""], resources: [pods], verbs: [get]}}
+  - {{apiGroups: [batch], resources: [jobs], verbs: [get]}}
+  - {{apiGroups: [edgemodel.dev], resources: [edgemodels], verbs: [list]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: edgemodel-artifact-store}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edgemodel-artifact-store}}
+subjects: [{{kind: ServiceAccount, name: {STORE[1]}, namespace: {STORE[0]}}}]
+"""
+
+
+def _store_token(sandbox: Sandbox) -> str:
+    """A token for the store's audience, bound to no pod: it may upload blobs, not records."""
+    return _kubectl(
+        sandbox, "create", "token", STORE[1], "-n", STORE[0], "--audience", "edgemodel-artifacts"
+    ).strip()
+
+
+def _upload(address: str, path: Path, token: str) -> str:
     digest = sha256_file(path)
     request = urllib.request.Request(
-        f"http://{address}/v1/artifacts/{digest}", data=path.read_bytes(), method="PUT"
+        f"http://{address}/v1/artifacts/{digest}",
+        data=path.read_bytes(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         if response.status not in (200, 201):
@@ -168,25 +198,8 @@ def _wait_ready(sandbox: Sandbox, name: str) -> dict[str, Any]:
     )
 
 
-def run_demo(sandbox: Sandbox, nodes: int, real_node: bool = False) -> int:
-    if not CRD.exists() or not EXAMPLE.exists():
-        print(f"edgemodel sandbox demo needs a source checkout (looked for {CRD})", file=sys.stderr)
-        return 2
-    started = time.monotonic()
-    _step("sandbox: control plane + simulated K3s edge nodes + pod runner + Prometheus")
-    if real_node:
-        print("and edge-real-amd64-0: kubelet + containerd + runc, kube-proxy, registry, DNS")
-    state = sandbox.up(nodes=nodes, real_node=real_node)
-    print(
-        _kubectl(
-            sandbox, "get", "nodes", "-L", "kubernetes.io/arch", "-L", "nvidia.com/gpu.product"
-        )
-    )
-    _step("the EdgeModel CRD from crds/")
-    print(_kubectl(sandbox, "apply", "--server-side", "--force-conflicts", "-f", str(CRD)).strip())
-    _kubectl(sandbox, "wait", "--for=condition=Established", "crd/edgemodels.edgemodel.dev")
-
-    _step("the operator")
+def _start_operator(sandbox: Sandbox, state: State, real_node: bool) -> bool:
+    """Start the operator (standalone, on the sandbox); False if it was already running."""
     args = [
         "-m",
         "edgemodel_cli.main",
@@ -214,12 +227,13 @@ def run_demo(sandbox: Sandbox, nodes: int, real_node: bool = False) -> int:
             "--image-pull-secret",
             plan.PULL_SECRET,
         ]
-    fresh = sandbox.ensure_process(
+    return sandbox.ensure_process(
         "operator", Path(sys.executable), args, {"KUBECONFIG": str(sandbox.kubeconfig)}
     )
-    print(f"operator {'started' if fresh else 'already running'}; log: {sandbox.logs}/operator.log")
 
-    _step("the digits model and its held-out data, into the in-cluster artifact store")
+
+def _upload_fixture(sandbox: Sandbox) -> tuple[str, str]:
+    """Upload the digits model and its evaluation set to the store: their sha256 digests."""
     deadline = time.monotonic() + 180
     address = _store_address(sandbox)
     while address is None and time.monotonic() < deadline:
@@ -230,19 +244,15 @@ def run_demo(sandbox: Sandbox, nodes: int, real_node: bool = False) -> int:
             f"the artifact store did not become ready; see {sandbox.logs}/pod-runner.log"
         )
     fixture = digits_classifier()
-    model_sha = _upload(address, fixture.model)
-    eval_sha = _upload(address, fixture.evaluation)
+    token = _store_token(sandbox)
+    model_sha = _upload(address, fixture.model, token)
+    eval_sha = _upload(address, fixture.evaluation, token)
     print(f"model {model_sha[:12]}  evaluation {eval_sha[:12]}  (store at {address})")
+    return model_sha, eval_sha
 
-    _step(f"the example: {EXAMPLE.relative_to(REPO)}")
-    manifest = _manifest(model_sha, eval_sha)
-    if real_node:
-        manifest = place_on_real_node(manifest)
-        print(f"target {REAL_TARGET}: on the real node (nodeSelector + toleration)")
-    print(_kubectl(sandbox, "apply", "-f", "-", stdin=yaml.safe_dump(manifest)).strip())
-    em = _wait_ready(sandbox, "digits")
 
-    _step("what the cluster shows")
+def _show(sandbox: Sandbox, em: dict[str, Any], real_node: bool) -> None:
+    """Print the EdgeModel, its artifacts and pods (and check serving on the real node)."""
     print(_kubectl(sandbox, "get", "edgemodels"))
     for record in em["status"].get("revisions") or []:
         accuracy = record.get("accuracy") or {}
@@ -267,6 +277,45 @@ def run_demo(sandbox: Sandbox, nodes: int, real_node: bool = False) -> int:
             )
         )
         _serve_check(sandbox, "digits", REAL_TARGET)
+
+
+def run_demo(sandbox: Sandbox, nodes: int, real_node: bool = False) -> int:
+    if not CRD.exists() or not EXAMPLE.exists():
+        print(f"edgemodel sandbox demo needs a source checkout (looked for {CRD})", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    _step("sandbox: control plane + simulated K3s edge nodes + pod runner + Prometheus")
+    if real_node:
+        print("and edge-real-amd64-0: kubelet + containerd + runc, kube-proxy, registry, DNS")
+    state = sandbox.up(nodes=nodes, real_node=real_node)
+    print(
+        _kubectl(
+            sandbox, "get", "nodes", "-L", "kubernetes.io/arch", "-L", "nvidia.com/gpu.product"
+        )
+    )
+    _step("the EdgeModel CRD from crds/")
+    print(_kubectl(sandbox, "apply", "--server-side", "--force-conflicts", "-f", str(CRD)).strip())
+    _kubectl(sandbox, "wait", "--for=condition=Established", "crd/edgemodels.edgemodel.dev")
+
+    _kubectl(sandbox, "apply", "-f", "-", stdin=STORE_RBAC)
+
+    _step("the operator")
+    fresh = _start_operator(sandbox, state, real_node)
+    print(f"operator {'started' if fresh else 'already running'}; log: {sandbox.logs}/operator.log")
+
+    _step("the digits model and its held-out data, into the in-cluster artifact store")
+    model_sha, eval_sha = _upload_fixture(sandbox)
+
+    _step(f"the example: {EXAMPLE.relative_to(REPO)}")
+    manifest = _manifest(model_sha, eval_sha)
+    if real_node:
+        manifest = place_on_real_node(manifest)
+        print(f"target {REAL_TARGET}: on the real node (nodeSelector + toleration)")
+    print(_kubectl(sandbox, "apply", "-f", "-", stdin=yaml.safe_dump(manifest)).strip())
+    em = _wait_ready(sandbox, "digits")
+
+    _step("what the cluster shows")
+    _show(sandbox, em, real_node)
     print(f"done in {time.monotonic() - started:.1f} s; the sandbox keeps running:")
     print(f"  export KUBECONFIG={sandbox.kubeconfig}")
     print(f"  export PATH={Tools.at(tools_dir()).kubectl.parent}:$PATH")

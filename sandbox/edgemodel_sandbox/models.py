@@ -112,6 +112,109 @@ def digits_classifier(
     return ModelFixture(model_path, sha256_file(model_path), calib_path, eval_path, "input")
 
 
+class _GraphBuilder:
+    """Nodes and initializers of an ONNX graph, appended in the order they are made."""
+
+    def __init__(self, hidden: int) -> None:
+        self.hidden = hidden
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def weight(self, name: str, shape: tuple[int, ...], rng: np.random.Generator) -> str:
+        # BERT's initializer range (std 0.02); every tensor gets its own draw so no two
+        # initializers are byte-identical (exporters deduplicate those, faking size and speed).
+        data = (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)).astype(np.float32)
+        self.inits.append(numpy_helper.from_array(data, name))
+        return name
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{output}", **attrs))
+        return output
+
+    def layer_norm(self, x: str, prefix: str) -> str:
+        gamma = self.const(f"{prefix}.gamma", np.ones(self.hidden, np.float32))
+        beta = self.const(f"{prefix}.beta", np.zeros(self.hidden, np.float32))
+        return self.node(
+            "LayerNormalization", [x, gamma, beta], f"{prefix}.out", axis=-1, epsilon=1e-12
+        )
+
+    def dense(self, x: str, prefix: str, n_in: int, n_out: int, rng: np.random.Generator) -> str:
+        w = self.weight(f"{prefix}.weight", (n_in, n_out), rng)
+        b = self.const(
+            f"{prefix}.bias",
+            (rng.standard_normal(n_out, dtype=np.float32) * 0.02).astype(np.float32),
+        )
+        return self.node("Add", [self.node("MatMul", [x, w], f"{prefix}.mm"), b], f"{prefix}.out")
+
+
+@dataclass(frozen=True)
+class _LayerConstants:
+    """The shared constants every encoder layer uses (reshape shapes, scale, GELU's)."""
+
+    split_shape: str
+    merge_shape: str
+    scale: str
+    sqrt2: str
+    one: str
+    half: str
+    mask_bias: str | None
+
+
+def _mask_bias(g: _GraphBuilder) -> str:
+    # (1 - mask) * -10000 broadcast over heads and query positions, written in the node
+    # order BERT's exporters produce (Unsqueeze, Unsqueeze, Cast, Sub, Mul).
+    m = g.node(
+        "Unsqueeze", ["attention_mask", g.const("mask.axis1", np.array([1], np.int64))], "mask.u1"
+    )
+    m = g.node("Unsqueeze", [m, g.const("mask.axis2", np.array([2], np.int64))], "mask.u2")
+    m = g.node("Cast", [m], "mask.float", to=TensorProto.FLOAT)
+    inv = g.node("Sub", [g.const("mask.one", np.array(1.0, np.float32)), m], "mask.inv")
+    return g.node("Mul", [inv, g.const("mask.neg", np.array(-10000.0, np.float32))], "mask.bias")
+
+
+def _encoder_layer(
+    g: _GraphBuilder, x: str, p: str, ffn: int, c: _LayerConstants, rng: np.random.Generator
+) -> str:
+    """One BERT encoder layer (self-attention, then the GELU feed-forward) named `p`."""
+    hidden = g.hidden
+    heads_of: dict[str, str] = {}
+    for proj in ("query", "key", "value"):
+        out = g.dense(x, f"{p}.attention.{proj}", hidden, hidden, rng)
+        heads_of[proj] = g.node("Reshape", [out, c.split_shape], f"{p}.attention.{proj}.heads")
+    q = g.node("Transpose", [heads_of["query"]], f"{p}.attention.q", perm=[0, 2, 1, 3])
+    k = g.node("Transpose", [heads_of["key"]], f"{p}.attention.k", perm=[0, 2, 3, 1])
+    v = g.node("Transpose", [heads_of["value"]], f"{p}.attention.v", perm=[0, 2, 1, 3])
+    scores = g.node(
+        "Div", [g.node("MatMul", [q, k], f"{p}.attention.qk"), c.scale], f"{p}.attention.scores"
+    )
+    if c.mask_bias is not None:
+        scores = g.node("Add", [scores, c.mask_bias], f"{p}.attention.masked")
+    probs = g.node("Softmax", [scores], f"{p}.attention.probs", axis=-1)
+    ctx = g.node(
+        "Transpose",
+        [g.node("MatMul", [probs, v], f"{p}.attention.ctx")],
+        f"{p}.attention.ctx_t",
+        perm=[0, 2, 1, 3],
+    )
+    ctx = g.node("Reshape", [ctx, c.merge_shape], f"{p}.attention.merged")
+    attn = g.dense(ctx, f"{p}.attention.output", hidden, hidden, rng)
+    x = g.layer_norm(g.node("Add", [attn, x], f"{p}.attention.residual"), f"{p}.attention.norm")
+    h = g.dense(x, f"{p}.ffn.intermediate", hidden, ffn, rng)
+    # Erf-based GELU, exactly as BERT defines it: x * 0.5 * (1 + erf(x / sqrt(2))).
+    erf = g.node("Erf", [g.node("Div", [h, c.sqrt2], f"{p}.gelu.div")], f"{p}.gelu.erf")
+    gelu = g.node(
+        "Mul",
+        [g.node("Mul", [h, g.node("Add", [erf, c.one], f"{p}.gelu.add")], f"{p}.gelu.mul"), c.half],
+        f"{p}.gelu.out",
+    )
+    out = g.dense(gelu, f"{p}.ffn.output", ffn, hidden, rng)
+    return g.layer_norm(g.node("Add", [out, x], f"{p}.ffn.residual"), f"{p}.ffn.norm")
+
+
 def _bert_graph(
     *,
     layers: int,
@@ -125,124 +228,57 @@ def _bert_graph(
 ) -> bytes:
     """Serialize a BERT-shaped encoder built node by node with onnx.helper (opset 17)."""
     head_dim = hidden // heads
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
-
-    def weight(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> str:
-        # BERT's initializer range (std 0.02); every tensor gets its own draw so no two
-        # initializers are byte-identical (exporters deduplicate those, faking size and speed).
-        data = (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)).astype(np.float32)
-        inits.append(numpy_helper.from_array(data, name))
-        return name
-
-    def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(value, name))
-        return name
-
-    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{output}", **attrs))
-        return output
-
-    def layer_norm(x: str, prefix: str) -> str:
-        gamma = const(f"{prefix}.gamma", np.ones(hidden, np.float32))
-        beta = const(f"{prefix}.beta", np.zeros(hidden, np.float32))
-        return node("LayerNormalization", [x, gamma, beta], f"{prefix}.out", axis=-1, epsilon=1e-12)
-
-    def dense(x: str, prefix: str, n_in: int, n_out: int, rng: np.random.Generator) -> str:
-        w = weight(f"{prefix}.weight", (n_in, n_out), rng)
-        b = const(
-            f"{prefix}.bias",
-            (rng.standard_normal(n_out, dtype=np.float32) * 0.02).astype(np.float32),
-        )
-        return node("Add", [node("MatMul", [x, w], f"{prefix}.mm"), b], f"{prefix}.out")
-
+    g = _GraphBuilder(hidden)
     rng = np.random.default_rng(seed)
-    word = weight("embeddings.word", (vocab, hidden), rng)
-    position = weight("embeddings.position", (seq, hidden), rng)
-    pos_ids = const("embeddings.position_ids", np.arange(seq, dtype=np.int64))
-    emb = node(
+    word = g.weight("embeddings.word", (vocab, hidden), rng)
+    position = g.weight("embeddings.position", (seq, hidden), rng)
+    pos_ids = g.const("embeddings.position_ids", np.arange(seq, dtype=np.int64))
+    emb = g.node(
         "Add",
         [
-            node("Gather", [word, "input_ids"], "embeddings.word_out"),
-            node("Gather", [position, pos_ids], "embeddings.position_out"),
+            g.node("Gather", [word, "input_ids"], "embeddings.word_out"),
+            g.node("Gather", [position, pos_ids], "embeddings.position_out"),
         ],
         "embeddings.sum",
     )
-    x = layer_norm(emb, "embeddings.norm")
-    mask_bias = None
-    if attention_mask:
-        # (1 - mask) * -10000 broadcast over heads and query positions, written in the node
-        # order BERT's exporters produce (Unsqueeze, Unsqueeze, Cast, Sub, Mul).
-        m = node(
-            "Unsqueeze", ["attention_mask", const("mask.axis1", np.array([1], np.int64))], "mask.u1"
-        )
-        m = node("Unsqueeze", [m, const("mask.axis2", np.array([2], np.int64))], "mask.u2")
-        m = node("Cast", [m], "mask.float", to=TensorProto.FLOAT)
-        inv = node("Sub", [const("mask.one", np.array(1.0, np.float32)), m], "mask.inv")
-        mask_bias = node(
-            "Mul", [inv, const("mask.neg", np.array(-10000.0, np.float32))], "mask.bias"
-        )
-    split_shape = const("shape.split_heads", np.array([0, 0, heads, head_dim], np.int64))
-    merge_shape = const("shape.merge_heads", np.array([0, 0, hidden], np.int64))
-    # Div by sqrt(head_dim), as BERT's exporters write it (so runtime fusions see the usual shape).
-    scale = const("attention.scale", np.array(np.sqrt(head_dim), np.float32))
-    sqrt2 = const("gelu.sqrt2", np.array(np.sqrt(2.0), np.float32))
-    one = const("gelu.one", np.array(1.0, np.float32))
-    half = const("gelu.half", np.array(0.5, np.float32))
-    for i in range(layers):
-        rng = np.random.default_rng([seed, i + 1])  # an independent stream per layer
-        p = f"layer{i}"
-        heads_of: dict[str, str] = {}
-        for proj in ("query", "key", "value"):
-            out = dense(x, f"{p}.attention.{proj}", hidden, hidden, rng)
-            heads_of[proj] = node("Reshape", [out, split_shape], f"{p}.attention.{proj}.heads")
-        q = node("Transpose", [heads_of["query"]], f"{p}.attention.q", perm=[0, 2, 1, 3])
-        k = node("Transpose", [heads_of["key"]], f"{p}.attention.k", perm=[0, 2, 3, 1])
-        v = node("Transpose", [heads_of["value"]], f"{p}.attention.v", perm=[0, 2, 1, 3])
-        scores = node(
-            "Div", [node("MatMul", [q, k], f"{p}.attention.qk"), scale], f"{p}.attention.scores"
-        )
-        if mask_bias is not None:
-            scores = node("Add", [scores, mask_bias], f"{p}.attention.masked")
-        probs = node("Softmax", [scores], f"{p}.attention.probs", axis=-1)
-        ctx = node(
-            "Transpose",
-            [node("MatMul", [probs, v], f"{p}.attention.ctx")],
-            f"{p}.attention.ctx_t",
-            perm=[0, 2, 1, 3],
-        )
-        ctx = node("Reshape", [ctx, merge_shape], f"{p}.attention.merged")
-        attn = dense(ctx, f"{p}.attention.output", hidden, hidden, rng)
-        x = layer_norm(node("Add", [attn, x], f"{p}.attention.residual"), f"{p}.attention.norm")
-        h = dense(x, f"{p}.ffn.intermediate", hidden, ffn, rng)
-        # Erf-based GELU, exactly as BERT defines it: x * 0.5 * (1 + erf(x / sqrt(2))).
-        erf = node("Erf", [node("Div", [h, sqrt2], f"{p}.gelu.div")], f"{p}.gelu.erf")
-        gelu = node(
-            "Mul",
-            [node("Mul", [h, node("Add", [erf, one], f"{p}.gelu.add")], f"{p}.gelu.mul"), half],
-            f"{p}.gelu.out",
-        )
-        out = dense(gelu, f"{p}.ffn.output", ffn, hidden, rng)
-        x = layer_norm(node("Add", [out, x], f"{p}.ffn.residual"), f"{p}.ffn.norm")
-    rng = np.random.default_rng([seed, layers + 1])
-    cls = node(
-        "Gather", [x, const("pooler.cls_index", np.array(0, np.int64))], "pooler.cls", axis=1
+    x = g.layer_norm(emb, "embeddings.norm")
+    mask_bias = _mask_bias(g) if attention_mask else None
+    constants = _LayerConstants(
+        split_shape=g.const("shape.split_heads", np.array([0, 0, heads, head_dim], np.int64)),
+        merge_shape=g.const("shape.merge_heads", np.array([0, 0, hidden], np.int64)),
+        # Div by sqrt(head_dim), as BERT's exporters write it (so runtime fusions see the
+        # usual shape).
+        scale=g.const("attention.scale", np.array(np.sqrt(head_dim), np.float32)),
+        sqrt2=g.const("gelu.sqrt2", np.array(np.sqrt(2.0), np.float32)),
+        one=g.const("gelu.one", np.array(1.0, np.float32)),
+        half=g.const("gelu.half", np.array(0.5, np.float32)),
+        mask_bias=mask_bias,
     )
-    pooled = node("Tanh", [dense(cls, "pooler.dense", hidden, hidden, rng)], "pooler.out")
-    logits_pre = dense(pooled, "classifier", hidden, 2, rng)
-    nodes.append(helper.make_node("Identity", [logits_pre], ["logits"], name="logits"))
+    for i in range(layers):
+        layer_rng = np.random.default_rng([seed, i + 1])  # an independent stream per layer
+        x = _encoder_layer(g, x, f"layer{i}", ffn, constants, layer_rng)
+    rng = np.random.default_rng([seed, layers + 1])
+    cls = g.node(
+        "Gather", [x, g.const("pooler.cls_index", np.array(0, np.int64))], "pooler.cls", axis=1
+    )
+    pooled = g.node("Tanh", [g.dense(cls, "pooler.dense", hidden, hidden, rng)], "pooler.out")
+    logits_pre = g.dense(pooled, "classifier", hidden, 2, rng)
+    g.nodes.append(helper.make_node("Identity", [logits_pre], ["logits"], name="logits"))
+    return _serialize_bert(g, layers=layers, seq=seq, attention_mask=attention_mask)
 
+
+def _serialize_bert(g: _GraphBuilder, *, layers: int, seq: int, attention_mask: bool) -> bytes:
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq])]
     if attention_mask:
         inputs.append(
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", seq])
         )
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         f"bert_encoder_{layers}l",
         inputs,
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-        inits,
+        g.inits,
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgemodel-fixtures"

@@ -180,10 +180,21 @@ def get_em(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     return result
 
 
-def _upload(store: str, path: Path) -> str:
+@pytest.fixture(scope="session")
+def store_token(cluster: Cluster, store_url: str) -> str:
+    """A token for the store's audience bound to no pod: it may upload blobs, not records."""
+    return cluster.kubectl(
+        "create", "token", STORE_SVC, "-n", STORE_NS, "--audience", "edgemodel-artifacts"
+    ).stdout.strip()
+
+
+def _upload(store: str, path: Path, token: str) -> str:
     digest = sha256_file(path)
     request = urllib.request.Request(
-        f"{store}/v1/artifacts/{digest}", data=path.read_bytes(), method="PUT"
+        f"{store}/v1/artifacts/{digest}",
+        data=path.read_bytes(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status in (200, 201)
@@ -194,11 +205,11 @@ IN_CLUSTER = f"http://{STORE_SVC}.{STORE_NS}.svc:8080"
 
 
 @pytest.fixture(scope="session")
-def seeded(store_url: str) -> Seeded:
+def seeded(store_url: str, store_token: str) -> Seeded:
     fixture = digits_classifier()
-    model_sha = _upload(store_url, fixture.model)
-    eval_sha = _upload(store_url, fixture.evaluation)
-    calib_sha = _upload(store_url, fixture.calibration)
+    model_sha = _upload(store_url, fixture.model, store_token)
+    eval_sha = _upload(store_url, fixture.evaluation, store_token)
+    calib_sha = _upload(store_url, fixture.calibration, store_token)
     return Seeded(
         fixture,
         f"{IN_CLUSTER}/v1/artifacts/{model_sha}",

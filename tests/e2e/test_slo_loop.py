@@ -88,13 +88,18 @@ def batch(seeded: Seeded) -> np.ndarray:
 
 
 def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
-    cluster: Cluster, namespace: str, operator: Operator, seeded: Seeded, store_url: str
+    cluster: Cluster,
+    namespace: str,
+    operator: Operator,
+    seeded: Seeded,
+    store_url: str,
+    store_token: str,
 ) -> None:
     name = "scaled"
     # A model heavy enough (a 2048-wide fp32 MLP, a few ms a request) that 16 clients queue up
     # well past the SLO while a trickle stays far below it, on a fast machine or a slow one.
     wide = wide_classifier(2048, 3)
-    wide_sha = _upload(store_url, wide.model)
+    wide_sha = _upload(store_url, wide.model, store_token)
     body = manifest(
         name,
         seeded,
@@ -172,7 +177,12 @@ def test_load_scales_up_within_two_intervals_and_down_only_after_stabilization(
 
 
 def test_slower_revision_is_rolled_back_without_a_failed_request(
-    cluster: Cluster, namespace: str, operator: Operator, seeded: Seeded, store_url: str
+    cluster: Cluster,
+    namespace: str,
+    operator: Operator,
+    seeded: Seeded,
+    store_url: str,
+    store_token: str,
 ) -> None:
     name = "guarded"
     cluster.kubectl(
@@ -185,7 +195,7 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
         on_fail=describe_for(cluster, namespace, name, operator),
     )["status"]["stableRevision"]
     wide = wide_classifier(4096, 3)
-    wide_sha = _upload(store_url, wide.model)
+    wide_sha = _upload(store_url, wide.model, store_token)
     load = Load(
         kubectl(cluster), namespace, f"{name}-cpu", name, batch(seeded), workers=4, pause_s=0.01
     ).start()

@@ -221,7 +221,7 @@ def test_artifact_port_reaches_every_pod_and_the_store() -> None:
     job = builders.compression_job("digits", "ns", "u", spec, "r1", "arm64", settings)
     publish = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert publish[publish.index("--server") + 1] == settings.artifact_url
-    _pvc, store, svc = builders.artifact_store(settings)
+    _sa, _pvc, store, svc = builders.artifact_store(settings)
     server = store["spec"]["template"]["spec"]["containers"][0]
     assert server["args"][server["args"].index("--port") + 1] == "9000"
     assert server["ports"] == [{"name": "http", "containerPort": 9000}]
@@ -285,7 +285,8 @@ def test_compression_job_reads_every_source_scheme(
     assert flags["--max-accuracy-drop"] == "0.5"  # fraction in the API, points on the command line
     assert flags["--min-agreement"] == "0.98" and flags["--prune-sparsity"] == "0.5"
     kinds = {k for v in pod_spec["volumes"] for k in v if k != "name"}
-    assert (volume_kind in kinds) if volume_kind else kinds == {"emptyDir"}
+    # "projected": the publish step's artifact-store token (audience edgemodel-artifacts).
+    assert (volume_kind in kinds) if volume_kind else kinds == {"emptyDir", "projected"}
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
     assert job["spec"]["backoffLimit"] == SETTINGS.job_backoff_limit
     assert job["spec"]["activeDeadlineSeconds"] == SETTINGS.job_deadline_seconds
@@ -324,7 +325,11 @@ def test_names_fit_kubernetes_limits() -> None:
 
 
 def test_artifact_store_is_a_pvc_server_and_service() -> None:
-    pvc, dep, svc = builders.artifact_store(SETTINGS)
+    sa, pvc, dep, svc = builders.artifact_store(SETTINGS)
+    assert (
+        sa["kind"] == "ServiceAccount"
+        and dep["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    )
     assert pvc["kind"] == "PersistentVolumeClaim" and dep["spec"]["strategy"] == {
         "type": "Recreate"
     }

@@ -26,7 +26,6 @@ import hmac
 import json
 import os
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -97,41 +96,56 @@ class StaticTokens:
 
 
 @dataclass(frozen=True)
-class KubeAPI:
-    """Just enough of a Kubernetes API client (urllib, its own ServiceAccount token)."""
+class Credentials:
+    """One API server and how to talk to it: a bearer token and the CA (PEM) to trust."""
 
     server: str
-    token_file: Path
-    ca_file: Path | None
-    kubeconfig: Path | None = None  # re-read before each call: its token may be rotated
+    token: str
+    ca_pem: str | None
+
+
+@dataclass(frozen=True)
+class KubeAPI:
+    """Just enough of a Kubernetes API client (urllib, its own ServiceAccount token).
+
+    Credentials are re-read before each call (a projected token is rotated on disk, a
+    kubeconfig may be rewritten) and never copied anywhere.
+    """
+
+    source: Path  # the in-cluster token file, or a kubeconfig
+    kubeconfig: bool = False
+    server: str = ""  # in-cluster only: https://$KUBERNETES_SERVICE_HOST:PORT
 
     @classmethod
     def in_cluster(cls, host: str, port: str) -> KubeAPI:
         bracketed = f"[{host}]" if ":" in host else host
-        return cls(f"https://{bracketed}:{port}", IN_CLUSTER_TOKEN, IN_CLUSTER_CA)
+        return cls(IN_CLUSTER_TOKEN, False, f"https://{bracketed}:{port}")
+
+    def credentials(self) -> Credentials:
+        """ValueError when the source is unusable, naming it."""
+        if self.kubeconfig:
+            return _from_kubeconfig(self.source)
+        try:
+            token = self.source.read_text().strip()
+            ca = IN_CLUSTER_CA.read_text() if IN_CLUSTER_CA.is_file() else None
+        except OSError as exc:
+            raise ValueError(f"{self.source}: {exc.strerror or exc}") from None
+        return Credentials(self.server, token, ca)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One request; 404 -> {}, other failures -> AuthError."""
-        if self.kubeconfig is not None:
-            try:
-                fresh = _from_kubeconfig(self.kubeconfig)
-            except ValueError as exc:
-                raise AuthError(str(exc)) from None
-            return fresh._call(method, path, body)
-        return self._call(method, path, body)
-
-    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        headers = {
-            "Authorization": f"Bearer {self.token_file.read_text().strip()}",
-            "Accept": "application/json",
-        }
+        try:
+            creds = self.credentials()
+        except ValueError as exc:
+            raise AuthError(str(exc)) from None
+        context = ssl.create_default_context(cadata=creds.ca_pem)
+        headers = {"Authorization": f"Bearer {creds.token}", "Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(
-            self.server + path, data=data, headers=headers, method=method
+            creds.server + path, data=data, headers=headers, method=method
         )
         try:
             with urllib.request.urlopen(request, timeout=10, context=context) as response:
@@ -152,8 +166,9 @@ def kube_api_from_env() -> KubeAPI:
     """
     path = os.environ.get("KUBECONFIG")
     if path:
-        api = _from_kubeconfig(Path(path))  # checked now: a bad file fails the start
-        return KubeAPI(api.server, api.token_file, api.ca_file, Path(path))
+        api = KubeAPI(Path(path), kubeconfig=True)
+        api.credentials()  # checked now: a bad file fails the start
+        return api
     host, port = (
         os.environ.get("KUBERNETES_SERVICE_HOST"),
         os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
@@ -166,7 +181,7 @@ def kube_api_from_env() -> KubeAPI:
     return KubeAPI.in_cluster(host, port)
 
 
-def _from_kubeconfig(path: Path) -> KubeAPI:
+def _from_kubeconfig(path: Path) -> Credentials:
     import yaml
 
     try:
@@ -175,30 +190,23 @@ def _from_kubeconfig(path: Path) -> KubeAPI:
         context = next(c["context"] for c in config["contexts"] if c["name"] == current)
         cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
         user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+        if "token" in user:
+            token = str(user["token"])
+        elif "tokenFile" in user:
+            token = Path(user["tokenFile"]).read_text().strip()
+        else:
+            raise ValueError("--token-review needs a token user")
+        ca: str | None = None
+        if "certificate-authority-data" in cluster:
+            ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+        elif "certificate-authority" in cluster:
+            ca = Path(cluster["certificate-authority"]).read_text()
+        server = str(cluster["server"]).rstrip("/")
     except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration, AttributeError) as exc:
         raise ValueError(f"$KUBECONFIG {path}: unusable ({type(exc).__name__}: {exc})") from None
-    if "token" not in user and "tokenFile" not in user:
-        raise ValueError(f"$KUBECONFIG {path}: --token-review needs a token user")
-    state = Path(tempfile.gettempdir()) / f"edgemodel-kube-{os.getpid()}"
-    state.mkdir(mode=0o700, exist_ok=True)
-    token_file = Path(user["tokenFile"]) if "tokenFile" in user else state / "token"
-    if "token" in user:
-        _write_atomically(token_file, str(user["token"]).encode())
-    ca_file: Path | None = None
-    if "certificate-authority-data" in cluster:
-        ca_file = state / "ca.crt"
-        _write_atomically(ca_file, base64.b64decode(cluster["certificate-authority-data"]))
-    elif "certificate-authority" in cluster:
-        ca_file = Path(cluster["certificate-authority"])
-    return KubeAPI(str(cluster["server"]).rstrip("/"), token_file, ca_file)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Concurrent reviews re-read the kubeconfig: a reader never sees a half-written file."""
-    fd, name = tempfile.mkstemp(dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(name, path)
+    except ValueError as exc:
+        raise ValueError(f"$KUBECONFIG {path}: {exc}") from None
+    return Credentials(server, token, ca)
 
 
 def _controller(meta: dict[str, Any], kind: str, api_prefix: str) -> dict[str, Any] | None:

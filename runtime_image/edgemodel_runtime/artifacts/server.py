@@ -14,7 +14,9 @@
 Writes (PUT) need `Authorization: Bearer <token>` (see `auth`): none or an unknown token is 401,
 a token whose identity may not write that EdgeModel's records is 403, an authenticator that
 cannot reach the API server is 503. Reads stay anonymous: readers verify the digest.
-Errors are JSON `{"error": "<one line>"}`. Blob bodies are streamed to disk while hashed (never
+Errors are JSON `{"error": "<one line>"}`: handlers raise domain errors and one middleware
+(`edgemodel_runtime.http_errors`, shared with the serve runtime) maps them to a status, once
+(`failure_of`). Blob bodies are streamed to disk while hashed (never
 held in memory); disk writes and hashing run in a worker thread so one large upload does not
 stall downloads on the event loop. With a Kubernetes API, a collector deletes blobs and records
 no EdgeModel references any more (`store.plan_collection`) every `gc_interval_s`.
@@ -54,6 +56,7 @@ from edgemodel_runtime.artifacts.store import (
     references_from,
     validate_sha256,
 )
+from edgemodel_runtime.http_errors import HttpFailure, error_middleware
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,58 @@ AUTH_KEY: web.AppKey[Authenticator | None] = web.AppKey("auth")
 EDGEMODELS_PATH = "/apis/edgemodel.dev/v1alpha1/edgemodels"
 
 
-def _error(status: int, message: str, *, challenge: bool = False) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="edgemodel-artifacts"'} if challenge else None
-    return web.json_response({"error": message}, status=status, headers=headers)
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edgemodel-artifacts"'}
+
+
+class Unauthorized(Exception):
+    """No bearer token, or one the authenticator does not accept: 401 with a challenge."""
+
+
+class Forbidden(Exception):
+    """An authenticated writer that may not write this record: 403."""
+
+
+class NotFound(Exception):
+    """No such blob or record: 404."""
+
+
+class ClientGone(Exception):
+    """The client went away before the whole body arrived."""
+
+
+class StorageFailed(Exception):
+    """The disk refused the write (full, read-only): the server's problem, said plainly."""
+
+
+# Domain error -> status, in the order they are matched (docs/architecture.md, "Artifact store").
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (InvalidName, 400),
+    (DigestMismatch, 400),
+    (BadRecord, 400),
+    (ClientGone, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (MissingArtifact, 409),
+    (Conflict, 409),
+    (TooLarge, 413),
+    (AuthError, 503),
+    (QuotaExceeded, 507),
+    (StorageFailed, 507),
+)
+
+
+def failure_of(exc: Exception) -> HttpFailure | None:
+    """How a handler's exception reads on the wire; None for anything else (a real bug)."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return HttpFailure(413, f"record is larger than the limit of {MAX_RECORD_BYTES} bytes")
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            message = str(exc)
+            if isinstance(exc, AuthError):
+                message = f"cannot check the token now: {exc}"
+            return HttpFailure(status, message, CHALLENGE if status == 401 else {})
+    return None
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -92,40 +144,26 @@ async def _receive(request: web.Request, upload: Upload) -> None:
 async def put_artifact(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     identity = await _authorize(request)
-    if isinstance(identity, web.Response):
-        return identity
-    try:
-        sha256 = validate_sha256(request.match_info["sha256"])
-    except InvalidName as exc:
-        return _error(400, str(exc))
+    sha256 = validate_sha256(request.match_info["sha256"])
     announced = request.content_length
     if announced is not None and announced > store.max_bytes:
-        return _error(413, f"{announced} bytes is larger than the limit of {store.max_bytes} bytes")
+        raise TooLarge(f"{announced} bytes is larger than the limit of {store.max_bytes} bytes")
     if announced is not None and not store.has(sha256):
-        try:
-            store.check_room(announced)
-        except QuotaExceeded as exc:
-            return _error(507, str(exc))
+        store.check_room(announced)
     upload = await asyncio.to_thread(store.begin)
     try:
         await _receive(request, upload)
         created = await asyncio.to_thread(store.commit, upload, sha256)
-    except TooLarge as exc:
-        return _error(413, str(exc))
-    except DigestMismatch as exc:
-        log.warning("upload refused sha256=%s reason=digest-mismatch", sha256)
-        return _error(400, str(exc))
-    except QuotaExceeded as exc:
-        log.warning("upload refused sha256=%s reason=quota", sha256)
-        return _error(507, str(exc))
+    except (DigestMismatch, QuotaExceeded) as exc:
+        log.warning("upload refused sha256=%s reason=%s", sha256, type(exc).__name__)
+        raise
     except ConnectionError:
         # The client went away mid-body (aiohttp raises ConnectionResetError): nobody to answer.
         log.warning("upload aborted by the client sha256=%s", sha256)
-        return _error(400, "connection lost before the whole body arrived")
+        raise ClientGone("connection lost before the whole body arrived") from None
     except OSError as exc:
-        # Disk full or read-only: the server's problem, not the client's; tell it plainly.
         log.error("upload failed sha256=%s error=%s", sha256, exc)
-        return _error(507, f"cannot store the artifact: {exc.strerror or exc}")
+        raise StorageFailed(f"cannot store the artifact: {exc.strerror or exc}") from None
     finally:
         # Covers a client that disconnects mid-body (the read raises): no temp file survives.
         await asyncio.to_thread(upload.discard)
@@ -144,35 +182,32 @@ async def put_artifact(request: web.Request) -> web.Response:
 
 async def get_artifact(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE_KEY]
-    try:
-        sha256 = validate_sha256(request.match_info["sha256"])
-    except InvalidName as exc:
-        return _error(400, str(exc))
+    sha256 = validate_sha256(request.match_info["sha256"])
     path = store.blob_path(sha256)
     if not path.is_file():
-        return _error(404, f"artifact {sha256} not found")
+        raise NotFound(f"artifact {sha256} not found")
     # FileResponse streams with sendfile, sets Content-Length and answers HEAD and Range.
     return web.FileResponse(
         path, headers={SHA256_HEADER: sha256, "Content-Type": "application/octet-stream"}
     )
 
 
-async def _authorize(request: web.Request) -> Identity | web.Response:
-    """The writer's Identity, or the 401/403/503 to answer instead."""
+async def _authorize(request: web.Request) -> Identity:
+    """The writer's Identity; raises Unauthorized (401) or AuthError (503) instead."""
     authenticator = request.app[AUTH_KEY]
     token = bearer(request.headers.get("Authorization"))
     if authenticator is None:
         return Identity("anonymous", ("*", "*"))  # --insecure-allow-anonymous-writes
     if token is None:
-        return _error(401, "writes need 'Authorization: Bearer <token>'", challenge=True)
+        raise Unauthorized("writes need 'Authorization: Bearer <token>'")
     try:
         identity = await authenticator.authenticate(token)
     except AuthError as exc:
         log.error("cannot authenticate a writer: %s", exc)
-        return _error(503, f"cannot check the token now: {exc}")
+        raise
     if identity is None:
         log.warning("write refused: token not accepted path=%s", request.path)
-        return _error(401, "the bearer token is not accepted for writing", challenge=True)
+        raise Unauthorized("the bearer token is not accepted for writing")
     return identity
 
 
@@ -184,31 +219,15 @@ def _record_key(request: web.Request) -> RecordKey:
 async def put_record(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     identity = await _authorize(request)
-    if isinstance(identity, web.Response):
-        return identity
-    try:
-        key = _record_key(request)
-    except InvalidName as exc:
-        return _error(400, str(exc))
+    key = _record_key(request)
     if not identity.may_write_record(key.namespace, key.uid):
         log.warning("record write refused subject=%s key=%s", identity.subject, key.path)
-        return _error(
-            403,
-            f"{identity.subject} may not write records of EdgeModel {key.namespace}/{key.uid}",
+        raise Forbidden(
+            f"{identity.subject} may not write records of EdgeModel {key.namespace}/{key.uid}"
         )
-    try:
-        body = await request.read()  # bounded by the app's client_max_size (413 beyond it)
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"record is larger than the limit of {MAX_RECORD_BYTES} bytes")
-    try:
-        record = parse_record(body)
-        created = await asyncio.to_thread(store.put_record, key, record)
-    except BadRecord as exc:
-        return _error(400, str(exc))
-    except (MissingArtifact, Conflict) as exc:
-        return _error(409, str(exc))
-    except QuotaExceeded as exc:
-        return _error(507, str(exc))
+    body = await request.read()  # bounded by the app's client_max_size (413 beyond it)
+    record = parse_record(body)
+    created = await asyncio.to_thread(store.put_record, key, record)
     log.info(
         "record stored key=%s sha256=%s created=%s subject=%s",
         key.path,
@@ -221,13 +240,10 @@ async def put_record(request: web.Request) -> web.Response:
 
 async def get_record(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
-    try:
-        key = _record_key(request)
-    except InvalidName as exc:
-        return _error(400, str(exc))
+    key = _record_key(request)
     record = await asyncio.to_thread(store.get_record, key)
     if record is None:
-        return _error(404, f"record {key.path} not found")
+        raise NotFound(f"record {key.path} not found")
     return web.json_response(record)
 
 
@@ -236,7 +252,9 @@ def make_app(store: ArtifactStore, authenticator: Authenticator | None) -> web.A
 
     `authenticator` None accepts anonymous writes: only for `--insecure-allow-anonymous-writes`.
     """
-    app = web.Application(client_max_size=MAX_RECORD_BYTES)
+    app = web.Application(
+        client_max_size=MAX_RECORD_BYTES, middlewares=[error_middleware(failure_of)]
+    )
     app[STORE_KEY] = store
     app[AUTH_KEY] = authenticator
     app.router.add_get("/healthz", healthz)

@@ -145,6 +145,15 @@ def compress(request: Request, clock: Callable[[], float] = time.monotonic) -> O
     return Outcome(directory, report)
 
 
+def _weight_only_base_is_smaller(prepared: quantize.Prepared, chosen: search.Attempt) -> bool:
+    """The int8 kernels placed nothing, and weight-only int8 starts from a graph 3% smaller."""
+    if prepared.unprocessed is None or graph.int8_compute_ops(
+        onnx.load_model(str(chosen.artifact), load_external_data=False)
+    ):
+        return False
+    return prepared.unprocessed.stat().st_size < 0.97 * prepared.path.stat().st_size
+
+
 def _recipe(mode: str, attempt: search.Attempt) -> str:
     """What a candidate is, by its content: int8 kernels only when some op computes in int8."""
     if mode not in ("dynamic-int8", "static-int8"):
@@ -333,18 +342,16 @@ def _build(
         pool: list[search.Attempt] = [chosen]
         time_it(chosen)
         # The search moves on to weight-only int8 when the int8 kernels lose accuracy, run
-        # slower than fp32 on this CPU, or were never placed (no int8 compute op: the artifact
-        # is weight-only already, but built from the pre-processed graph, which can hold more
-        # weights than the original: silero-vad's 1.5x). Never with a zero budget: that asks
-        # for no search.
+        # slower than fp32 on this CPU, or were never placed while the graph weight-only int8
+        # starts from is smaller (the artifact is weight-only already, but built from the
+        # pre-processed graph, which can hold more weights: silero-vad's 1.5x). Never with a
+        # zero budget: that asks for no search.
         if (
             int8
             and evaluation is not None
             and settings.search_budget_s > 0
             and (
-                not chosen.passed
-                or slow(chosen)
-                or graph.int8_compute_ops(onnx.load_model(str(chosen.artifact))) == 0
+                not chosen.passed or slow(chosen) or _weight_only_base_is_smaller(prepared, chosen)
             )
         ):
             light = attempt(quantize.Variant(weight_only=True))
@@ -406,7 +413,8 @@ def _build(
                 "runs_original_kernels": same.get(id(a)),
                 "passed": a.passed,
                 "chosen": a is chosen,
-                "note": notes.get(id(a), ""),
+                "note": notes.get(id(a))
+                or ("failed the gate: " + "; ".join(a.reasons) if a.reasons else ""),
             }
             for a in search_log.attempts
             if Path(a.artifact).exists()

@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import contextlib
 import ctypes
+import enum
 import logging
 import math
 import multiprocessing
@@ -40,7 +41,7 @@ import numpy as np
 
 from edgemodel_runtime import __version__
 
-from .errors import ErrorKind, ServeError, invalid, not_found
+from .errors import ErrorKind, ServeError, Wire, invalid, not_found
 from .metrics import ServeMetrics
 from .tensors import CONFIG_TYPES, NUMPY_DTYPES, Array, TensorSpec, from_list, from_raw
 
@@ -234,6 +235,23 @@ class DataPlaneConfig:
     memory_limit: int | None = None  # the container's, in bytes; caps the body budget
 
 
+class ServerState(enum.Enum):
+    """Where the server is in its life; it only moves forward (docs/architecture.md).
+
+    LOADING: listening, the model downloads and warms up (live, not ready).
+    READY: serving and reported ready.
+    LEAVING: SIGTERM seen with a shutdown delay: reported not ready, still serving.
+    DRAINING: refusing new requests (UNAVAILABLE), in-flight ones finishing.
+    CLOSED: batcher stopped, executors shut down.
+    """
+
+    LOADING = "loading"
+    READY = "ready"
+    LEAVING = "leaving"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
 class DataPlane:
     """The served model behind the v2 endpoints (KServe's `V2Endpoints(dataplane)` split)."""
 
@@ -253,9 +271,7 @@ class DataPlane:
         # inline: always on the loop; thread: always on a worker; auto: decided at warm-up.
         self._inline = config.execution == "inline"
         self._batcher: Batcher | None = None
-        self._ready = False
-        self._draining = False
-        self._leaving = False  # SIGTERM seen: not ready, still serving (see announce_shutdown)
+        self._state = ServerState.LOADING
         self._inflight = 0
         self._inflight_bytes = 0
         self._idle = asyncio.Event()
@@ -301,12 +317,22 @@ class DataPlane:
     # --- lifecycle -------------------------------------------------------------------------
 
     @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @property
     def ready(self) -> bool:
-        return self._ready and not self._draining and not self._leaving
+        return self._state is ServerState.READY
+
+    @property
+    def serving(self) -> bool:
+        """Takes inference requests: ready, or leaving (not ready, but still serving)."""
+        return self._state is ServerState.READY or self._state is ServerState.LEAVING
 
     def announce_shutdown(self) -> None:
         """Report not ready but keep serving, while load balancers take this endpoint out."""
-        self._leaving = True
+        if self._state is ServerState.READY:
+            self._state = ServerState.LEAVING
 
     async def start(self, model: Runner) -> None:
         """Attach the loaded model, warm it up (off the loop), start the batcher, become ready."""
@@ -358,11 +384,13 @@ class DataPlane:
                 metrics=self.metrics,
             )
             self._batcher.start()
-        self._ready = True
+        if self._state is ServerState.LOADING:  # a drain begun during warm-up stays a drain
+            self._state = ServerState.READY
 
     def stop_accepting(self) -> None:
         """Not ready from now on; new inference requests get UNAVAILABLE."""
-        self._draining = True
+        if self._state is not ServerState.CLOSED:
+            self._state = ServerState.DRAINING
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until no request is in flight (True) or the grace period ends (False)."""
@@ -374,6 +402,7 @@ class DataPlane:
         return True
 
     async def close(self) -> None:
+        self._state = ServerState.CLOSED
         if self._batcher is not None:
             await self._batcher.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -421,6 +450,37 @@ class DataPlane:
                 "flight), retry later",
             )
         return Admission(self, body_bytes)
+
+    async def instrumented(
+        self, wire: Wire, body_bytes: int, work: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        """Admit one inference request, run `work`, and record it: the path of both protocols.
+
+        The outcome goes to the request metrics under `wire`'s code (refusals included); a
+        `ServeError` propagates for the protocol to put on the wire, an unexpected exception
+        becomes INTERNAL (logged with its traceback), and a cancellation (the client went
+        away) is recorded as DISCONNECTED and propagates.
+        """
+        started = time.perf_counter()
+        kind: ErrorKind | None = ErrorKind.INTERNAL
+        try:
+            with self.admit(body_bytes):
+                result = await work()
+            kind = None
+            return result
+        except ServeError as exc:
+            kind = exc.kind
+            raise
+        except asyncio.CancelledError:  # aiohttp cancels the handler / the RPC's deadline passed
+            kind = ErrorKind.DISCONNECTED
+            raise
+        except Exception as exc:  # the server must answer, whatever the request did
+            log.exception("unexpected error handling a %s inference request", wire.value)
+            raise ServeError(ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}") from None
+        finally:
+            self.metrics.observe_request(
+                wire.code(kind), time.perf_counter() - started, timed=kind is None or kind.timed
+            )
 
     def _enter(self, body_bytes: int) -> None:
         self._inflight += 1
@@ -498,65 +558,66 @@ class DataPlane:
         self.check_model(request.model_name, request.model_version)
         feeds: dict[str, Array] = {}
         for tensor in request.inputs:
-            spec = self._inputs.get(tensor.name)
-            if spec is None:
-                raise invalid(
-                    f"unknown input {tensor.name!r} (model {self.name!r} takes "
-                    f"{', '.join(self._inputs)})"
-                )
-            if tensor.name in feeds:
+            if tensor.name in self._inputs and tensor.name in feeds:
                 raise invalid(f"input {tensor.name!r} given more than once")
-            if tensor.datatype != spec.datatype:
-                if tensor.datatype == "BYTES":
-                    raise invalid(
-                        f"input {tensor.name!r}: BYTES (string) data is not accepted, the model "
-                        f"takes {spec.datatype}"
-                    )
-                raise invalid(
-                    f"input {tensor.name!r}: datatype {tensor.datatype} does not match the "
-                    f"model's {spec.datatype}"
-                )
-            if len(tensor.shape) != len(spec.shape) or any(
-                want >= 0 and got != want
-                for got, want in zip(tensor.shape, spec.shape, strict=False)
-            ):
-                raise invalid(
-                    f"input {tensor.name!r}: shape {list(tensor.shape)} does not match the "
-                    f"model's {list(spec.shape)} (-1 is any size)"
-                )
-            if tensor.raw is not None:
-                feeds[tensor.name] = from_raw(tensor.name, spec.datatype, tensor.shape, tensor.raw)
-            else:
-                feeds[tensor.name] = from_list(
-                    tensor.name, spec.datatype, tensor.shape, tensor.values
-                )
+            feeds[tensor.name] = self._feed(tensor)
         missing = [name for name in self._inputs if name not in feeds]
         if missing:
             raise invalid(f"missing input {', '.join(repr(name) for name in missing)}")
-        if request.output_names is None:
-            names = self.model.output_names
-        else:
-            names = list(dict.fromkeys(request.output_names))
-            for name in names:
-                if name not in self._outputs:
-                    raise invalid(
-                        f"unknown output {name!r} (model {self.name!r} produces "
-                        f"{', '.join(self._outputs)})"
-                    )
+        return feeds, self._output_names(request.output_names), self._rows(feeds)
+
+    def _feed(self, tensor: InputTensor) -> Array:
+        """One input checked against its spec (name, datatype, shape) and decoded."""
+        spec = self._inputs.get(tensor.name)
+        if spec is None:
+            raise invalid(
+                f"unknown input {tensor.name!r} (model {self.name!r} takes "
+                f"{', '.join(self._inputs)})"
+            )
+        if tensor.datatype != spec.datatype:
+            if tensor.datatype == "BYTES":
+                raise invalid(
+                    f"input {tensor.name!r}: BYTES (string) data is not accepted, the model "
+                    f"takes {spec.datatype}"
+                )
+            raise invalid(
+                f"input {tensor.name!r}: datatype {tensor.datatype} does not match the "
+                f"model's {spec.datatype}"
+            )
+        if len(tensor.shape) != len(spec.shape) or any(
+            want >= 0 and got != want for got, want in zip(tensor.shape, spec.shape, strict=False)
+        ):
+            raise invalid(
+                f"input {tensor.name!r}: shape {list(tensor.shape)} does not match the "
+                f"model's {list(spec.shape)} (-1 is any size)"
+            )
+        if tensor.raw is not None:
+            return from_raw(tensor.name, spec.datatype, tensor.shape, tensor.raw)
+        return from_list(tensor.name, spec.datatype, tensor.shape, tensor.values)
+
+    def _output_names(self, requested: Sequence[str] | None) -> list[str]:
+        """The outputs to compute: those requested (each once, known to the model) or all."""
+        if requested is None:
+            return self.model.output_names
+        names = list(dict.fromkeys(requested))
+        for name in names:
+            if name not in self._outputs:
+                raise invalid(
+                    f"unknown output {name!r} (model {self.name!r} produces "
+                    f"{', '.join(self._outputs)})"
+                )
+        return names
+
+    def _rows(self, feeds: Mapping[str, Array]) -> int:
+        """The request's batch rows: the shared leading dim when batching, else for metrics."""
         if self.batching:
             sizes = {array.shape[0] for array in feeds.values()}
             if len(sizes) != 1:
                 raise invalid(f"inputs disagree on the batch (first) dimension: {sorted(sizes)}")
-            rows = sizes.pop()
-        else:  # only for the batch-size metric: the leading dim, 1 for scalar-only inputs
-            first = next(iter(feeds.values()), None)
-            rows = first.shape[0] if first is not None and first.ndim else 1
-        return feeds, names, rows
-
-    @property
-    def serving(self) -> bool:
-        """Takes inference requests: loaded and not draining (while leaving, it still serves)."""
-        return self._ready and not self._draining
+            return int(sizes.pop())
+        # Only for the batch-size metric: the leading dim, 1 for scalar-only inputs.
+        first = next(iter(feeds.values()), None)
+        return first.shape[0] if first is not None and first.ndim else 1
 
     async def infer(self, request: InferRequest) -> InferResponse:
         if not self.serving:
@@ -772,28 +833,35 @@ class Batcher:
         try:
             arrays = await self._execute(feeds, names)
         except ServeError as exc:
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+            _fail_all(batch, exc)
             return
         except Exception as exc:  # never let one bad batch kill the batcher task
             log.exception("batch execution failed: rows=%d requests=%d", rows, len(batch))
-            error = ServeError(ErrorKind.INTERNAL, f"inference failed: {exc}")
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+            _fail_all(batch, ServeError(ErrorKind.INTERNAL, f"inference failed: {exc}"))
             return
-        index = {name: position for position, name in enumerate(names)}
-        offset = 0
-        for pending in batch:
-            end = offset + pending.rows
-            if not pending.future.done():
-                if len(batch) == 1:
-                    result = [arrays[index[name]] for name in pending.names]
-                else:
-                    result = [arrays[index[name]][offset:end] for name in pending.names]
-                pending.future.set_result(result)
-            offset = end
+        _answer_all(batch, names, arrays)
+
+
+def _fail_all(batch: list[_Pending], error: ServeError) -> None:
+    """Fail every request of the batch still waiting for its result."""
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)
+
+
+def _answer_all(batch: list[_Pending], names: list[str], arrays: list[Array]) -> None:
+    """Hand each waiting request its rows of the outputs it asked for."""
+    index = {name: position for position, name in enumerate(names)}
+    offset = 0
+    for pending in batch:
+        end = offset + pending.rows
+        if not pending.future.done():
+            if len(batch) == 1:
+                result = [arrays[index[name]] for name in pending.names]
+            else:
+                result = [arrays[index[name]][offset:end] for name in pending.names]
+            pending.future.set_result(result)
+        offset = end
 
 
 def _union(groups: Iterable[list[str]]) -> list[str]:

@@ -65,3 +65,16 @@ def invalid(message: str) -> ServeError:
 
 def not_found(message: str) -> ServeError:
     return ServeError(ErrorKind.NOT_FOUND, message)
+
+
+class Wire(enum.Enum):
+    """A wire protocol, naming outcomes its own way in the metrics `code` label."""
+
+    HTTP = "HTTP"
+    GRPC = "gRPC"
+
+    def code(self, kind: ErrorKind | None) -> str:
+        """The `code` label of an outcome: `kind`, or success when None."""
+        if self is Wire.HTTP:
+            return "200" if kind is None else str(kind.http_status)
+        return "OK" if kind is None else kind.grpc_code

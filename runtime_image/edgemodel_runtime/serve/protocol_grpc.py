@@ -15,9 +15,7 @@ since the model-derived limit is only known after loading; the handler applies t
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,7 +31,7 @@ from .dataplane import (
     InputTensor,
     check_timeout_us,
 )
-from .errors import ErrorKind, ServeError, invalid
+from .errors import ServeError, Wire, invalid
 from .tensors import check_datatype, check_shape, datatype_of, to_raw
 
 log = logging.getLogger(__name__)
@@ -151,30 +149,16 @@ class GrpcEndpoints(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ign
         )
 
     async def _infer(self, request: Any) -> tuple[Any, ServeError | None]:
-        """One inference with metrics; returns (response, None) or (None, error)."""
-        started = time.perf_counter()
-        code = "INTERNAL"
-        timed = True
+        """One instrumented inference; returns (response, None) or (None, error)."""
+        size = sum(len(raw) for raw in request.raw_input_contents)
+
+        async def work() -> Any:
+            return encode_infer_response(await self._dp.infer(parse_infer_request(request)))
+
         try:
-            size = sum(len(raw) for raw in request.raw_input_contents)
-            with self._dp.admit(size):
-                result = await self._dp.infer(parse_infer_request(request))
-                message = encode_infer_response(result)
-                code = "OK"
-                return message, None
+            return await self._dp.instrumented(Wire.GRPC, size, work), None
         except ServeError as exc:
-            code = exc.kind.grpc_code
-            timed = exc.kind.timed
             return None, exc
-        except asyncio.CancelledError:  # the client went away or its deadline passed
-            code = "CANCELLED"
-            timed = False
-            raise
-        except Exception as exc:  # the server must answer, whatever the request did
-            log.exception("unexpected error handling a gRPC inference request")
-            return None, ServeError(ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}")
-        finally:
-            self._dp.metrics.observe_request(code, time.perf_counter() - started, timed=timed)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         message, error = await self._infer(request)

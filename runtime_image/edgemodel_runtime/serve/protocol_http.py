@@ -3,7 +3,9 @@
 Requests are parsed into dataplane `InferRequest`s with tensors left in wire form; responses
 are encoded with raw binary outputs when the client asked for them (`binary_data_output` or a
 per-output `binary_data`), which is what `tritonclient.http` does by default. Every failure is
-a 4xx/5xx with a JSON body `{"error": "..."}`; no input can make a handler raise past here.
+a 4xx/5xx with a JSON body `{"error": "..."}`: handlers raise `ServeError` and the app's error
+middleware (`edgemodel_runtime.http_errors`) maps it to HTTP once; no input can make a handler
+raise past it. Inference runs through `DataPlane.instrumented`, the path gRPC uses too.
 
 The infer handler is admitted by the dataplane before it reads a byte of the body (see
 `DataPlane.admit`): refusals are 413, or 503 with Retry-After. It reads the body itself, so
@@ -19,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
+
+from edgemodel_runtime.http_errors import HttpFailure, error_middleware
 
 from .dataplane import (
     RETRY_AFTER_S,
@@ -32,7 +35,7 @@ from .dataplane import (
     InputTensor,
     check_timeout_us,
 )
-from .errors import ErrorKind, ServeError, invalid
+from .errors import ErrorKind, ServeError, Wire, invalid, not_found
 from .tensors import (
     check_datatype,
     check_shape,
@@ -52,13 +55,13 @@ INLINE_DECODE_BYTES = 256 << 10
 APP_MAX_BYTES = 1 << 30
 
 
-def error_response(status: int, message: str) -> web.Response:
-    response = web.Response(
-        status=status, body=_DUMPS({"error": message}).encode(), content_type="application/json"
-    )
-    if status == ErrorKind.OVERLOADED.http_status:
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response
+def http_failure(exc: Exception) -> HttpFailure | None:
+    """The HTTP answer to a `ServeError` (503s carry Retry-After); None for anything else."""
+    if not isinstance(exc, ServeError):
+        return None
+    status = exc.kind.http_status
+    retry = status == ErrorKind.OVERLOADED.http_status
+    return HttpFailure(status, exc.message, {"Retry-After": str(RETRY_AFTER_S)} if retry else {})
 
 
 def _json(document: Any, status: int = 200) -> web.Response:
@@ -105,7 +108,17 @@ def parse_infer_document(
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise invalid("'id' must be a string")
-    parameters = document.get("parameters", {})
+    binary_default, timeout_s = _parse_parameters(document.get("parameters", {}))
+    inputs = _parse_inputs(document.get("inputs"), binary)
+    output_names, binary_flags = _parse_outputs(document.get("outputs"), binary_default)
+    request = InferRequest(
+        model_name, model_version, inputs, output_names, request_id, timeout_s=timeout_s
+    )
+    return request, binary_flags, binary_default
+
+
+def _parse_parameters(parameters: Any) -> tuple[bool, float | None]:
+    """The request-level parameters: (binary_data_output default, timeout in seconds)."""
     if not isinstance(parameters, dict):
         raise invalid("'parameters' must be an object")
     if "classification" in parameters:
@@ -117,66 +130,77 @@ def parse_infer_document(
     timeout_us = parameters.get("timeout")
     if timeout_us is not None:
         timeout_s = check_timeout_us(timeout_us)
+    return binary_default, timeout_s
 
-    raw_inputs = document.get("inputs")
+
+def _parse_inputs(raw_inputs: Any, binary: memoryview) -> list[InputTensor]:
+    """The input tensors, binary ones sliced in order from `binary`, which they must fill."""
     if not isinstance(raw_inputs, list):
         raise invalid("'inputs' must be a list of input tensors")
     inputs: list[InputTensor] = []
     offset = 0
     for item in raw_inputs:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise invalid("each input must be an object with a string 'name'")
-        name: str = item["name"]
-        datatype = check_datatype(name, item.get("datatype"))
-        shape = check_shape(name, item.get("shape"))
-        params = item.get("parameters", {})
-        if not isinstance(params, dict):
-            raise invalid(f"input {name!r}: 'parameters' must be an object")
-        size = params.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise invalid(f"input {name!r}: 'binary_data_size' must be a non-negative integer")
-            if offset + size > len(binary):
-                raise invalid(
-                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
-                    f"({len(binary) - offset} binary bytes left)"
-                )
-            inputs.append(InputTensor(name, datatype, shape, raw=binary[offset : offset + size]))
-            offset += size
-        else:
-            if "data" not in item:
-                raise invalid(f"input {name!r}: neither 'data' nor binary_data_size given")
-            inputs.append(InputTensor(name, datatype, shape, values=item["data"]))
+        tensor = _parse_input(item, binary, offset)
+        if tensor.raw is not None:
+            offset += len(tensor.raw)
+        inputs.append(tensor)
     if offset != len(binary):
         raise invalid(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input's "
             "binary_data_size"
         )
+    return inputs
 
-    output_names: list[str] | None = None
+
+def _parse_input(item: Any, binary: memoryview, offset: int) -> InputTensor:
+    """One input tensor; a binary one takes its bytes from `binary` at `offset`."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise invalid("each input must be an object with a string 'name'")
+    name: str = item["name"]
+    datatype = check_datatype(name, item.get("datatype"))
+    shape = check_shape(name, item.get("shape"))
+    params = item.get("parameters", {})
+    if not isinstance(params, dict):
+        raise invalid(f"input {name!r}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is None:
+        if "data" not in item:
+            raise invalid(f"input {name!r}: neither 'data' nor binary_data_size given")
+        return InputTensor(name, datatype, shape, values=item["data"])
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise invalid(f"input {name!r}: 'binary_data_size' must be a non-negative integer")
+    if offset + size > len(binary):
+        raise invalid(
+            f"input {name!r}: binary_data_size {size} runs past the end of the body "
+            f"({len(binary) - offset} binary bytes left)"
+        )
+    return InputTensor(name, datatype, shape, raw=binary[offset : offset + size])
+
+
+def _parse_outputs(
+    raw_outputs: Any, binary_default: bool
+) -> tuple[list[str] | None, dict[str, bool]]:
+    """The requested outputs (None: all) and each one's binary_data flag."""
     binary_flags: dict[str, bool] = {}
-    raw_outputs = document.get("outputs")
-    if raw_outputs is not None:
-        if not isinstance(raw_outputs, list):
-            raise invalid("'outputs' must be a list")
-        output_names = []
-        for item in raw_outputs:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise invalid("each requested output must be an object with a string 'name'")
-            params = item.get("parameters", {})
-            if not isinstance(params, dict):
-                raise invalid(f"output {item['name']!r}: 'parameters' must be an object")
-            if "classification" in params:
-                raise invalid("the classification extension is not supported")
-            flag = params.get("binary_data", binary_default)
-            if not isinstance(flag, bool):
-                raise invalid(f"output {item['name']!r}: 'binary_data' must be a boolean")
-            output_names.append(item["name"])
-            binary_flags[item["name"]] = flag
-    request = InferRequest(
-        model_name, model_version, inputs, output_names, request_id, timeout_s=timeout_s
-    )
-    return request, binary_flags, binary_default
+    if raw_outputs is None:
+        return None, binary_flags
+    if not isinstance(raw_outputs, list):
+        raise invalid("'outputs' must be a list")
+    output_names: list[str] = []
+    for item in raw_outputs:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid("each requested output must be an object with a string 'name'")
+        params = item.get("parameters", {})
+        if not isinstance(params, dict):
+            raise invalid(f"output {item['name']!r}: 'parameters' must be an object")
+        if "classification" in params:
+            raise invalid("the classification extension is not supported")
+        flag = params.get("binary_data", binary_default)
+        if not isinstance(flag, bool):
+            raise invalid(f"output {item['name']!r}: 'binary_data' must be a boolean")
+        output_names.append(item["name"])
+        binary_flags[item["name"]] = flag
+    return output_names, binary_flags
 
 
 def encode_infer_response(
@@ -271,29 +295,20 @@ class HttpEndpoints:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
-        try:
-            self._dp.check_model(name, version)
-        except ServeError as exc:
-            return error_response(exc.kind.http_status, exc.message)
+        self._dp.check_model(name, version)
         ready = self._dp.ready
         return _json({"name": name, "ready": ready}, 200 if ready else 503)
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
-        try:
-            return _json(self._dp.model_metadata(name, version))
-        except ServeError as exc:
-            return error_response(exc.kind.http_status, exc.message)
+        return _json(self._dp.model_metadata(name, version))
 
     async def model_config(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version", "")
-        try:
-            return _json(self._dp.model_config(name, version))
-        except ServeError as exc:
-            return error_response(exc.kind.http_status, exc.message)
+        return _json(self._dp.model_config(name, version))
 
     async def not_found(self, request: web.Request) -> web.Response:
-        return error_response(404, f"no such endpoint: {request.method} {request.path}")
+        raise not_found(f"no such endpoint: {request.method} {request.path}")
 
     async def _parse(
         self, request: web.Request, body: bytearray
@@ -315,42 +330,27 @@ class HttpEndpoints:
         )
 
     async def infer(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        status = 500
-        timed = True
-        try:
-            limit = self._dp.request_limit
-            announced = request.content_length
-            with self._dp.admit(limit if announced is None else announced):
-                infer_request, flags, default = await self._parse(
-                    request, await read_body(request, limit)
-                )
-                response = encode_infer_response(
-                    await self._dp.infer(infer_request), flags, default
-                )
-                status = 200
-                return response
-        except ServeError as exc:
-            status = exc.kind.http_status
-            timed = exc.kind.timed
-            return error_response(status, exc.message)
-        except asyncio.CancelledError:  # aiohttp cancels the handler when the client is gone
-            status = ErrorKind.DISCONNECTED.http_status
-            timed = False
-            raise
-        except Exception as exc:  # the server must answer, whatever the request did
-            log.exception("unexpected error handling an HTTP inference request")
-            return error_response(500, f"internal error: {type(exc).__name__}")
-        finally:
-            self._dp.metrics.observe_request(
-                str(status), time.perf_counter() - started, timed=timed
+        limit = self._dp.request_limit
+        announced = request.content_length
+
+        async def work() -> web.Response:
+            infer_request, flags, default = await self._parse(
+                request, await read_body(request, limit)
             )
+            return encode_infer_response(await self._dp.infer(infer_request), flags, default)
+
+        return await self._dp.instrumented(
+            Wire.HTTP, limit if announced is None else announced, work
+        )
 
 
 def http_app(dataplane: DataPlane) -> web.Application:
     """The inference port's app (no /metrics here: that lives on the metrics port)."""
     endpoints = HttpEndpoints(dataplane)
-    app = web.Application(client_max_size=APP_MAX_BYTES)
+    # ServeErrors become their HTTP answer here, once, for every handler.
+    app = web.Application(
+        client_max_size=APP_MAX_BYTES, middlewares=[error_middleware(http_failure)]
+    )
     router = app.router
     prefixes = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     # aiohttp tries resources in registration order: the hot route goes first.

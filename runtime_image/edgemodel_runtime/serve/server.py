@@ -121,22 +121,18 @@ def _load(options: ServeOptions) -> OnnxModel:
     return OnnxModel(path, providers=options.providers, intra_op_threads=options.intra_op_threads)
 
 
-async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop` is set); returns the process exit code."""
-    loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+@dataclass
+class _Listeners:
+    """The three ports' servers, built before the model exists so probes answer at once."""
 
-    metrics = ServeMetrics(
-        model=options.model_label or options.name,
-        revision=options.revision,
-        target=options.target,
-        slo_seconds=options.slo_ms / 1000.0,
-        max_batch_size=max(1, options.max_batch_size),
-    )
-    usable_cpus = threads_for(read_cpu_limit(), available_cpus())  # the container's CPU limit
-    dataplane = DataPlane(
+    http_site: web.TCPSite
+    http_runner: web.AppRunner
+    grpc_srv: grpc.aio.Server
+    metrics_runner: web.AppRunner
+
+
+def _dataplane(options: ServeOptions, metrics: ServeMetrics, usable_cpus: int) -> DataPlane:
+    return DataPlane(
         DataPlaneConfig(
             name=options.name,
             max_batch_size=options.max_batch_size,
@@ -151,6 +147,12 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
         ),
         metrics,
     )
+
+
+async def _listen(
+    options: ServeOptions, dataplane: DataPlane, metrics: ServeMetrics, usable_cpus: int
+) -> _Listeners | None:
+    """Bind and start the metrics, HTTP and gRPC ports; None (cleaned up) if one cannot bind."""
     # access_log=None: a log line per inference costs more than the inference of a small model.
     metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None, shutdown_timeout=1.0)
     http_runner = web.AppRunner(
@@ -179,7 +181,7 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
         await http_runner.cleanup()
         await metrics_runner.cleanup()
         await dataplane.close()
-        return 1
+        return None
     log.info(
         "listening: host=%s http=%d grpc=%d metrics=%d model=%s revision=%s target=%s",
         options.host,
@@ -190,56 +192,85 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
         options.revision,
         options.target,
     )
+    return _Listeners(http_site, http_runner, grpc_srv, metrics_runner)
 
-    exit_code = 0
+
+async def _become_ready(
+    options: ServeOptions, dataplane: DataPlane, metrics: ServeMetrics, model: OnnxModel
+) -> None:
+    """Check the providers the session got, warm the model up and turn ready."""
+    metrics.model_loaded(model.provider, options.providers)
+    refusal = provider_refusal(options.providers, model.providers)
+    if refusal is not None and options.require_provider:
+        raise ProviderUnavailableError(refusal)
+    if refusal is not None:
+        log.warning(
+            "provider fallback: requested=%s serving on=%s",
+            options.providers,
+            model.provider,
+        )
+    await dataplane.start(model)
+    log.info(
+        "ready: model=%s providers=%s inputs=%s outputs=%s batching=%s",
+        options.name,
+        ",".join(model.providers),
+        [spec.metadata() for spec in model.inputs],
+        [spec.metadata() for spec in model.outputs],
+        dataplane.batching,
+    )
+
+
+async def _run(
+    options: ServeOptions, dataplane: DataPlane, metrics: ServeMetrics, stop: asyncio.Event
+) -> int:
+    """Load (unless stopped first), become ready and serve until `stop`; the exit code."""
+    loop = asyncio.get_running_loop()
     load = loop.run_in_executor(dataplane.executor, _load, options)
     stopped: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
     try:
         waiting: list[asyncio.Future[Any]] = [load, stopped]
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
-            model = load.result()
-            metrics.model_loaded(model.provider, options.providers)
-            refusal = provider_refusal(options.providers, model.providers)
-            if refusal is not None and options.require_provider:
-                raise ProviderUnavailableError(refusal)
-            if refusal is not None:
-                log.warning(
-                    "provider fallback: requested=%s serving on=%s",
-                    options.providers,
-                    model.provider,
-                )
-            await dataplane.start(model)
-            log.info(
-                "ready: model=%s providers=%s inputs=%s outputs=%s batching=%s",
-                options.name,
-                ",".join(model.providers),
-                [spec.metadata() for spec in model.inputs],
-                [spec.metadata() for spec in model.outputs],
-                dataplane.batching,
-            )
+            await _become_ready(options, dataplane, metrics, load.result())
             await stop.wait()
     except (SourceError, ModelLoadError) as exc:
         log.error("cannot load model: uri=%s error=%s", options.model_uri, exc)
-        exit_code = 2
+        return 2
     except ProviderUnavailableError as exc:
         log.error("required provider unavailable: %s", exc.message)
         _write_termination_log(options.termination_log, exc.message)
-        exit_code = EXIT_PROVIDER
+        return EXIT_PROVIDER
     except ServeError as exc:  # the warm-up inference itself failed
         log.error("model warm-up failed: uri=%s error=%s", options.model_uri, exc.message)
-        exit_code = 2
+        return 2
     finally:
         stopped.cancel()
-        await _shutdown(
-            options=options,
-            dataplane=dataplane,
-            http_site=http_site,
-            http_runner=http_runner,
-            grpc_srv=grpc_srv,
-            metrics_runner=metrics_runner,
-        )
-    return exit_code
+    return 0
+
+
+async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    metrics = ServeMetrics(
+        model=options.model_label or options.name,
+        revision=options.revision,
+        target=options.target,
+        slo_seconds=options.slo_ms / 1000.0,
+        max_batch_size=max(1, options.max_batch_size),
+    )
+    usable_cpus = threads_for(read_cpu_limit(), available_cpus())  # the container's CPU limit
+    dataplane = _dataplane(options, metrics, usable_cpus)
+    listeners = await _listen(options, dataplane, metrics, usable_cpus)
+    if listeners is None:
+        return 1
+    try:
+        return await _run(options, dataplane, metrics, stop)
+    finally:
+        await _shutdown(options=options, dataplane=dataplane, listeners=listeners)
 
 
 def _write_termination_log(path: Path | None, message: str) -> None:
@@ -251,15 +282,7 @@ def _write_termination_log(path: Path | None, message: str) -> None:
         log.warning("cannot write the termination log: path=%s error=%s", path, exc)
 
 
-async def _shutdown(
-    *,
-    options: ServeOptions,
-    dataplane: DataPlane,
-    http_site: web.TCPSite,
-    http_runner: web.AppRunner,
-    grpc_srv: grpc.aio.Server,
-    metrics_runner: web.AppRunner,
-) -> None:
+async def _shutdown(*, options: ServeOptions, dataplane: DataPlane, listeners: _Listeners) -> None:
     if options.shutdown_delay_s > 0:
         # Endpoints (EndpointSlices, a client's pool) learn of the shutdown a moment after the
         # signal: keep answering, reported not ready, so no request lands on a closed socket.
@@ -269,13 +292,14 @@ async def _shutdown(
     log.info("draining: inflight_grace_s=%.1f", options.drain_timeout_s)
     dataplane.stop_accepting()
     # gRPC: refuse new RPCs now, let running ones finish within the grace period.
-    grpc_stopped = asyncio.ensure_future(grpc_srv.stop(options.drain_timeout_s))
-    await http_site.stop()  # closes the listening socket; open connections finish their work
+    grpc_stopped = asyncio.ensure_future(listeners.grpc_srv.stop(options.drain_timeout_s))
+    # Closes the listening socket; open connections finish their work.
+    await listeners.http_site.stop()
     drained = await dataplane.drain(options.drain_timeout_s)
     if not drained:
         log.warning("drain grace period ended with requests still in flight")
     await grpc_stopped
-    await http_runner.cleanup()
+    await listeners.http_runner.cleanup()
     await dataplane.close()
-    await metrics_runner.cleanup()
+    await listeners.metrics_runner.cleanup()
     log.info("stopped: drained=%s", drained)

@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -435,63 +435,15 @@ def _assemble(
             built_wheels.append(_build_project_wheel(source, wheel_dir))
         return built_wheels[0]
 
+    inputs = _BuildInputs(
+        source, source_digest, lock_file, lock_digest, cache, project_wheel, settings
+    )
     platforms: list[PlatformImage] = []
     manifests: list[tuple[oci.Descriptor, dict[str, str]]] = []
     for target in targets:
-        arch = target.debian_arch
-        rootfs, meta = ensure_base(arch)
-        base_meta = {k: v for k, v in meta.items() if k != "created"}
-        base_key = oci.key_of("base", base_meta, rootfs.stat().st_size, STABLE_EPOCH, SCRUBBED)
-        base_layer = _layer(
-            cache,
-            f"{arch} base layer",
-            base_key,
-            functools.partial(_base_entries, rootfs),
-        )
-        wheels_key = oci.key_of(
-            "wheels", arch, lock_digest, spec.pip_platform_args(target.machine), STABLE_EPOCH
-        )
-        wheels_layer = _layer(
-            cache,
-            f"{arch} wheels layer",
-            wheels_key,
-            functools.partial(_stage_wheels, arch, lock_file),
-        )
-        accounts = _read_account_files(rootfs)
-        accounts_digest = hashlib.sha256(
-            json.dumps({k: [v[0].hex(), *v[1:]] for k, v in sorted(accounts.items())}).encode()
-        ).hexdigest()
-        project_key = oci.key_of(
-            "project",
-            source_digest,
-            accounts_digest,
-            info.source_date_epoch,
-            ENTRY_SCRIPT,
-            account_lines(),
-        )
-        project_layer = _layer(
-            cache,
-            "project layer",
-            project_key,
-            functools.partial(_stage_project, project_wheel, accounts, info.source_date_epoch),
-        )
-        layers = (base_layer, wheels_layer, project_layer)
-        history = [
-            f"mmdebstrap --variant={spec.DEBIAN_VARIANT} --include="
-            f"{','.join(sorted(spec.DEBIAN_PACKAGES))} {spec.DEBIAN_SUITE}",
-            f"pip install --target /{spec.SITE_PACKAGES} --require-hashes "
-            f"-r runtime_image/{lock_file.name}",
-            f"edgemodel {info.version} ({info.revision}), user {spec.UID}:{spec.GID}",
-        ]
-        config = spec.runtime_config(
-            target, info, [layer.diff_id for layer in layers], history, settings["title"]
-        )
-        config_desc = cache.blobs.put_json(config, oci.CONFIG_TYPE)
-        manifest_desc = cache.blobs.put_json(
-            oci.manifest(config_desc, list(layers)), oci.MANIFEST_TYPE
-        )
+        platform, manifest_desc = _platform_image(inputs, target)
         manifests.append((manifest_desc, target.oci))
-        platforms.append(PlatformImage(arch, manifest_desc.digest, config_desc.digest, layers))
+        platforms.append(platform)
     index_desc = cache.blobs.put_json(oci.image_index(manifests), oci.INDEX_TYPE)
     ref = f"{settings['repository']}:{spec.image_tag(info.version, info.revision)}"
     oci.write_archive(archive, cache.blobs, index_desc, ref, info.source_date_epoch)
@@ -501,6 +453,80 @@ def _assemble(
         f"{ref} index {index_desc.digest} in {time.monotonic() - started:.0f}s"
     )
     return built
+
+
+@dataclass(frozen=True)
+class _BuildInputs:
+    """What every platform's image of one build shares."""
+
+    source: Source
+    source_digest: str  # source.digest, hashed once per build
+    lock_file: Path
+    lock_digest: str
+    cache: oci.LayerCache
+    project_wheel: Callable[[], Path]
+    settings: Mapping[str, Any]
+
+
+def _platform_image(
+    inputs: _BuildInputs, target: spec.Platform
+) -> tuple[PlatformImage, oci.Descriptor]:
+    """One platform's layers (each from the cache when its key matches), config and manifest."""
+    source, lock_file, lock_digest = inputs.source, inputs.lock_file, inputs.lock_digest
+    cache, project_wheel, settings = inputs.cache, inputs.project_wheel, inputs.settings
+    info, source_digest = source.info, inputs.source_digest
+    arch = target.debian_arch
+    rootfs, meta = ensure_base(arch)
+    base_meta = {k: v for k, v in meta.items() if k != "created"}
+    base_key = oci.key_of("base", base_meta, rootfs.stat().st_size, STABLE_EPOCH, SCRUBBED)
+    base_layer = _layer(
+        cache,
+        f"{arch} base layer",
+        base_key,
+        functools.partial(_base_entries, rootfs),
+    )
+    wheels_key = oci.key_of(
+        "wheels", arch, lock_digest, spec.pip_platform_args(target.machine), STABLE_EPOCH
+    )
+    wheels_layer = _layer(
+        cache,
+        f"{arch} wheels layer",
+        wheels_key,
+        functools.partial(_stage_wheels, arch, lock_file),
+    )
+    accounts = _read_account_files(rootfs)
+    accounts_digest = hashlib.sha256(
+        json.dumps({k: [v[0].hex(), *v[1:]] for k, v in sorted(accounts.items())}).encode()
+    ).hexdigest()
+    project_key = oci.key_of(
+        "project",
+        source_digest,
+        accounts_digest,
+        info.source_date_epoch,
+        ENTRY_SCRIPT,
+        account_lines(),
+    )
+    project_layer = _layer(
+        cache,
+        "project layer",
+        project_key,
+        functools.partial(_stage_project, project_wheel, accounts, info.source_date_epoch),
+    )
+    layers = (base_layer, wheels_layer, project_layer)
+    history = [
+        f"mmdebstrap --variant={spec.DEBIAN_VARIANT} --include="
+        f"{','.join(sorted(spec.DEBIAN_PACKAGES))} {spec.DEBIAN_SUITE}",
+        f"pip install --target /{spec.SITE_PACKAGES} --require-hashes "
+        f"-r runtime_image/{lock_file.name}",
+        f"edgemodel {info.version} ({info.revision}), user {spec.UID}:{spec.GID}",
+    ]
+    config = spec.runtime_config(
+        target, info, [layer.diff_id for layer in layers], history, settings["title"]
+    )
+    config_desc = cache.blobs.put_json(config, oci.CONFIG_TYPE)
+    manifest_desc = cache.blobs.put_json(oci.manifest(config_desc, list(layers)), oci.MANIFEST_TYPE)
+    platform = PlatformImage(arch, manifest_desc.digest, config_desc.digest, layers)
+    return platform, manifest_desc
 
 
 def _go_build(arch: str, out_dir: Path) -> Path:

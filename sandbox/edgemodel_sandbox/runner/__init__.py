@@ -20,8 +20,11 @@ status), `records` (pure: record transitions), `dns` (pure: Service host rewriti
 
 from __future__ import annotations
 
-PART_OF_LABEL = "app.kubernetes.io/part-of"
-PART_OF_VALUE = "edgemodel"
+from edgemodel_operator import labels
+
+PART_OF_LABEL = labels.PART_OF
+PART_OF_VALUE = labels.PART_OF_VALUE
+
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 STORAGE_CLASS = "local-path"
 PROVISIONER_NAME = "rancher.io/local-path"

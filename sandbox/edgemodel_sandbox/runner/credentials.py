@@ -55,22 +55,35 @@ def object_data(kind: str, found: Mapping[str, Any]) -> dict[str, str]:
     return data
 
 
+def token_audiences(pod: Mapping[str, Any]) -> list[str]:
+    """The audiences the pod's projected serviceAccountToken sources ask for (kubelet: one
+    token per source; here one token for all, so at most one audience is honoured)."""
+    found = {
+        str(source["serviceAccountToken"]["audience"])
+        for volume in (pod.get("spec") or {}).get("volumes") or []
+        for source in (volume.get("projected") or {}).get("sources") or []
+        if (source.get("serviceAccountToken") or {}).get("audience")
+    }
+    return sorted(found)[:1]
+
+
 def token_request(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """A TokenRequest bound to the pod, so the token dies with it."""
+    """A TokenRequest bound to the pod, so the token dies with it, for the audience its
+    projected volume asks for (e.g. the artifact store's `edgemodel-artifacts`)."""
     meta = pod.get("metadata") or {}
-    return {
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenRequest",
-        "spec": {
-            "expirationSeconds": TOKEN_SECONDS,
-            "boundObjectRef": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": meta.get("name"),
-                "uid": meta.get("uid"),
-            },
+    spec: dict[str, Any] = {
+        "expirationSeconds": TOKEN_SECONDS,
+        "boundObjectRef": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": meta.get("name"),
+            "uid": meta.get("uid"),
         },
     }
+    audiences = token_audiences(pod)
+    if audiences:
+        spec["audiences"] = audiences
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
 
 
 def kubeconfig_document(

@@ -178,9 +178,13 @@ def pod_phase(
         if record.state == TERMINATED and not will_restart(policy, record, init=True):
             return "Failed"
         return "Pending"
+    return _phase_of_containers(policy, [records[name] for name in names])
+
+
+def _phase_of_containers(policy: str, records: Sequence[Record]) -> str:
+    """getPhase once the init containers are done: from the regular containers' states."""
     waiting = running = stopped = succeeded = 0
-    for name in names:
-        record = records[name]
+    for record in records:
         if record.state == RUNNING:
             running += 1
         elif record.state == TERMINATED:
@@ -190,19 +194,13 @@ def pod_phase(
             stopped += 1  # waiting to be restarted (adopted after a runner restart)
         else:
             waiting += 1
-    if waiting:
+    if waiting or not (running or stopped):
         return "Pending"
-    if running:
+    if running or policy == "Always":
         return "Running"
-    if stopped:
-        if policy == "Always":
-            return "Running"
-        if stopped == succeeded:
-            return "Succeeded"
-        if policy == "Never":
-            return "Failed"
-        return "Running"
-    return "Pending"
+    if stopped == succeeded:
+        return "Succeeded"
+    return "Failed" if policy == "Never" else "Running"
 
 
 def container_status(record: Record, policy: str, now: float) -> dict[str, Any]:

@@ -276,27 +276,41 @@ def referenced_objects(pod: Mapping[str, Any]) -> set[tuple[str, str]]:
     refs: set[tuple[str, str]] = set()
     spec = pod.get("spec") or {}
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        for source in container.get("envFrom") or []:
-            if "configMapRef" in source:
-                refs.add(_object_key(source["configMapRef"], "configmaps"))
-            if "secretRef" in source:
-                refs.add(_object_key(source["secretRef"], "secrets"))
-        for var in container.get("env") or []:
-            value_from = var.get("valueFrom") or {}
-            if "configMapKeyRef" in value_from:
-                refs.add(_object_key(value_from["configMapKeyRef"], "configmaps"))
-            if "secretKeyRef" in value_from:
-                refs.add(_object_key(value_from["secretKeyRef"], "secrets"))
+        refs |= _env_references(container)
     for volume in spec.get("volumes") or []:
-        if "configMap" in volume:
-            refs.add(_object_key(volume["configMap"], "configmaps"))
-        if "secret" in volume:
-            refs.add(("secrets", str(volume["secret"].get("secretName", ""))))
-        for source in (volume.get("projected") or {}).get("sources") or []:
-            if "configMap" in source:
-                refs.add(_object_key(source["configMap"], "configmaps"))
-            if "secret" in source:
-                refs.add(_object_key(source["secret"], "secrets"))
+        refs |= _volume_references(volume)
+    return refs
+
+
+def _env_references(container: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(kind, name) of the ConfigMaps and Secrets a container's envFrom and env read."""
+    refs: set[tuple[str, str]] = set()
+    for source in container.get("envFrom") or []:
+        if "configMapRef" in source:
+            refs.add(_object_key(source["configMapRef"], "configmaps"))
+        if "secretRef" in source:
+            refs.add(_object_key(source["secretRef"], "secrets"))
+    for var in container.get("env") or []:
+        value_from = var.get("valueFrom") or {}
+        if "configMapKeyRef" in value_from:
+            refs.add(_object_key(value_from["configMapKeyRef"], "configmaps"))
+        if "secretKeyRef" in value_from:
+            refs.add(_object_key(value_from["secretKeyRef"], "secrets"))
+    return refs
+
+
+def _volume_references(volume: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(kind, name) of the ConfigMaps and Secrets one volume (projected ones too) reads."""
+    refs: set[tuple[str, str]] = set()
+    if "configMap" in volume:
+        refs.add(_object_key(volume["configMap"], "configmaps"))
+    if "secret" in volume:
+        refs.add(("secrets", str(volume["secret"].get("secretName", ""))))
+    for source in (volume.get("projected") or {}).get("sources") or []:
+        if "configMap" in source:
+            refs.add(_object_key(source["configMap"], "configmaps"))
+        if "secret" in source:
+            refs.add(_object_key(source["secret"], "secrets"))
     return refs
 
 
@@ -309,18 +323,7 @@ def container_env(
     """The container's environment in the kubelet's order: envFrom, then env, each expanded."""
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
-        prefix = str(source.get("prefix") or "")
-        for kind, key in (("configmaps", "configMapRef"), ("secrets", "secretRef")):
-            if key not in source:
-                continue
-            ref = source[key]
-            data = objects.get(_object_key(ref, kind))
-            if data is None:
-                if ref.get("optional"):
-                    continue
-                raise _ConfigError(f"{kind[:-1]} {ref.get('name')!r} not found")
-            for name, value in data.items():
-                env[prefix + name] = value
+        _add_env_from(env, source, objects)
     for var in container.get("env") or []:
         name = str(var["name"])
         if "valueFrom" not in var:
@@ -332,19 +335,48 @@ def container_env(
         elif "resourceFieldRef" in value_from:
             env[name] = resource_value(container, value_from["resourceFieldRef"])
         else:
-            for kind, key in (("configmaps", "configMapKeyRef"), ("secrets", "secretKeyRef")):
-                if key not in value_from:
-                    continue
-                ref = value_from[key]
-                data = objects.get(_object_key(ref, kind))
-                if data is None or ref.get("key") not in data:
-                    if ref.get("optional"):
-                        break
-                    raise _ConfigError(
-                        f"{kind[:-1]} {ref.get('name')!r} key {ref.get('key')!r} not found"
-                    )
-                env[name] = data[str(ref["key"])]
+            value = _key_ref_value(value_from, objects)
+            if value is not None:
+                env[name] = value
     return env
+
+
+def _add_env_from(
+    env: dict[str, str],
+    source: Mapping[str, Any],
+    objects: Mapping[tuple[str, str], Mapping[str, str]],
+) -> None:
+    """Every key of one envFrom ConfigMap/Secret into `env`, prefixed; missing: an error."""
+    prefix = str(source.get("prefix") or "")
+    for kind, key in (("configmaps", "configMapRef"), ("secrets", "secretRef")):
+        if key not in source:
+            continue
+        ref = source[key]
+        data = objects.get(_object_key(ref, kind))
+        if data is None:
+            if ref.get("optional"):
+                continue
+            raise _ConfigError(f"{kind[:-1]} {ref.get('name')!r} not found")
+        for name, value in data.items():
+            env[prefix + name] = value
+
+
+def _key_ref_value(
+    value_from: Mapping[str, Any], objects: Mapping[tuple[str, str], Mapping[str, str]]
+) -> str | None:
+    """The value a configMapKeyRef/secretKeyRef names; None when optional and missing."""
+    value: str | None = None
+    for kind, key in (("configmaps", "configMapKeyRef"), ("secrets", "secretKeyRef")):
+        if key not in value_from:
+            continue
+        ref = value_from[key]
+        data = objects.get(_object_key(ref, kind))
+        if data is None or ref.get("key") not in data:
+            if ref.get("optional"):
+                break
+            raise _ConfigError(f"{kind[:-1]} {ref.get('name')!r} key {ref.get('key')!r} not found")
+        value = data[str(ref["key"])]
+    return value
 
 
 # ------------------------------------------------------------------ argv
@@ -576,6 +608,35 @@ def _items(data: Mapping[str, str], items: Sequence[Mapping[str, Any]] | None) -
     return {str(i["path"]): data[str(i["key"])].encode() for i in items if i.get("key") in data}
 
 
+def _projected_files(
+    pod: Mapping[str, Any],
+    projected: Mapping[str, Any],
+    objects: Mapping[tuple[str, str], Mapping[str, str]],
+) -> dict[str, bytes]:
+    """The files of a projected volume: ConfigMap/Secret keys, downward API, the SA token."""
+    files: dict[str, bytes] = {}
+    for source in projected.get("sources") or []:
+        for key, kind in (("configMap", "configmaps"), ("secret", "secrets")):
+            if key in source:
+                data = objects.get((kind, str(source[key].get("name", "")))) or {}
+                files.update(_items(data, source[key].get("items")))
+        if "downwardAPI" in source:
+            for item in source["downwardAPI"].get("items") or []:
+                if "fieldRef" in item:
+                    try:
+                        value = field_value(pod, str(item["fieldRef"]["fieldPath"]), "")
+                    except _ConfigError:
+                        continue
+                    files[str(item["path"])] = value.encode()
+        if "serviceAccountToken" in source:
+            # Minted by the runner with the TokenRequest API, as the kubelet does;
+            # empty when that failed, so readers fail on authentication, not a path.
+            token = objects.get((SERVICE_ACCOUNT_TOKEN, service_account(pod))) or {}
+            path = str(source["serviceAccountToken"].get("path") or "token")
+            files[path] = token.get("token", "").encode()
+    return files
+
+
 def volume_sources(
     pod: Mapping[str, Any],
     pod_dir: str,
@@ -605,26 +666,7 @@ def volume_sources(
             data = objects.get((kind, str(ref.get("name", "")))) or {}
             sources.append(VolumeSource(name, host_path=own, files=_items(data, ref.get("items"))))
         elif "projected" in volume:
-            files: dict[str, bytes] = {}
-            for source in volume["projected"].get("sources") or []:
-                for key, kind in (("configMap", "configmaps"), ("secret", "secrets")):
-                    if key in source:
-                        data = objects.get((kind, str(source[key].get("name", "")))) or {}
-                        files.update(_items(data, source[key].get("items")))
-                if "downwardAPI" in source:
-                    for item in source["downwardAPI"].get("items") or []:
-                        if "fieldRef" in item:
-                            try:
-                                value = field_value(pod, str(item["fieldRef"]["fieldPath"]), "")
-                            except _ConfigError:
-                                continue
-                            files[str(item["path"])] = value.encode()
-                if "serviceAccountToken" in source:
-                    # Minted by the runner with the TokenRequest API, as the kubelet does;
-                    # empty when that failed, so readers fail on authentication, not a path.
-                    token = objects.get((SERVICE_ACCOUNT_TOKEN, service_account(pod))) or {}
-                    path = str(source["serviceAccountToken"].get("path") or "token")
-                    files[path] = token.get("token", "").encode()
+            files = _projected_files(pod, volume["projected"], objects)
             sources.append(VolumeSource(name, host_path=own, files=files))
         else:
             # emptyDir, and any other kind: a private folder of the pod.

@@ -302,6 +302,15 @@ def test_operator_flags_follow_the_values(
             "$(POD_IP)",
             "--port",
             "8080",
+            "--token-review",
+            "--audience",
+            "edgemodel-artifacts",
+            "--quota-bytes",
+            "9663676416",
+            "--gc-interval-s",
+            "600",
+            "--gc-grace-s",
+            "3600",
         ]
     else:
         assert not of_kind(objects, "PersistentVolumeClaim")
@@ -312,12 +321,32 @@ def test_rbac_scope(render: Render, case: str, values: dict[str, str]) -> None:
     objects = render(values)
     scope = values.get("rbac.scope", "cluster")
     store = values.get("artifactStore.enabled", "true") == "true"
-    cluster_role = one(objects, "ClusterRole")
+    cluster_role = one(objects, "ClusterRole", "-edgemodel-system")
     cluster_resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+    # The artifact store's own account: TokenReview, pods/jobs get, edgemodels list; no more.
+    store_cluster_role = one(objects, "ClusterRole", "-artifact-store")
+    assert {r for rule in store_cluster_role["rules"] for r in rule["resources"]} == {
+        "tokenreviews",
+        "pods",
+        "jobs",
+        "edgemodels",
+    }
+    (store_binding,) = [
+        b
+        for b in of_kind(objects, "ClusterRoleBinding")
+        if b["metadata"]["name"].endswith("-artifact-store")
+    ]
+    assert store_binding["subjects"][0]["name"] == (
+        "em-edgemodel-artifacts" if store else "edgemodel-artifacts"
+    )
     roles = {
         (r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(objects, "Role")
     }
-    bindings = of_kind(objects, "RoleBinding") + of_kind(objects, "ClusterRoleBinding")
+    bindings = of_kind(objects, "RoleBinding") + [
+        b
+        for b in of_kind(objects, "ClusterRoleBinding")
+        if not b["metadata"]["name"].endswith("-artifact-store")
+    ]
     for binding in bindings:
         (subject,) = binding["subjects"]
         assert subject == {
@@ -360,6 +389,7 @@ def test_rbac_scope(render: Render, case: str, values: dict[str, str]) -> None:
         assert {r for rule in store_role["rules"] for r in rule["resources"]} == {
             "persistentvolumeclaims",
             "services",
+            "serviceaccounts",
             "deployments",
         }
 
@@ -457,7 +487,7 @@ def test_monitors_select_what_the_operator_creates(render: Render) -> None:
 
 def test_monitors_are_off_by_default(render: Render) -> None:
     kinds = {o["kind"] for o in render()}
-    assert not kinds & {"PodMonitor", "ServiceMonitor", "NetworkPolicy", "ConfigMap"}
+    assert not kinds & {"PodMonitor", "ServiceMonitor", "ConfigMap"}
 
 
 @pytest.mark.parametrize("case", ["network-policy", "network-policy-namespaced"])
@@ -480,12 +510,7 @@ def test_network_policies(render: Render, case: str) -> None:
     store_pod = one(objects, "Deployment", "edgemodel-artifacts")["spec"]["template"]["metadata"]
     assert matches(store["spec"]["podSelector"]["matchLabels"], store_pod["labels"])
     (rule,) = store["spec"]["ingress"]
-    (peer,) = rule["from"]
-    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/part-of": "edgemodel"}}
-    # Compression Jobs (publish) and runtime pods (fetch) are admitted; nothing else is.
-    for component in ("compression", "runtime"):
-        assert matches(peer["podSelector"]["matchLabels"], builders.labels("d", component))
-    assert not matches(peer["podSelector"]["matchLabels"], {"app": "curl"})
+    # Which pods the peers admit (never part-of alone): test_network_policy.py.
     assert [p["port"] for p in rule["ports"]] == [8080]
 
 

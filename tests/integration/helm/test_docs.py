@@ -9,6 +9,7 @@ a row in docs/troubleshooting.md fails here.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -62,3 +63,25 @@ def test_docs_say_helm_keeps_the_crds() -> None:
         text = (ROOT / doc).read_text()
         assert "kubectl apply --server-side -f charts/edgemodel/crds/" in text, doc
     assert "never deletes" in (ROOT / "docs" / "install-k3s.md").read_text()
+
+
+CITATION = re.compile(r'docs/architecture\.md[\s,;:(#]*"([^"\n]+)"')
+
+
+def test_every_cited_architecture_section_exists() -> None:
+    # Code comments cite docs/architecture.md by section ("Lifecycle", "A real node"): a
+    # citation of a heading that is gone or renamed points a maintainer nowhere.
+    headings = {
+        line.lstrip("#").strip()
+        for line in (ROOT / "docs" / "architecture.md").read_text().splitlines()
+        if line.startswith("#")
+    }
+    cited: dict[str, str] = {}
+    for folder in ("operator", "runtime_image", "sandbox", "charts", "bench", "tests"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".sh", ".yaml", ".tpl", ".go"} and path.is_file():
+                for section in CITATION.findall(path.read_text(errors="replace")):
+                    cited.setdefault(section, str(path.relative_to(ROOT)))
+    assert "Lifecycle" in cited
+    missing = {section: where for section, where in cited.items() if section not in headings}
+    assert not missing, f"sections cited but not in docs/architecture.md: {missing}"
