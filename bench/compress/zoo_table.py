@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgemodel_runtime.compress import Request, compress
+from edgemodel_runtime.compress import CompressError, Request, compress
 from edgemodel_runtime.compress.gate import compare
 from edgemodel_runtime.compress.graph import runs_as_original
 from edgemodel_runtime.compress.inputs import float_output_names, input_specs, per_request
@@ -98,18 +98,27 @@ def naive_static(entry: zoo.ZooEntry, work: Path) -> Row:
 
 def ours(entry: zoo.ZooEntry, work: Path, mode: str, budget: float) -> Row:
     start = time.monotonic()
-    outcome = compress(
-        Request(
-            source=str(entry.model),
-            output=work / "store",
-            mode=mode,
-            calibration=entry.calibration if mode == "static-int8" else None,
-            evaluation=entry.evaluation,
-            output_kind=entry.spec.output_kind,
-            search_budget_s=budget,
-            measure_latency=mode != "fp16",
+    try:
+        outcome = compress(
+            Request(
+                source=str(entry.model),
+                output=work / "store",
+                mode=mode,
+                calibration=entry.calibration if mode == "static-int8" else None,
+                evaluation=entry.evaluation,
+                output_kind=entry.spec.output_kind,
+                search_budget_s=budget,
+                measure_latency=mode != "fp16",
+            )
         )
-    )
+    except CompressError as exc:
+        return Row(
+            f"edgemodel compress --mode {mode}",
+            None,
+            time.monotonic() - start,
+            mode,
+            f"error: {exc}"[:90],
+        )
     report = outcome.report
     artifact = outcome.directory / "model.onnx"
     kept = [k for k in report["kept_in_float"] if k["node"] != "*"]

@@ -351,6 +351,29 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
         runtime.unplaceable.discard(key)
     new_state, actions = transition(state, desired, observed, datetime.now(UTC))
     await _sync_pull_secrets(runtime, kube, namespace)
+    new_status = await _write(runtime, kube, key, body, new_state.to_status(generation), actions)
+    if new_status is None:
+        return 1.0  # status changed meanwhile: recompute from a fresh read
+    telemetry.record_status(
+        namespace, name, new_status, spec.slo.latency_p95_ms if spec.slo else None
+    )
+    # The decision says when to look again: the phase's poll, the SLO loop's interval, or
+    # the end of a compression retry's backoff (lifecycle.requeue_after).
+    return next((a.after_seconds for a in actions if isinstance(a, Requeue)), 30.0)
+
+
+async def _write(
+    runtime: Runtime,
+    kube: Kube,
+    key: Key,
+    body: dict[str, Any],
+    new_status: dict[str, Any],
+    actions: list[Any],
+) -> dict[str, Any] | None:
+    """Applies a pass's actions and writes its status; None when the status write lost a race."""
+    namespace, name = key
+    meta, status = body["metadata"], body.get("status") or {}
+    generation = int(meta.get("generation", 1))
     # Writes of different objects go out together (a model's first pass makes a dozen);
     # deletions and Events follow, in the order decided.
     applies = [a for a in actions if isinstance(a, Apply)]
@@ -361,32 +384,27 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     for action in actions:
         if isinstance(action, (Delete, Event)):
             await _apply(kube, body, action)
-    new_status = new_state.to_status(generation)
     if conflicts:
         new_status = ownership_conflict_status(new_status, conflicts, _now(), generation)
-    if _changed(status, new_status):
-        try:
-            # Precondition on the version read above: a status computed from an older read
-            # (another replica during a rolling upgrade) is refused, re-read and recomputed.
-            written = await kube.patch_status(
-                EM_API, KIND, namespace, name, new_status, meta.get("resourceVersion")
-            )
-        except KubeError as exc:
-            if exc.status != 409:
-                raise
-            log.info("status changed meanwhile; recomputing", extra={"key": key})
-            runtime.models.forget(key)  # the next pass reads it afresh
-            return 1.0
-        # Read-your-writes: the next pass starts from this status, not from an older watch copy.
-        runtime.models.offer(written)
-        if conflicts and not _conflicted(status):
-            await kube.event(body, "Warning", "OwnershipConflict", "; ".join(conflicts))
-    telemetry.record_status(
-        namespace, name, new_status, spec.slo.latency_p95_ms if spec.slo else None
-    )
-    # The decision says when to look again: the phase's poll, the SLO loop's interval, or
-    # the end of a compression retry's backoff (lifecycle.requeue_after).
-    return next((a.after_seconds for a in actions if isinstance(a, Requeue)), 30.0)
+    if not _changed(status, new_status):
+        return new_status
+    try:
+        # Precondition on the version read above: a status computed from an older read
+        # (another replica during a rolling upgrade) is refused, re-read and recomputed.
+        written = await kube.patch_status(
+            EM_API, KIND, namespace, name, new_status, meta.get("resourceVersion")
+        )
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        log.info("status changed meanwhile; recomputing", extra={"key": key})
+        runtime.models.forget(key)  # the next pass reads it afresh
+        return None
+    # Read-your-writes: the next pass starts from this status, not from an older watch copy.
+    runtime.models.offer(written)
+    if conflicts and not _conflicted(status):
+        await kube.event(body, "Warning", "OwnershipConflict", "; ".join(conflicts))
+    return new_status
 
 
 async def _observe(

@@ -42,6 +42,7 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("v1", "Service"): ("services", True),
     ("v1", "PersistentVolumeClaim"): ("persistentvolumeclaims", True),
     ("v1", "Secret"): ("secrets", True),  # image pull secrets, copied by name
+    ("v1", "ServiceAccount"): ("serviceaccounts", True),  # the artifact store's own
     ("v1", "Event"): ("events", True),
     ("v1", "Namespace"): ("namespaces", False),
     ("v1", "Node"): ("nodes", False),

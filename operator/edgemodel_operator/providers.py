@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgemodel_operator import labels
+
 CONDITION = "AcceleratorAvailable"
 REASON_FALLBACK = "ProviderFallback"
 REASON_OK = "AsExpected"
@@ -46,7 +48,7 @@ def _termination(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def fallback_of(pod: Mapping[str, Any]) -> ProviderFallback | None:
     """The fallback a runtime pod's server reported, or None (serving, starting, other exits)."""
     meta = pod.get("metadata") or {}
-    target = (meta.get("labels") or {}).get("edgemodel.dev/target")
+    target = (meta.get("labels") or {}).get(labels.TARGET)
     if not target:
         return None
     for status in (pod.get("status") or {}).get("containerStatuses") or []:

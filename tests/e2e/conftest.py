@@ -98,6 +98,12 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 def operator(
     cluster: Cluster, crd: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
+    # The operator runs its own artifact store here (no chart): grant its account what the
+    # chart would (TokenReview for authenticated writes), as the sandbox demo does.
+    from edgemodel_sandbox.demo import STORE_RBAC
+
+    cluster.kubectl("create", "namespace", STORE_NS, check=False)
+    cluster.kubectl("apply", "-f", "-", input=STORE_RBAC)
     op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from edgemodel_operator import builders
+from edgemodel_operator import builders, labels
 from edgemodel_operator.lifecycle.failures import FailureKind, backoff_seconds, classify
 from edgemodel_operator.lifecycle.model import (
     Action,
@@ -29,7 +29,7 @@ from edgemodel_operator.lifecycle.model import (
 from edgemodel_operator.revision import Variant, compression_plan, variants
 
 MAX_REVISIONS_KEPT = 10
-ATTEMPT_ANNOTATION = "edgemodel.dev/attempt"
+ATTEMPT_ANNOTATION = labels.ATTEMPT
 STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
