@@ -2,7 +2,7 @@
 
 Three layers, each usable alone:
 
-- Pure PromQL builders over the runtime's metric contract (DESIGN.md "Metrics contract"):
+- Pure PromQL builders over the runtime's metric contract (docs/architecture.md, "Contracts"):
   `edgemodel_request_duration_seconds` (histogram) and `edgemodel_requests_total{code}`, both
   labelled model/revision/target by the runtime and namespace/pod by the scrape.
 - Pure classifiers turning a number into a `Reading` (they live in `readings`, which imports

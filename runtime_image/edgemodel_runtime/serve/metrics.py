@@ -1,4 +1,6 @@
-"""Owns the runtime's Prometheus metrics (the contract in DESIGN.md) and their `/metrics` app.
+"""Owns the runtime's Prometheus metrics and their `/metrics` app.
+
+The metric names and labels are a contract (docs/architecture.md, "Contracts").
 
 Every series carries the same three labels — model, revision, target — fixed for the life of
 the process, plus `code` on the request counter (an HTTP status or a gRPC status name), and
