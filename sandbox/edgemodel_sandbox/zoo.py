@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemodel_sandbox.models import sha256_file
+
 SEED = 11
 
 
@@ -150,14 +152,6 @@ def cache_dir() -> Path:
         return Path(base)
     xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
     return Path(xdg) / "edgemodel" / "zoo"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _atomic_copy(data: bytes, path: Path) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgemodel_sandbox.realnode.plan import API_PORT, CLUSTER_DOMAIN, DNS_PORT, GATEWAY_IP
+from edgemodel_sandbox.runner.apiproxy import pump
 
 log = logging.getLogger("edgemodel.realnode.gateway")
 
@@ -199,18 +200,6 @@ def serve_dns(sock: socket.socket, lookup: Callable[[ServiceName], list[str] | N
         threading.Thread(target=reply, args=(packet, peer), daemon=True).start()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while chunk := source.recv(65536):
-            sink.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 def serve_forward(listener: socket.socket, upstream: tuple[str, int]) -> None:
     while True:
         try:
@@ -225,7 +214,7 @@ def serve_forward(listener: socket.socket, upstream: tuple[str, int]) -> None:
             continue
         server.settimeout(None)
         for a, b in ((client, server), (server, client)):
-            threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

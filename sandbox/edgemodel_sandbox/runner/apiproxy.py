@@ -30,7 +30,8 @@ def upstream_of(server: str) -> tuple[str, int]:
     return parsed.hostname or "127.0.0.1", parsed.port or 443
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copies one direction of a forwarded TCP connection until either side closes."""
     try:
         while chunk := source.recv(65536):
             sink.sendall(chunk)
@@ -60,7 +61,7 @@ def _serve(listener: socket.socket, upstream: tuple[str, int], stop: threading.E
         server.settimeout(None)
         client.settimeout(None)
         for a, b in ((client, server), (server, client)):
-            threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=pump, args=(a, b), daemon=True).start()
     listener.close()
 
 
