@@ -13,6 +13,13 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
 .PHONY: sandbox test lint deps system-deps tools down bench zoo
 
+# Every test spawns Python processes (operator, pod runner, servers, CLI) over the same modules:
+# let them write bytecode (in the checkout's __pycache__/, ignored) even where the environment
+# says not to, or each process compiles the project and pytest rewrites every test module again.
+unexport PYTHONDONTWRITEBYTECODE
+# mypy's cache lives in the user cache, so a fresh clone checks only what changed.
+export MYPY_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgemodel/mypy
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -48,8 +55,11 @@ zoo: deps system-deps
 	@$(BIN)/python -m edgemodel_sandbox.zoo small >/dev/null \
 	  || echo "zoo: the cache could not be filled; the zoo tests skip and say why" >&2
 
+# The suite runs on TEST_WORKERS xdist workers: the sandbox groups mostly wait on control planes
+# and pods while the unit and compression tests use the CPUs (tests/conftest.py).
+TEST_WORKERS ?= 3
 test: lint tools image zoo
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The runtime image as a multi-arch OCI index (linux/amd64 + linux/arm64) and the pause image,
 # built without Docker into build/image/ (docs/architecture.md, "Images without Docker").

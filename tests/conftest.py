@@ -9,10 +9,22 @@ coexist reliably either, so a running default sandbox is taken down first, with 
 on the terminal. Test sessions running at once share the tests' sandbox; the last one to
 finish tears it down (set EDGEMODEL_KEEP_SANDBOX=1 to keep it; the next session reuses a
 healthy one).
+
+`make test` runs the suite on several xdist workers (`--dist loadgroup`). Each worker that
+needs the tests' sandbox brings up its own (`sandbox-tests`, `sandbox-tests-gw1`, ...: free
+ports, own state), and `pytest_collection_modifyitems` below puts the tests into groups so a
+group's session fixtures are made once: the end-to-end files on one sandbox, the other
+sandbox tests on another, the tests that bring up control planes (and the machine's one real
+node) of their own together, the image tests together (qemu's binfmt registration is
+machine-wide), each other integration module whole. The groups are queued first,
+longest first, so the many short unit tests fill the other workers meanwhile
+(docs/architecture.md, "Tests").
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -78,10 +90,28 @@ TEST_SANDBOX = "sandbox-tests"
 
 
 def sandbox_dir_for_tests() -> Path:
-    """Where the tests' own sandbox lives: `sandbox-tests` beside the default state folder."""
+    """Where the tests' own sandbox lives: `sandbox-tests` beside the default state folder,
+    `sandbox-tests-gw1`, ... for the second and later xdist workers."""
     from edgemodel_sandbox.cluster import state_dir
 
-    return state_dir().with_name(TEST_SANDBOX)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    suffix = "" if worker == "gw0" else f"-{worker}"
+    return state_dir().with_name(TEST_SANDBOX + suffix)
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """One test process at a time on this machine (xdist workers take down a demo together)."""
+    from edgemodel_sandbox.cluster import state_dir
+
+    path = state_dir().with_name(f".{name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def take_down_default_sandbox(say: Callable[[str], None]) -> bool:
@@ -110,7 +140,8 @@ def no_demo_sandbox(request: pytest.FixtureRequest) -> None:
             sys.stderr.write(f"\n{text}\n")
             sys.stderr.flush()
 
-    take_down_default_sandbox(say)
+    with machine_lock("take-down-demo"):
+        take_down_default_sandbox(say)
 
 
 def _alive(pid: int) -> bool:
@@ -170,7 +201,7 @@ def cluster(no_demo_sandbox: None) -> Iterator[Cluster]:
     from edgemodel_sandbox.tools import Tools, tools_dir
 
     sandbox = Sandbox(sandbox_dir_for_tests())
-    lease = SandboxLease(sandbox.directory.with_name(f"{TEST_SANDBOX}.users"))
+    lease = SandboxLease(sandbox.directory.with_name(f"{sandbox.directory.name}.users"))
     started = not sandbox.healthy()
     lease.join(started)
     try:
@@ -207,3 +238,34 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# Groups for `pytest -n N --dist loadgroup`, queued in this order (longest first).
+GROUP_ORDER = ("sandbox-e2e", "own-sandbox", "sandbox", "image", "integration", "unit")
+
+
+def _group_of(item: pytest.Item) -> str:
+    """The xdist group of a test: which sandbox it shares, or its module (docstring above)."""
+    path = Path(str(item.fspath)).relative_to(ROOT / "tests")
+    if item.get_closest_marker("own_sandbox") is not None:
+        return "own-sandbox"
+    if "cluster" in getattr(item, "fixturenames", ()):
+        return "sandbox-e2e" if path.parts[0] == "e2e" else "sandbox"
+    if path.parts[0] == "unit":
+        return "unit"
+    if path.parts[:2] == ("integration", "image"):  # one binfmt registration, one image build
+        return "image"
+    return f"integration:{path.as_posix()}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = {id(item): _group_of(item) for item in items}
+
+    def rank(item: pytest.Item) -> int:
+        return GROUP_ORDER.index(groups[id(item)].split(":")[0])
+
+    items.sort(key=rank)  # stable: within a group, the collection order stays
+    for item in items:
+        group = groups[id(item)]
+        if group != "unit":  # unit tests stay single work units that fill the gaps
+            item.add_marker(pytest.mark.xdist_group(name=group))

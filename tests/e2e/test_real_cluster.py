@@ -46,7 +46,7 @@ from edgemodel_sandbox.realnode import node as realnode
 from edgemodel_sandbox.realnode import plan
 from edgemodel_sandbox.realnode.runtime import CRI_NAMESPACE
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.own_sandbox]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "edgemodel"

@@ -25,7 +25,7 @@ from edgemodel_sandbox.realnode import node as realnode
 from edgemodel_sandbox.realnode import plan, runtime, sweep
 from tests.conftest import processes_mentioning
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.own_sandbox]
 
 NAMESPACE = "real-node-test"
 SERVE_PORT = 8080

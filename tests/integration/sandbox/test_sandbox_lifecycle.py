@@ -20,7 +20,12 @@ from edgemodel_sandbox.tools import Tools, tools_dir
 from tests.conftest import processes_mentioning
 
 # Like every sandbox test, never beside the demo's sandbox (see tests/conftest.py).
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.usefixtures("no_demo_sandbox")]
+pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.slow,
+    pytest.mark.own_sandbox,
+    pytest.mark.usefixtures("no_demo_sandbox"),
+]
 
 
 def _edgemodel(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
