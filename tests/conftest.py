@@ -23,8 +23,6 @@ longest first, so the many short unit tests fill the other workers meanwhile
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import subprocess
 import sys
@@ -99,21 +97,6 @@ def sandbox_dir_for_tests() -> Path:
     return state_dir().with_name(TEST_SANDBOX + suffix)
 
 
-@contextlib.contextmanager
-def machine_lock(name: str) -> Iterator[None]:
-    """One test process at a time on this machine (xdist workers take down a demo together)."""
-    from edgemodel_sandbox.cluster import state_dir
-
-    path = state_dir().with_name(f".{name}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def take_down_default_sandbox(say: Callable[[str], None]) -> bool:
     """Stop the default (demo) sandbox if one is there; True when it was. `say`s so first."""
     from edgemodel_sandbox.cluster import Sandbox
@@ -140,7 +123,11 @@ def no_demo_sandbox(request: pytest.FixtureRequest) -> None:
             sys.stderr.write(f"\n{text}\n")
             sys.stderr.flush()
 
-    with machine_lock("take-down-demo"):
+    from edgemodel_sandbox.cluster import state_dir
+    from edgemodel_sandbox.files import locked
+
+    # xdist workers start together: one takes the demo down, the others then find none.
+    with locked(state_dir().with_name(".take-down-demo.lock")):
         take_down_default_sandbox(say)
 
 

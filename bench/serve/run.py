@@ -39,7 +39,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ import tritonclient.grpc.aio as grpcclient_aio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpclient_aio
 
+from edgemodel_sandbox.cluster import free_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import triton_repo
 
@@ -75,13 +76,6 @@ class Row:
     throughput: float
     errors: int
     server_cpu_us: float | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def summarize(

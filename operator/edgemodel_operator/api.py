@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from edgemodel_operator.errors import EdgeModelOperatorError, FailureKind
+
 GROUP = "edgemodel.dev"
 VERSION = "v1alpha1"
 PLURAL = "edgemodels"
@@ -27,6 +29,7 @@ Quantization = Literal["dynamic-int8", "static-int8", "fp16", "none"]
 Arch = Literal["amd64", "arm64"]
 Accelerator = Literal["none", "nvidia-gpu"]
 Runtime = Literal["onnxruntime", "triton"]
+Tokenizer = Literal["none", "bytes"]
 
 
 class Phase(enum.StrEnum):
@@ -59,8 +62,10 @@ DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 URI_RE = re.compile(r"^(https?|file|pvc)://[^\s]+$")
 
 
-class SpecError(ValueError):
+class SpecError(EdgeModelOperatorError, ValueError):
     """An EdgeModel spec the operator cannot act on; the message names the field."""
+
+    failure = FailureKind.INVALID_INPUT
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
@@ -186,6 +191,27 @@ class SLO:
 
     latency_p95_ms: float = _f("latencyP95Ms", exclusive_minimum=0.0, maximum=600000.0)
     max_error_rate: float = _f("maxErrorRate", 0.01, minimum=0.0, maximum=1.0)
+    # Generative models only (spec.serving.generative): when set, these replace latencyP95Ms
+    # as the latency signals of the autoscaler and the canary analysis.
+    time_to_first_token_p95_ms: float | None = _f(
+        "timeToFirstTokenP95Ms", None, exclusive_minimum=0.0, maximum=600000.0
+    )
+    inter_token_p95_ms: float | None = _f(
+        "interTokenP95Ms", None, exclusive_minimum=0.0, maximum=600000.0
+    )
+
+    @property
+    def token_slos(self) -> bool:
+        return self.time_to_first_token_p95_ms is not None or self.inter_token_p95_ms is not None
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the runtime serves the model: a generative decoder streams tokens (v2 generate)."""
+
+    generative: bool = _f("generative", False)
+    max_sequences: int = _f("maxSequences", 8, minimum=1, maximum=1024)
+    tokenizer: Tokenizer = _f("tokenizer", "none")
 
 
 @dataclass(frozen=True)
@@ -223,9 +249,15 @@ class EdgeModelSpec:
     targets: list[Target] = _f("targets")
     compression: Compression = _f("compression", Compression())
     slo: SLO | None = _f("slo", None)
+    serving: Serving | None = _f("serving", None)
     autoscaling: Autoscaling = _f("autoscaling", Autoscaling())
     rollout: Rollout = _f("rollout", Rollout())
     paused: bool = _f("paused", False)
+
+    @property
+    def generative(self) -> bool:
+        """Served as a generative decoder (token streaming, token-level SLOs)."""
+        return self.serving is not None and self.serving.generative
 
 
 # ------------------------------------------------------------------ status
@@ -365,6 +397,8 @@ def _check_cross_field(spec: EdgeModelSpec) -> None:
         raise SpecError("spec.autoscaling.scaleDownAt", "must be below scaleUpAt")
     if spec.autoscaling.enabled and spec.slo is None:
         raise SpecError("spec.slo", "required when autoscaling is enabled")
+    if spec.slo is not None and spec.slo.token_slos and not spec.generative:
+        raise SpecError("spec.slo", "token-level SLOs need spec.serving.generative: true")
 
 
 def _check_compression(comp: Compression) -> None:

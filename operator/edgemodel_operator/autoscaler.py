@@ -19,6 +19,10 @@ Rules, in order (the decision's reason names the one that decided):
    purpose: one replica too many costs money, one too few breaks the SLO.
 6. Otherwise (between the thresholds): hold.
 A scale-down never delays a scale-up: reacting to overload is never held back by a shrink.
+
+"SLO" is the one the reading was classified against (its threshold): latencyP95Ms for request
+latency, or for a generative model the token SLO furthest over its line (time to first token
+or inter-token latency, see objectives.py), so token SLOs scale by the same rules.
 """
 
 from __future__ import annotations
@@ -131,8 +135,11 @@ def decide(
     value = p95.value
     if p95.outcome is Outcome.INCONCLUSIVE or value is None or math.isnan(value):
         return result(replace(state, below_since=None), start, f"hold: no data ({p95.detail})")
-    upper = policy.scale_up_at * slo.latency_p95_ms
-    lower = policy.scale_down_at * slo.latency_p95_ms
+    # The SLO the reading was classified against: latencyP95Ms for request latency, a token
+    # SLO for a generative model (objectives.py); the lines scale with it the same way.
+    line_ms = p95.threshold or slo.latency_p95_ms
+    upper = policy.scale_up_at * line_ms
+    lower = policy.scale_down_at * line_ms
     if value > upper:
         return result(
             *_above(state, policy, value=value, upper=upper, start=start, high=high, now=now)

@@ -292,6 +292,76 @@ def compression_job(
     settings: Settings,
 ) -> Manifest:
     plan = compression_plan(spec, variant)
+    paths, volumes, mounts = _compression_volumes(spec)
+    job_labels = labels(name, "compression", revision=revision, variant=variant)
+    publish = _publish_container(
+        settings,
+        [
+            "--revision",
+            artifact_key(revision, variant),
+            "--namespace",
+            namespace,
+            "--uid",
+            uid,
+            "--revision-digest",
+            revision_digest(spec),
+            "--variant",
+            variant,
+        ],
+        # Only publish sees the store token (compress runs model code).
+        mounts=mounts[:2],
+    )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, revision, variant),
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": {keys.COMPRESSION_NOTE: plan.note} if plan.note else {},
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {
+            "backoffLimit": settings.job_backoff_limit,
+            "activeDeadlineSeconds": settings.job_deadline_seconds,
+            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            "podFailurePolicy": _compression_failure_policy(),
+            "template": {
+                "metadata": {"labels": job_labels},
+                "spec": with_image_pull(
+                    {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        **job_placement(spec, variant),
+                        "initContainers": [
+                            {
+                                "name": "compress",
+                                "image": settings.runtime_image,
+                                "command": ["edgemodel"],
+                                "args": compress_args(spec, plan, settings, paths),
+                                "resources": settings.compress_resources,
+                                "securityContext": container_security_context(),
+                                "volumeMounts": mounts,
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                            }
+                        ],
+                        "containers": [publish],
+                        "volumes": [*volumes, artifact_token_volume()],
+                    },
+                    settings,
+                ),
+            },
+        },
+    }
+
+
+def _compression_volumes(
+    spec: EdgeModelSpec,
+) -> tuple[dict[str, str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Job's scratch volumes plus one per input it reads (model, calibration, evaluation):
+    returns where each input is read from, the volumes, and the compress container's mounts
+    (scratch first)."""
     volumes: list[dict[str, Any]] = [
         {"name": "work", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
@@ -311,105 +381,60 @@ def compression_job(
         paths[key] = path
         volumes += extra_volumes
         mounts += extra_mounts
-    job_labels = labels(name, "compression", revision=revision, variant=variant)
-    key = artifact_key(revision, variant)
-    resources = settings.compress_resources
+    return paths, volumes, mounts
+
+
+def _compression_failure_policy() -> dict[str, Any]:
+    """Bad input (2) and a failed accuracy gate (3) give the same answer on every try."""
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": job_name(name, revision, variant),
-            "namespace": namespace,
-            "labels": job_labels,
-            "annotations": {keys.COMPRESSION_NOTE: plan.note} if plan.note else {},
-            "ownerReferences": [owner_reference(name, uid)],
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": "compress",
+                    "operator": "In",
+                    "values": [2, 3],
+                },
+            }
+        ]
+    }
+
+
+def _publish_container(
+    settings: Settings, record: list[str], *, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The Job's `edgemodel publish` container: sends /work/out to the artifact store with the
+    store token, which only it mounts; `record` names what the store files it under."""
+    return {
+        "name": "publish",
+        "image": settings.runtime_image,
+        "command": ["edgemodel"],
+        "args": [
+            "publish",
+            "/work/out",
+            "--server",
+            settings.artifact_url,
+            *record,
+            "--token-file",
+            f"{ARTIFACT_TOKEN_DIR}/token",
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
         },
-        "spec": {
-            "backoffLimit": settings.job_backoff_limit,
-            "activeDeadlineSeconds": settings.job_deadline_seconds,
-            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
-            # Bad input (2) and a failed accuracy gate (3) give the same answer on every try.
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": "compress",
-                            "operator": "In",
-                            "values": [2, 3],
-                        },
-                    }
-                ]
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            *mounts,
+            {
+                "name": "artifact-token",
+                "mountPath": ARTIFACT_TOKEN_DIR,
+                "readOnly": True,
             },
-            "template": {
-                "metadata": {"labels": job_labels},
-                "spec": with_image_pull(
-                    {
-                        "restartPolicy": "Never",
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context(),
-                        **job_placement(spec, variant),
-                        "initContainers": [
-                            {
-                                "name": "compress",
-                                "image": settings.runtime_image,
-                                "command": ["edgemodel"],
-                                "args": compress_args(spec, plan, settings, paths),
-                                "resources": resources,
-                                "securityContext": container_security_context(),
-                                "volumeMounts": mounts,
-                                "terminationMessagePolicy": "FallbackToLogsOnError",
-                            }
-                        ],
-                        "containers": [
-                            {
-                                "name": "publish",
-                                "image": settings.runtime_image,
-                                "command": ["edgemodel"],
-                                "args": [
-                                    "publish",
-                                    "/work/out",
-                                    "--server",
-                                    settings.artifact_url,
-                                    "--revision",
-                                    key,
-                                    "--namespace",
-                                    namespace,
-                                    "--uid",
-                                    uid,
-                                    "--revision-digest",
-                                    revision_digest(spec),
-                                    "--variant",
-                                    variant,
-                                    "--token-file",
-                                    f"{ARTIFACT_TOKEN_DIR}/token",
-                                    "--termination-log",
-                                    TERMINATION_LOG,
-                                ],
-                                "resources": {
-                                    "requests": {"cpu": "50m", "memory": "64Mi"},
-                                    "limits": {"memory": "256Mi"},
-                                },
-                                "securityContext": container_security_context(),
-                                # Only publish sees the store token (compress runs model code).
-                                "volumeMounts": [
-                                    *mounts[:2],
-                                    {
-                                        "name": "artifact-token",
-                                        "mountPath": ARTIFACT_TOKEN_DIR,
-                                        "readOnly": True,
-                                    },
-                                ],
-                                "terminationMessagePath": TERMINATION_LOG,
-                                "terminationMessagePolicy": "FallbackToLogsOnError",
-                            }
-                        ],
-                        "volumes": [*volumes, artifact_token_volume()],
-                    },
-                    settings,
-                ),
-            },
-        },
+        ],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 
@@ -613,6 +638,7 @@ def _server_container(
     ]
     if spec.slo is not None:
         env.append({"name": "EDGEMODEL_SLO_MS", "value": repr(spec.slo.latency_p95_ms)})
+    env += _token_slo_env(spec)
     args = [
         "serve",
         "/models/model.onnx",
@@ -630,6 +656,7 @@ def _server_container(
         "--shutdown-delay-s",
         "3",
     ]
+    args += generative_args(spec)
     if target.gpu:
         args += ["--providers", "cuda"]
         if settings.strict_gpu_providers:
@@ -643,6 +670,30 @@ def _server_container(
         "env": env,
         **common,
     }
+
+
+def generative_args(spec: EdgeModelSpec) -> list[str]:
+    """`edgemodel serve` flags of a generative model (none otherwise)."""
+    if spec.serving is None or not spec.serving.generative:
+        return []
+    return [
+        "--generative",
+        "--max-sequences",
+        str(spec.serving.max_sequences),
+        "--tokenizer",
+        spec.serving.tokenizer,
+    ]
+
+
+def _token_slo_env(spec: EdgeModelSpec) -> list[dict[str, str]]:
+    """The token histograms' SLO boundaries (EDGEMODEL_TTFT_SLO_MS / EDGEMODEL_ITL_SLO_MS)."""
+    if spec.slo is None or not spec.generative:
+        return []
+    pairs = [
+        ("EDGEMODEL_TTFT_SLO_MS", spec.slo.time_to_first_token_p95_ms),
+        ("EDGEMODEL_ITL_SLO_MS", spec.slo.inter_token_p95_ms),
+    ]
+    return [{"name": name, "value": repr(value)} for name, value in pairs if value is not None]
 
 
 SPEC_HASH = keys.SPEC_HASH
@@ -837,16 +888,16 @@ def artifact_store(settings: Settings) -> list[Manifest]:
         keys.MANAGED_BY: MANAGER,
         keys.COMPONENT: "artifact-store",
     }
+
+    def metadata() -> dict[str, Any]:
+        return {"name": name, "namespace": namespace, "labels": store_labels}
+
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
-        },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata()},
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
+            "metadata": metadata(),
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": settings.artifact_storage}},
@@ -855,7 +906,7 @@ def artifact_store(settings: Settings) -> list[Manifest]:
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
+            "metadata": metadata(),
             "spec": {
                 "replicas": 1,
                 "strategy": {"type": "Recreate"},  # a ReadWriteOnce volume has one writer
@@ -870,52 +921,7 @@ def artifact_store(settings: Settings) -> list[Manifest]:
                             "serviceAccountName": name,
                             "automountServiceAccountToken": False,
                             "securityContext": pod_security_context(),
-                            "containers": [
-                                {
-                                    "name": "server",
-                                    "image": settings.runtime_image,
-                                    "command": ["edgemodel"],
-                                    "args": [
-                                        "artifact-server",
-                                        "--root",
-                                        "/store",
-                                        "--host",
-                                        "$(POD_IP)",
-                                        "--port",
-                                        str(settings.artifact_port),
-                                        "--token-review",
-                                        "--audience",
-                                        ARTIFACT_AUDIENCE,
-                                        "--quota-bytes",
-                                        str(store_quota_bytes(settings.artifact_storage)),
-                                    ],
-                                    "env": list(POD_IP_ENV),
-                                    "ports": [
-                                        {"name": "http", "containerPort": settings.artifact_port}
-                                    ],
-                                    "readinessProbe": {
-                                        "httpGet": {"path": "/healthz", "port": "http"},
-                                        "periodSeconds": 2,
-                                    },
-                                    "livenessProbe": {
-                                        "httpGet": {"path": "/healthz", "port": "http"},
-                                        "periodSeconds": 10,
-                                    },
-                                    "resources": {
-                                        "requests": {"cpu": "50m", "memory": "64Mi"},
-                                        "limits": {"memory": "512Mi"},
-                                    },
-                                    "securityContext": container_security_context(),
-                                    "volumeMounts": [
-                                        {"name": "store", "mountPath": "/store"},
-                                        {
-                                            "name": "api-token",
-                                            "mountPath": API_TOKEN_DIR,
-                                            "readOnly": True,
-                                        },
-                                    ],
-                                }
-                            ],
+                            "containers": [_artifact_server_container(settings)],
                             "volumes": [
                                 {"name": "store", "persistentVolumeClaim": {"claimName": name}},
                                 _api_token_volume(),
@@ -929,13 +935,49 @@ def artifact_store(settings: Settings) -> list[Manifest]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": store_labels},
+            "metadata": metadata(),
             "spec": {
                 "selector": {keys.APP_NAME: "edgemodel-artifacts"},
                 "ports": [{"name": "http", "port": settings.artifact_port, "targetPort": "http"}],
             },
         },
     ]
+
+
+def _artifact_server_container(settings: Settings) -> dict[str, Any]:
+    """The store's `edgemodel artifact-server` container, on the store volume and the API token."""
+    return {
+        "name": "server",
+        "image": settings.runtime_image,
+        "command": ["edgemodel"],
+        "args": [
+            "artifact-server",
+            "--root",
+            "/store",
+            "--host",
+            "$(POD_IP)",
+            "--port",
+            str(settings.artifact_port),
+            "--token-review",
+            "--audience",
+            ARTIFACT_AUDIENCE,
+            "--quota-bytes",
+            str(store_quota_bytes(settings.artifact_storage)),
+        ],
+        "env": list(POD_IP_ENV),
+        "ports": [{"name": "http", "containerPort": settings.artifact_port}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "store", "mountPath": "/store"},
+            {"name": "api-token", "mountPath": API_TOKEN_DIR, "readOnly": True},
+        ],
+    }
 
 
 # ------------------------------------------------------------------ pull secrets

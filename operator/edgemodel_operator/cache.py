@@ -17,7 +17,8 @@ delivered, never what the operator merely wrote. Two rules keep them honest:
   is refused by the status patch's resourceVersion precondition, as before).
 
 Pure in-memory structures with no client: events in, snapshots out; unit-tested with
-synthetic events (tests/unit/test_cache.py).
+synthetic events (tests/unit/test_cache.py). `PodSignals` decides which pod events are worth
+a reconcile at all (docs/architecture.md, "Reconcile cost").
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgemodel_operator import labels
+from edgemodel_operator import labels, observe, providers
 
 Key = tuple[str, str]  # (namespace, EdgeModel name)
 OWNED_KINDS = ("Job", "Deployment", "Service", "Pod")
@@ -196,3 +197,46 @@ class ModelCache:
 
     def forget(self, key: Key) -> None:
         self._models.pop(key, None)
+
+
+# ------------------------------------------------------------------ which pod events matter
+
+# What a reconcile reads from one runtime pod (docs/architecture.md, "Reconcile cost"): the
+# scheduler's refusal (unplaceable targets) and the server's provider fallback. Readiness is
+# read from the Deployments, whose own events queue the EdgeModel.
+PodSignal = tuple[tuple[tuple[str, str], ...], providers.ProviderFallback | None]
+QUIET: PodSignal = ((), None)  # scheduled, no fallback: nothing for a reconcile to act on
+
+
+def pod_signal(pod: Mapping[str, Any]) -> PodSignal:
+    """The part of a runtime pod a reconcile reads, comparable between two events (pure)."""
+    unschedulable = observe.unschedulable_targets([pod])
+    return (tuple(sorted(unschedulable.items())), providers.fallback_of(pod))
+
+
+class PodSignals:
+    """The last `pod_signal` of each runtime pod, by uid, to tell which pod events matter.
+
+    A pod's ADDED / MODIFIED / DELETED event changes what its EdgeModel's next reconcile sees
+    only when its signal changes (a pod becomes unschedulable or placed, a server falls back),
+    or when a pod with a non-quiet signal goes away. Every other pod event (kubelet status
+    churn, a healthy pod created or deleted) queues nothing: the Deployment's events carry
+    readiness. Only the signals that are not QUIET are kept.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, PodSignal] = {}
+
+    def changed(self, event_type: str | None, pod: Mapping[str, Any]) -> bool:
+        """Whether this event changes the pod's signal (and so may change a reconcile)."""
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        if event_type == DELETED:
+            return self._last.pop(uid, QUIET) != QUIET
+        now = pod_signal(pod)
+        before = self._last.pop(uid, QUIET)
+        if now != QUIET:
+            self._last[uid] = now
+        return now != before
+
+    def __len__(self) -> int:
+        return len(self._last)

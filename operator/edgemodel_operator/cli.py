@@ -1,4 +1,8 @@
-"""Owns `edgemodel operator`: settings from flags, logging, and handing control to kopf."""
+"""Owns `edgemodel operator`: settings from flags, logging, and handing control to kopf.
+
+Every flag that sets a `Settings` field takes its default from the dataclass (`_DEFAULTS`), so a
+default is written once (docs/architecture.md, "One convention each").
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,11 @@ import secrets
 import sys
 from collections.abc import Callable
 
-from edgemodel_operator.settings import RUNTIME_IMAGE, TRITON_IMAGE, Settings
+from edgemodel_operator.errors import EXIT_BAD_INPUT
+from edgemodel_operator.logs import add_log_format_argument
+from edgemodel_operator.settings import Settings
+
+_DEFAULTS = Settings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +47,7 @@ def _add_scope_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--operator-namespace",
-        default=os.environ.get("EDGEMODEL_NAMESPACE", "edgemodel-system"),
+        default=os.environ.get("EDGEMODEL_NAMESPACE", _DEFAULTS.namespace),
         help="where the operator and its artifact store live",
     )
     peering = parser.add_mutually_exclusive_group()
@@ -58,18 +66,18 @@ def _add_scope_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """The images and the artifact store the operator deploys, and how pods pull images."""
-    parser.add_argument("--runtime-image", default=RUNTIME_IMAGE)
-    parser.add_argument("--triton-image", default=TRITON_IMAGE)
+    parser.add_argument("--runtime-image", default=_DEFAULTS.runtime_image)
+    parser.add_argument("--triton-image", default=_DEFAULTS.triton_image)
     parser.add_argument(
         "--no-artifact-store",
         action="store_true",
         help="do not create the in-cluster artifact store (the Helm chart installs it)",
     )
-    parser.add_argument("--artifact-service", default="edgemodel-artifacts")
+    parser.add_argument("--artifact-service", default=_DEFAULTS.artifact_service)
     parser.add_argument(
         "--artifact-port",
         type=int,
-        default=8080,
+        default=_DEFAULTS.artifact_port,
         help="port of the artifact store's Service (and of its server when the operator runs it)",
     )
     parser.add_argument(
@@ -83,7 +91,7 @@ def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-pull-policy",
         choices=("Always", "IfNotPresent", "Never"),
-        default=None,
+        default=_DEFAULTS.image_pull_policy,
         help="imagePullPolicy of every container the operator creates (default: Kubernetes')",
     )
     parser.add_argument(
@@ -98,14 +106,14 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     """Where artifacts, node caches and in-cluster Services are reached."""
     parser.add_argument(
         "--artifact-url",
-        default="",
+        default=_DEFAULTS.artifact_lookup_url,
         metavar="URL",
         help="where the operator looks artifacts up (default: the artifact Service); "
         "pods still fetch through the Service",
     )
     parser.add_argument(
         "--node-cache-path",
-        default="/var/lib/edgemodel/cache",
+        default=_DEFAULTS.node_cache_path,
         help="hostPath of the node-local artifact cache; empty: an emptyDir",
     )
     parser.add_argument(
@@ -118,16 +126,19 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_prometheus_arguments(parser: argparse.ArgumentParser) -> None:
     """The Prometheus the SLO loop queries and which ones annotations may name."""
-    parser.add_argument("--prometheus-url", default=os.environ.get("EDGEMODEL_PROMETHEUS_URL", ""))
+    parser.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("EDGEMODEL_PROMETHEUS_URL", _DEFAULTS.prometheus_url),
+    )
     # The chart mounts the token and CA and names their paths in these variables.
     parser.add_argument(
         "--prometheus-token-file",
-        default=os.environ.get("EDGEMODEL_PROMETHEUS_TOKEN_FILE", ""),
+        default=os.environ.get("EDGEMODEL_PROMETHEUS_TOKEN_FILE", _DEFAULTS.prometheus_token_file),
         help="bearer token for --prometheus-url only, re-read on every query",
     )
     parser.add_argument(
         "--prometheus-ca-file",
-        default=os.environ.get("EDGEMODEL_PROMETHEUS_CA_FILE", ""),
+        default=os.environ.get("EDGEMODEL_PROMETHEUS_CA_FILE", _DEFAULTS.prometheus_ca_file),
         help="CA bundle for an https --prometheus-url",
     )
     parser.add_argument("--prometheus-insecure", action="store_true", help="skip TLS verification")
@@ -164,6 +175,7 @@ def _add_process_arguments(parser: argparse.ArgumentParser) -> None:
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
     parser.add_argument("--verbose", "-v", action="store_true")
+    add_log_format_argument(parser)
 
 
 def peering_priority(given: int | None, draw: Callable[[int], int] = secrets.randbelow) -> int:
@@ -185,7 +197,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         artifact_service=args.artifact_service,
         artifact_port=args.artifact_port,
         image_pull_secrets=tuple(args.image_pull_secret),
-        image_pull_policy=args.image_pull_policy or "",
+        image_pull_policy=args.image_pull_policy,
         strict_gpu_providers=not args.allow_gpu_provider_fallback,
         manage_artifact_store=not args.no_artifact_store,
         artifact_lookup_url=args.artifact_url,
@@ -204,14 +216,14 @@ def run(args: argparse.Namespace) -> int:
 
     from edgemodel_operator import handlers, logs
 
-    logs.configure(args.verbose)
+    logs.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     # kopf logs every handler's success at INFO: one line per watch event is noise here.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         settings = settings_from(args)
     except ValueError as exc:
         print(f"edgemodel operator: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     memo = kopf.Memo(
         runtime=handlers.Runtime(
             settings=settings,

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +30,7 @@ from edgemodel_operator import (
     artifact_lookup,
     builders,
     canary,
+    kopf_tuning,
     labels,
     metrics,
     observe,
@@ -37,7 +38,14 @@ from edgemodel_operator import (
     telemetry,
 )
 from edgemodel_operator.api import SpecError, parse_spec
-from edgemodel_operator.cache import DELETED, ModelCache, Owned, OwnedCache
+from edgemodel_operator.cache import (
+    DELETED,
+    OWNED_KINDS,
+    ModelCache,
+    Owned,
+    OwnedCache,
+    PodSignals,
+)
 from edgemodel_operator.conditions import set_condition
 from edgemodel_operator.kube import Credentials, Kube, KubeError, OwnershipConflict, counting
 from edgemodel_operator.lifecycle import (
@@ -45,15 +53,23 @@ from edgemodel_operator.lifecycle import (
     Delete,
     Desired,
     Event,
+    JobObs,
     Observed,
     Requeue,
     State,
     transition,
 )
+from edgemodel_operator.objectives import (
+    LatencyObjective,
+    latency_objectives,
+    named,
+)
+from edgemodel_operator.objectives import worst as worst_latency
 from edgemodel_operator.observe import Readings, ReadingsPlan, readings_needed
 from edgemodel_operator.placement import Requirements, explain_unplaceable
 from edgemodel_operator.revision import revision_of, variants
 from edgemodel_operator.settings import Settings
+from edgemodel_operator.timestamps import rfc3339
 from edgemodel_operator.workqueue import WorkQueue
 
 log = logging.getLogger("edgemodel.operator")
@@ -88,9 +104,11 @@ class Runtime:
     # What the watches said (cache.py): read instead of a GET and four LISTs per pass.
     owned: OwnedCache = field(default_factory=OwnedCache)
     models: ModelCache = field(default_factory=ModelCache)
+    pod_signals: PodSignals = field(default_factory=PodSignals)
     observe_by_list: bool = field(default_factory=_observe_by_list)
     _prometheus: dict[str, metrics.PrometheusClient] = field(default_factory=dict)
-    # One HTTP session for every Prometheus query (opened on first use, closed on cleanup).
+    # One HTTP session for every Prometheus query and artifact-record lookup (opened on first
+    # use, closed on cleanup): a reconcile opens no connection pool of its own.
     _http: aiohttp.ClientSession | None = None
 
     def http_session(self) -> aiohttp.ClientSession:
@@ -127,7 +145,7 @@ class Runtime:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -146,10 +164,7 @@ async def startup(
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
-    settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.networking.request_timeout = 60
+    kopf_tuning.tune(settings)
     # The same credentials kopf itself uses: the kubeconfig, else the pod's service account,
     # whose bound token the client re-reads from its file (it expires; see kube.py).
     credentials: Credentials | None = None
@@ -192,7 +207,7 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def edgemodel_event(
+async def edgemodel_event(
     type: str, namespace: str | None, name: str, body: Any, memo: Any, **_: Any
 ) -> None:
     runtime = _runtime(memo)
@@ -217,22 +232,22 @@ def _index(kind: str, body: Any, memo: Any) -> None:
 
 
 @kopf.index("batch", "v1", "jobs")
-def owned_jobs(body: Any, memo: Any, **_: Any) -> None:
+async def owned_jobs(body: Any, memo: Any, **_: Any) -> None:
     _index("Job", body, memo)
 
 
 @kopf.index("apps", "v1", "deployments")
-def owned_deployments(body: Any, memo: Any, **_: Any) -> None:
+async def owned_deployments(body: Any, memo: Any, **_: Any) -> None:
     _index("Deployment", body, memo)
 
 
 @kopf.index("", "v1", "services")
-def owned_services(body: Any, memo: Any, **_: Any) -> None:
+async def owned_services(body: Any, memo: Any, **_: Any) -> None:
     _index("Service", body, memo)
 
 
 @kopf.index("", "v1", "pods")
-def owned_pods(body: Any, memo: Any, **_: Any) -> None:
+async def owned_pods(body: Any, memo: Any, **_: Any) -> None:
     _index("Pod", body, memo)
 
 
@@ -248,32 +263,42 @@ def _owned_event(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_event(type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
+async def job_event(
+    type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any
+) -> None:
     _owned_event("Job", type, body, namespace, memo)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_event(
+async def deployment_event(
     type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any
 ) -> None:
     _owned_event("Deployment", type, body, namespace, memo)
 
 
 @kopf.on.event("", "v1", "services", labels=MANAGED)
-def service_event(type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
+async def service_event(
+    type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any
+) -> None:
     _owned_event("Service", type, body, namespace, memo)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def pod_event(type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any) -> None:
-    # Runtime pods queue their EdgeModel (readiness, scheduling); a Job's pods only need to
-    # be current in the cache (their Job's own events queue it).
+async def pod_event(
+    type: str | None, body: Any, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    # Runtime pods queue their EdgeModel only when what a reconcile reads from them changes
+    # (cache.PodSignals: scheduling refused or resolved, a provider fallback; readiness comes
+    # with the Deployment's events). A Job's pods only need to be current in the cache (their
+    # Job's own events queue it).
     component = (body.get("metadata", {}).get("labels") or {}).get(labels.COMPONENT)
-    _owned_event("Pod", type, body, namespace, memo, queue=component == labels.COMPONENT_RUNTIME)
+    signals = _runtime(memo).pod_signals
+    relevant = component == labels.COMPONENT_RUNTIME and signals.changed(type, body)
+    _owned_event("Pod", type, body, namespace, memo, queue=relevant)
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(type: str, memo: Any, **_: Any) -> None:
+async def node_event(type: str, memo: Any, **_: Any) -> None:
     # A node that appears (or changes) may host a target that had nowhere to go.
     runtime = _runtime(memo)
     if type in ("ADDED", "MODIFIED", None):
@@ -289,7 +314,7 @@ async def _worker(runtime: Runtime, index: int) -> None:
         key = await runtime.queue.get()
         started = time.monotonic()
         result = "ok"
-        calls = [0]
+        calls = [0, 0]
         try:
             with counting() as calls:
                 delay = await reconcile(runtime, key)
@@ -314,6 +339,7 @@ async def _worker(runtime: Runtime, index: int) -> None:
                 "key": key,
                 "seconds": round(time.monotonic() - started, 3),
                 "api_requests": calls[0],
+                "api_writes": calls[1],
             },
         )
 
@@ -425,40 +451,14 @@ async def _observe(
         owned.services,
         owned.pods,
     )
-    jobs = []
-    for job in jobs_raw:
-        job_pods = [
-            p
-            for p in pods_raw
-            if (p["metadata"].get("labels") or {}).get(labels.JOB_NAME) == job["metadata"]["name"]
-        ]
-        jobs.append(observe.job_observation(job, job_pods))
+    jobs = _job_observations(jobs_raw, pods_raw)
     runtime_pods = [
         p
         for p in pods_raw
         if (p["metadata"].get("labels") or {}).get(labels.COMPONENT) == labels.COMPONENT_RUNTIME
     ]
-    unschedulable = observe.unschedulable_targets(runtime_pods)
-    if unschedulable:
-        nodes = await kube.list("v1", "Node", None)
-        for target in desired.spec.targets:
-            if target.name in unschedulable:
-                reason = explain_unplaceable(
-                    Requirements(
-                        builders.node_selector(target),
-                        builders.tolerations(target),
-                        {k: v for k, v in builders.pod_requests(target, runtime.settings).items()},
-                    ),
-                    nodes,
-                )
-                if reason:
-                    unschedulable[target.name] = reason
-    store_ready = True
-    if runtime.settings.manage_artifact_store:
-        store = await kube.get(
-            "apps/v1", "Deployment", runtime.settings.namespace, runtime.settings.artifact_service
-        )
-        store_ready = bool(store and (store.get("status") or {}).get("availableReplicas"))
+    unschedulable = await _unschedulable(runtime, kube, desired, runtime_pods)
+    store_ready = await _store_ready(runtime, kube)
     artifacts: dict[str, dict[str, Any]] = {}
     known = {(r.get("revision"), r.get("variant")) for r in state.revisions}
     have_job = {(j.revision, j.variant) for j in jobs}
@@ -467,21 +467,26 @@ async def _observe(
         for v in variants(desired.spec)
         if (desired.revision, v) not in known and (desired.revision, v) not in have_job
     ]
+    record_checks: dict[str, str] = {}
     if missing and store_ready:
         base = await _artifact_base_url(runtime, kube)
         if base:
-            digest = builders.revision_digest(desired.spec)
-            for variant in missing:
+            # Only a record a compression Job of *this* EdgeModel published (the store checks
+            # that) for this very revision digest lets it skip compression; a malformed one is
+            # not trusted (compressed again) and named in ArtifactRecordValid (lifecycle/status).
+            found = await artifact_lookup.lookup_records(
+                base,
+                desired.namespace,
+                desired.uid,
+                builders.revision_digest(desired.spec),
+                missing,
+                runtime.http_session(),
+            )
+            for variant, lookup in found.items():
                 key = builders.artifact_key(desired.revision, variant)
-                # Only a record a compression Job of *this* EdgeModel published (the store
-                # checks that) for this very revision digest lets it skip compression.
-                found = await artifact_lookup.lookup_record(
-                    base, desired.namespace, desired.uid, digest, variant
-                )
-                if found.summary:
-                    artifacts[key] = found.summary
-                # found.problem (a malformed record, naming the field): see the lifecycle's
-                # condition for it; until then the revision is compressed again.
+                record_checks[key] = lookup.problem or ""
+                if lookup.summary:
+                    artifacts[key] = lookup.summary
     plan = readings_needed(desired, state, datetime.now(UTC))
     readings = await _measure(runtime, desired, plan, meta_annotations)
     return Observed(
@@ -496,7 +501,57 @@ async def _observe(
         unschedulable=unschedulable,
         store_ready=store_ready,
         provider_fallbacks=providers.provider_fallbacks(runtime_pods),
+        record_checks=record_checks,
     )
+
+
+def _job_observations(
+    jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]
+) -> list[JobObs]:
+    """Each compression Job with the pods it ran."""
+    out = []
+    for job in jobs:
+        job_pods = [
+            p
+            for p in pods
+            if (p["metadata"].get("labels") or {}).get(labels.JOB_NAME) == job["metadata"]["name"]
+        ]
+        out.append(observe.job_observation(job, job_pods))
+    return out
+
+
+async def _unschedulable(
+    runtime: Runtime, kube: Kube, desired: Desired, runtime_pods: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Targets whose runtime pods cannot be scheduled, each with why no node fits when the
+    nodes say (docs/architecture.md, placement)."""
+    unschedulable = observe.unschedulable_targets(runtime_pods)
+    if not unschedulable:
+        return unschedulable
+    nodes = await kube.list("v1", "Node", None)
+    for target in desired.spec.targets:
+        if target.name in unschedulable:
+            reason = explain_unplaceable(
+                Requirements(
+                    builders.node_selector(target),
+                    builders.tolerations(target),
+                    {k: v for k, v in builders.pod_requests(target, runtime.settings).items()},
+                ),
+                nodes,
+            )
+            if reason:
+                unschedulable[target.name] = reason
+    return unschedulable
+
+
+async def _store_ready(runtime: Runtime, kube: Kube) -> bool:
+    """The managed artifact store has an available replica (always true when not managed)."""
+    if not runtime.settings.manage_artifact_store:
+        return True
+    store = await kube.get(
+        "apps/v1", "Deployment", runtime.settings.namespace, runtime.settings.artifact_service
+    )
+    return bool(store and (store.get("status") or {}).get("availableReplicas"))
 
 
 async def _list_owned(kube: Kube, ns: str, name: str) -> Owned:
@@ -512,6 +567,55 @@ async def _list_owned(kube: Kube, ns: str, name: str) -> Owned:
         kube.list("v1", "Pod", ns, labels=labels.owned_by(name)),
     )
     return Owned(tuple(jobs), tuple(deps), tuple(svcs), tuple(pods))
+
+
+async def _latency(
+    client: metrics.PrometheusClient,
+    namespace: str,
+    model: str,
+    revision: str | None,
+    target: str,
+    window_s: int,
+    objectives: list[LatencyObjective],
+) -> metrics.Reading:
+    """One target's latency reading: request p95, or the token SLO furthest over its line."""
+    readings = await asyncio.gather(
+        *(
+            client.p95_ms(namespace, model, revision, target, window_s, o.slo, o.metric)
+            for o in objectives
+        )
+    )
+    if len(objectives) == 1:
+        return readings[0]
+    return worst_latency([named(o, r) for o, r in zip(objectives, readings, strict=True)])
+
+
+async def _canary_checks(
+    client: metrics.PrometheusClient,
+    desired: Desired,
+    stable: str,
+    target: str,
+    window_s: int,
+    objectives: list[LatencyObjective],
+) -> list[metrics.Reading]:
+    """The canary analysis of one target: one check per latency objective (request latency,
+    or a generative model's time to first token and inter-token latency), each against the
+    stable revision's reading of the same histogram."""
+    ns, name, rev, slo = desired.namespace, desired.name, desired.revision, desired.spec.slo
+    if slo is None:  # readings_needed plans no analysis without an SLO
+        return []
+    errors = await client.error_rate(ns, name, rev, target, window_s, slo)
+    checks = []
+    for objective in objectives:
+        canary_p95, stable_p95 = await asyncio.gather(
+            *(
+                client.p95_ms(ns, name, r, target, window_s, objective.slo, objective.metric)
+                for r in (rev, stable)
+            )
+        )
+        verdict = canary.analyse(canary_p95, errors, stable_p95, objective.slo)
+        checks.append(named(objective, verdict))
+    return checks
 
 
 def _worst(readings: list[metrics.Reading]) -> metrics.Reading:
@@ -545,9 +649,10 @@ async def _measure(
         broken = metrics.Reading(metrics.Outcome.ERROR, None, None, problem)
         return Readings(p95={t.name: broken for t in spec.targets}, analysis=broken, guard=broken)
     client = runtime.prometheus_client(url)
+    objectives = latency_objectives(spec)
     window = plan.window_s
     p95s = await asyncio.gather(
-        *(client.p95_ms(ns, name, None, t.name, window, slo) for t in spec.targets)
+        *(_latency(client, ns, name, None, t.name, window, objectives) for t in spec.targets)
     )
     errs = await asyncio.gather(
         *(client.error_rate(ns, name, None, t.name, window, slo) for t in spec.targets)
@@ -556,20 +661,20 @@ async def _measure(
     guard: metrics.Reading | None = None
     analysis_window = plan.analysis_window_s
     if plan.canary_vs:
-        checks = []
-        for target in spec.targets:
-            c_p95, c_err, s_p95 = await asyncio.gather(
-                client.p95_ms(ns, name, rev, target.name, analysis_window, slo),
-                client.error_rate(ns, name, rev, target.name, analysis_window, slo),
-                client.p95_ms(ns, name, plan.canary_vs, target.name, analysis_window, slo),
-            )
-            checks.append(canary.analyse(c_p95, c_err, s_p95, slo))
-        analysis = _worst(checks)
+        analysis = _worst(
+            [
+                check
+                for target in spec.targets
+                for check in await _canary_checks(
+                    client, desired, plan.canary_vs, target.name, analysis_window, objectives
+                )
+            ]
+        )
     if plan.guard:
         checks = []
         for target in spec.targets:
             g_p95, g_err = await asyncio.gather(
-                client.p95_ms(ns, name, rev, target.name, analysis_window, slo),
+                _latency(client, ns, name, rev, target.name, analysis_window, objectives),
                 client.error_rate(ns, name, rev, target.name, analysis_window, slo),
             )
             checks.append(_worst([g_p95, g_err]))
@@ -625,16 +730,16 @@ async def _artifact_base_url(runtime: Runtime, kube: Kube) -> str | None:
 async def _apply_owned(kube: Kube, action: Apply, cache: OwnedCache | None) -> str | None:
     """Applies one manifest; the conflict's text when the object is someone else's.
 
-    An object the watch-fed cache already shows as this EdgeModel's is written without the
-    ownership GET (kube.Kube.apply, `known`)."""
-    meta = action.manifest["metadata"]
+    What the watch-fed cache says saves the ownership GET (kube.Kube.apply): an object it
+    shows as this EdgeModel's is written at once, one it does not know is written
+    create-only (the API server refuses that write if the object exists after all)."""
+    meta, kind = action.manifest["metadata"], action.manifest["kind"]
+    watched = cache is not None and kind in OWNED_KINDS
     known = (
-        cache.find(action.manifest["kind"], meta.get("namespace") or "", meta["name"])
-        if cache is not None
-        else None
+        cache.find(kind, meta.get("namespace") or "", meta["name"]) if cache is not None else None
     )
     try:
-        await kube.apply(action.manifest, known)
+        await kube.apply(action.manifest, known, absent=watched and known is None)
     except OwnershipConflict as exc:
         return str(exc).removeprefix("409: ")
     return None

@@ -8,7 +8,8 @@ handler never sees them; a missing object on get or delete is simply "not there"
 
 Trust boundaries (docs/security.md): a bound ServiceAccount token expires, so a token read
 from a file is re-read before each request and, on a 401, once more and the request retried
-once; `apply` never takes over an object this EdgeModel does not control (OwnershipConflict);
+once; `apply` never takes over an object this EdgeModel does not control (OwnershipConflict;
+an object the watches do not know is written create-only, so that check costs no request);
 `patch_status` may carry a resourceVersion precondition, so a second operator replica (a
 rolling upgrade) cannot overwrite a newer status with one computed from an older read.
 """
@@ -31,7 +32,9 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from edgemodel_operator.errors import EdgeModelOperatorError, failure_of_status
 from edgemodel_operator.labels import GROUP, KIND, MANAGER, PLURAL, SERVICE_NAME, VERSION
+from edgemodel_operator.timestamps import rfc3339
 
 log = logging.getLogger("edgemodel.kube")
 
@@ -59,8 +62,9 @@ _COUNTER: ContextVar[list[int] | None] = ContextVar("edgemodel_kube_requests", d
 
 @contextlib.contextmanager
 def counting() -> Iterator[list[int]]:
-    """Counts the API requests made inside the block (read `[0]` of what it yields)."""
-    box = [0]
+    """Counts the API requests made inside the block: what it yields holds at `[0]` every
+    request sent (retries included) and at `[1]` those that were writes (not GET)."""
+    box = [0, 0]
     token = _COUNTER.set(box)
     try:
         yield box
@@ -68,12 +72,20 @@ def counting() -> Iterator[list[int]]:
         _COUNTER.reset(token)
 
 
-class KubeError(Exception):
+def _count(method: str) -> None:
+    box = _COUNTER.get()
+    if box is not None:
+        box[0] += 1
+        box[1] += method != "GET"
+
+
+class KubeError(EdgeModelOperatorError):
     """The API server refused a request for good (not retried)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.failure = failure_of_status(status)
 
 
 class OwnershipConflict(KubeError):
@@ -113,6 +125,24 @@ def foreign_owner(existing: Mapping[str, Any], manifest: Mapping[str, Any]) -> s
         {str(m.get("manager")) for m in (existing.get("metadata") or {}).get("managedFields") or []}
     )
     return "no controller (managed by " + (", ".join(managers) or "unknown") + ")"
+
+
+# A resourceVersion no object can have: etcd (and kine) revisions are signed 64-bit, this is
+# 2**64 - 1. See `create_only`.
+IMPOSSIBLE_RESOURCE_VERSION = str(2**64 - 1)
+
+
+def create_only(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """`manifest` as a create-only server-side apply (pure).
+
+    An apply carrying metadata.resourceVersion is conditional on it: the API server answers
+    409 and writes nothing when an object of that name exists with another version, and
+    creates the object when none exists (the version is not kept; checked against
+    kube-apiserver v1.36 in tests/integration/api/test_create_only_apply.py). With a version
+    no object can have, the apply creates or is refused: atomic, unlike a GET then a write.
+    """
+    meta = {**manifest["metadata"], "resourceVersion": IMPOSSIBLE_RESOURCE_VERSION}
+    return {**manifest, "metadata": meta}
 
 
 @dataclass(frozen=True)
@@ -229,9 +259,7 @@ class Kube:
         while attempt < self._attempts:
             attempt += 1
             self.requests += 1
-            box = _COUNTER.get()
-            if box is not None:
-                box[0] += 1
+            _count(method)
             try:
                 async with self._session.request(
                     method,
@@ -299,21 +327,24 @@ class Kube:
         namespace: str | None,
         resource_version: str = "",
         timeout_s: int = 3600,
+        *,
+        labels: Mapping[str, str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """The watch events ({"type", "object"}) of a collection, until the server ends it.
 
         Not retried here: the caller re-lists and watches on (a 410, or a stream the server
         dropped because the watcher fell behind). The operator's own watches are kopf's; this
-        one serves the benches and tools that speak to the API server through this client.
+        one serves the benches, the sandbox's pod runner and tools that speak to the API server
+        through this client. `labels`: only objects carrying all of them (a label selector).
         """
         params = {"watch": "1", "timeoutSeconds": str(timeout_s)}
+        if labels:
+            params["labelSelector"] = ",".join(f"{k}={v}" for k, v in labels.items())
         if resource_version:
             params["resourceVersion"] = resource_version
         url = resource_path(api_version, kind, namespace).lstrip("/") + "?" + urlencode(params)
         self.requests += 1
-        box = _COUNTER.get()
-        if box is not None:
-            box[0] += 1
+        _count("GET")
         async with self._session.get(
             url,
             headers=self._auth_headers(),
@@ -331,7 +362,11 @@ class Kube:
                 yield event
 
     async def apply(
-        self, manifest: Mapping[str, Any], known: Mapping[str, Any] | None = None
+        self,
+        manifest: Mapping[str, Any],
+        known: Mapping[str, Any] | None = None,
+        *,
+        absent: bool = False,
     ) -> dict[str, Any]:
         """Server-side apply: create or update to match `manifest`; our fields win conflicts.
 
@@ -340,9 +375,12 @@ class Kube:
         the existing one has the same controller; otherwise OwnershipConflict, and nothing
         is written (a user's Service of the same name is never taken over).
 
-        `known`: the object as the operator's watch last reported it (cache.py). When that
-        copy already has this manifest's controller, the ownership GET is skipped (one
-        request fewer); anything else, or nothing known, is read afresh before deciding.
+        What the operator's watches said (cache.py) saves requests, never the check:
+        `known`, the object as last reported: when it already has this manifest's controller
+        the ownership GET is skipped. `absent`: the watches report no object of that name, so
+        the write is first tried create-only (`create_only`): one request creates it, and if
+        the watches were behind and the object exists, the API server refuses that write
+        (409) and the GET decides as for an unknown object.
         """
         meta = manifest["metadata"]
         path = resource_path(
@@ -350,12 +388,19 @@ class Kube:
         )
         ours = known is not None and foreign_owner(known, manifest) is None
         if controller_of(manifest) is not None and not ours:
+            if absent and known is None:
+                created = await self._apply_create_only(path, manifest)
+                if created is not None:
+                    return created
             existing = await self.request("GET", path)
             owner = foreign_owner(existing, manifest) if existing else None
             if owner is not None:
                 raise OwnershipConflict(
                     manifest["kind"], meta.get("namespace"), meta["name"], owner
                 )
+        return await self._apply_patch(path, manifest)
+
+    async def _apply_patch(self, path: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(
             "PATCH",
             path,
@@ -364,6 +409,17 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
         return result
+
+    async def _apply_create_only(
+        self, path: str, manifest: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The object created by one apply; None (nothing written) when it already exists."""
+        try:
+            return await self._apply_patch(path, create_only(manifest))
+        except KubeError as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         gone = await self.request(
@@ -409,7 +465,7 @@ class Kube:
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str
     ) -> None:
         meta = involved["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339(datetime.now(UTC))
         body = {
             "apiVersion": "v1",
             "kind": "Event",

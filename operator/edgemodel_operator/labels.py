@@ -36,6 +36,7 @@ __all__ = [
     "PART_OF_VALUE",
     "PLURAL",
     "PROMETHEUS_URL",
+    "PROVISIONER",
     "REVISION",
     "SERVICE_NAME",
     "SPEC_HASH",
@@ -68,6 +69,9 @@ MODEL: Final = "edgemodel.dev/name"
 TARGET: Final = "edgemodel.dev/target"
 REVISION: Final = "edgemodel.dev/revision"
 VARIANT: Final = "edgemodel.dev/variant"
+
+# Set by the sandbox's local-path provisioner on the PersistentVolumes it makes.
+PROVISIONER: Final = "edgemodel.dev/provisioner"
 
 # Set by Kubernetes itself.
 JOB_NAME: Final = "job-name"  # the Job controller, on a Job's pods

@@ -1,15 +1,14 @@
-"""Owns the operator's access to runtime metrics: PromQL, Prometheus queries, and readings.
+"""Owns the operator's Prometheus client: instant queries, the URL allowlist, readings.
 
-Three layers, each usable alone:
+Two pure neighbours hold what needs no network: `promql` renders the queries over the
+runtime's metric contract (docs/architecture.md, "Contracts"; its docstring says what counts
+as an error) and `readings` classifies a number into a `Reading`. Both are re-exported here
+for callers that want one import; the decision modules import them directly and never this
+module (import-linter contract "decision modules").
 
-- Pure PromQL builders over the runtime's metric contract (docs/architecture.md, "Contracts"):
-  `edgemodel_request_duration_seconds` (histogram) and `edgemodel_requests_total{code}`, both
-  labelled model/revision/target by the runtime and namespace/pod by the scrape.
-- Pure classifiers turning a number into a `Reading` (they live in `readings`, which imports
-  no network client, so the pure decision modules can use them; re-exported here).
-- `PrometheusClient`, an async instant-query client that never raises for Prometheus trouble:
-  whatever goes wrong on the wire becomes a `QueryResult` with an error, and so an ERROR
-  reading, because a monitoring outage must never look like a healthy or a failing model.
+`PrometheusClient` is an async instant-query client that never raises for Prometheus trouble:
+whatever goes wrong on the wire becomes a `QueryResult` with an error, and so an ERROR
+reading, because a monitoring outage must never look like a healthy or a failing model.
 
 Trust boundary (docs/security.md): whatever Prometheus answers is untrusted text. A failed
 query carries two texts: `error`, the full detail, for the operator's log only, and `reason`,
@@ -17,15 +16,6 @@ one of a few fixed, bounded phrases, the only one that may reach an EdgeModel's 
 Events (`public_error`). The per-object URL annotation is honoured only for URLs the operator
 allowlists (`allowed_prometheus_url`), and redirects are never followed, so the operator's
 bearer token goes nowhere but the URL it was configured for.
-
-What counts as an error (the numerator of the error rate): server-side failures only.
-  - HTTP: every 5xx status.
-  - gRPC: INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, DATA_LOSS.
-Not errors: 2xx, every 4xx, and the gRPC client-mistake codes (INVALID_ARGUMENT, NOT_FOUND,
-FAILED_PRECONDITION, OUT_OF_RANGE, UNIMPLEMENTED, ...). RESOURCE_EXHAUSTED is deliberately *not*
-an error: the runtime uses it (and HTTP 413) for a request larger than the limit, which is the
-client's mistake (runtime serve/errors.py, ErrorKind.TOO_LARGE). A bad client must never make
-a healthy revision look broken and trigger a rollback.
 """
 
 from __future__ import annotations
@@ -42,6 +32,18 @@ import aiohttp
 
 from edgemodel_operator import labels
 from edgemodel_operator.api import SLO
+from edgemodel_operator.promql import (
+    DURATION_METRIC,
+    ERROR_CODE_REGEX,
+    REQUESTS_METRIC,
+    SERVER_ERROR_GRPC_CODES,
+    error_rate_query,
+    escape_label_value,
+    is_error_code,
+    p95_latency_query,
+    request_rate_query,
+    selector,
+)
 from edgemodel_operator.readings import (
     Outcome,
     Reading,
@@ -75,106 +77,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("edgemodel.metrics")
-DURATION_METRIC = "edgemodel_request_duration_seconds"
 MAX_RESPONSE_BYTES = 1 << 20  # an instant query's answer is tiny; never buffer a flood
-REQUESTS_METRIC = "edgemodel_requests_total"
 
 # Per-object override of the operator-wide Prometheus URL.
 PROMETHEUS_URL_ANNOTATION = labels.PROMETHEUS_URL
-
-# HTTP statuses are numeric (5xx); gRPC codes are names. One regex serves both because the
-# runtime puts either in the same `code` label.
-SERVER_ERROR_GRPC_CODES = ("INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "DATA_LOSS")
-ERROR_CODE_REGEX = "5[0-9][0-9]|" + "|".join(SERVER_ERROR_GRPC_CODES)
-
-
-def is_error_code(code: str) -> bool:
-    """Whether a `code` label value counts as an error (the same rule as ERROR_CODE_REGEX)."""
-    if len(code) == 3 and code.startswith("5") and code.isdigit():
-        return True
-    return code in SERVER_ERROR_GRPC_CODES
-
-
-# ------------------------------------------------------------------ PromQL
-
-
-def escape_label_value(value: str) -> str:
-    """`value` as a double-quoted PromQL string literal (backslash, quote, newline escaped)."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def selector(
-    namespace: str,
-    model: str,
-    revision: str | None,
-    target: str | None,
-    extra: Mapping[str, str] | None = None,
-) -> str:
-    """The label matchers picking one model's series; None revision/target means all of them.
-
-    `extra` holds regex matchers (label -> regex), used for the error-code filter.
-    """
-    parts = [
-        f"namespace={escape_label_value(namespace)}",
-        f"model={escape_label_value(model)}",
-    ]
-    if revision is not None:
-        parts.append(f"revision={escape_label_value(revision)}")
-    if target is not None:
-        parts.append(f"target={escape_label_value(target)}")
-    for label, regex in (extra or {}).items():
-        parts.append(f"{label}=~{escape_label_value(regex)}")
-    return "{" + ",".join(parts) + "}"
-
-
-def _window(window_s: int) -> str:
-    if window_s <= 0:
-        raise ValueError(f"window_s must be positive, got {window_s}")
-    return f"[{window_s}s]"
-
-
-def p95_latency_query(
-    namespace: str, model: str, revision: str | None, target: str | None, window_s: int
-) -> str:
-    """p95 request latency in seconds over the window, across every pod of the selection.
-
-    Buckets are summed by `le` only, so the quantile is of the whole selection's traffic (not
-    an average of per-pod quantiles, which would hide one slow pod behind fast ones less).
-    Zero traffic in the window gives NaN; no series at all gives an empty result.
-    """
-    sel = selector(namespace, model, revision, target)
-    return (
-        f"histogram_quantile(0.95, sum by (le) "
-        f"(rate({DURATION_METRIC}_bucket{sel}{_window(window_s)})))"
-    )
-
-
-def error_rate_query(
-    namespace: str, model: str, revision: str | None, target: str | None, window_s: int
-) -> str:
-    """Fraction of requests in the window that failed server-side (see module docstring).
-
-    `or vector(0)` keeps the numerator at 0 when no error series exists yet (the runtime only
-    creates a code's series on its first request), so a clean revision reads 0, not "no data";
-    the denominator stays empty without traffic series, and 0/0 = NaN without traffic.
-    """
-    window = _window(window_s)
-    errors = selector(namespace, model, revision, target, {"code": ERROR_CODE_REGEX})
-    total = selector(namespace, model, revision, target)
-    return (
-        f"(sum(rate({REQUESTS_METRIC}{errors}{window})) or vector(0))"
-        f" / sum(rate({REQUESTS_METRIC}{total}{window}))"
-    )
-
-
-def request_rate_query(
-    namespace: str, model: str, revision: str | None, target: str | None, window_s: int
-) -> str:
-    """Requests per second over the window (every code), across every pod of the selection."""
-    sel = selector(namespace, model, revision, target)
-    return f"sum(rate({REQUESTS_METRIC}{sel}{_window(window_s)}))"
-
 
 # ------------------------------------------------------------------ Prometheus client
 
@@ -388,9 +294,12 @@ class PrometheusClient:
         target: str | None,
         window_s: int,
         slo: SLO,
+        metric: str = DURATION_METRIC,
     ) -> Reading:
-        """The selection's p95 latency in ms, classified against `slo.latency_p95_ms`."""
-        result = await self.query(p95_latency_query(namespace, model, revision, target, window_s))
+        """The selection's p95 of the latency histogram `metric` (request duration unless
+        told), in ms, classified against `slo.latency_p95_ms`."""
+        query = p95_latency_query(namespace, model, revision, target, window_s, metric)
+        result = await self.query(query)
         if result.error is not None:
             return Reading(Outcome.ERROR, None, slo.latency_p95_ms, result.public_error)
         seconds = result.value

@@ -19,11 +19,13 @@ from typing import Any
 
 from edgemodel_operator import labels
 from edgemodel_operator.canary import RolloutState
+from edgemodel_operator.errors import EXIT_GATE_FAILED
 from edgemodel_operator.lifecycle import DeploymentObs, Desired, JobObs, State
 from edgemodel_operator.lifecycle.compression import ATTEMPT_ANNOTATION
 from edgemodel_operator.readings import Reading
+from edgemodel_operator.records import check_record
 
-GATE_FAILED_EXIT = 3
+GATE_FAILED_EXIT = EXIT_GATE_FAILED  # `edgemodel compress`: the accuracy gate refused
 
 
 def _conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -44,6 +46,24 @@ def _last_lines(text: str, lines: int = 3, limit: int = 600) -> str:
     return " | ".join(kept)[-limit:]
 
 
+def publish_summary(
+    message: str, before: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, str]:
+    """The publish step's termination message as a summary, and what is wrong with it.
+
+    Not JSON or not an object: `before` stands (the message is logs, not a summary). A summary
+    with a wrongly typed field (`records.check_record`) is dropped, with the field named.
+    """
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        return before, ""
+    if not isinstance(parsed, dict):
+        return before, ""
+    problem = check_record(parsed).problem
+    return (None, problem) if problem else (parsed, "")
+
+
 def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObs:
     """A compression Job's outcome, with the report or the reason it failed."""
     job_labels = (job.get("metadata") or {}).get("labels") or {}
@@ -51,6 +71,7 @@ def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
     complete = (conditions.get("Complete") or {}).get("status") == "True"
     failed = (conditions.get("Failed") or {}).get("status") == "True"
     summary: dict[str, Any] | None = None
+    malformed = ""
     failure = ""
     gate_failed = False
     ordered = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp", ""))
@@ -58,12 +79,7 @@ def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
         status = pod.get("status") or {}
         publish = _terminated(status.get("containerStatuses") or [], "publish")
         if publish and publish.get("exitCode") == 0 and publish.get("message"):
-            try:
-                parsed = json.loads(publish["message"])
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                summary = parsed
+            summary, malformed = publish_summary(publish["message"], summary)
         compress = _terminated(status.get("initContainerStatuses") or [], "compress")
         if compress and compress.get("exitCode") not in (None, 0):
             code = compress.get("exitCode")
@@ -75,6 +91,9 @@ def job_observation(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
         elif status.get("reason") == "Evicted":
             # The kubelet evicted the pod (node pressure): no container said why.
             failure = f"Evicted: {_last_lines(status.get('message') or '')}".strip(": ")
+    if malformed and summary is None:
+        # A publish that found the store's record (write-once) reports it: not trusted blindly.
+        failure = failure or f"publish reported a malformed record: {malformed}"
     if failed and not failure:
         cond = conditions.get("Failed") or {}
         failure = f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")

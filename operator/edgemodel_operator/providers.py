@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgemodel_operator import labels
+from edgemodel_operator.errors import FailureKind, exit_code
 
 CONDITION = "AcceleratorAvailable"
 REASON_FALLBACK = "ProviderFallback"
 REASON_OK = "AsExpected"
 SERVER_CONTAINER = "server"
-EXIT_PROVIDER = 3  # edgemodel serve's exit code for --require-provider
+# edgemodel serve's exit code for --require-provider.
+EXIT_PROVIDER = exit_code(FailureKind.PROVIDER_UNAVAILABLE)
 
 
 @dataclass(frozen=True)

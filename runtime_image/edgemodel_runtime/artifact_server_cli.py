@@ -7,6 +7,8 @@ sandbox), or `--insecure-allow-anonymous-writes` (tests and local experiments on
 and the operator never set it).
 
 Exit codes: 0 stopped by SIGTERM/SIGINT, 2 bad arguments (unusable root), 1 cannot listen.
+Defaults are the store's and `ServeOptions`' own, written once (docs/architecture.md,
+"One convention each").
 """
 
 from __future__ import annotations
@@ -21,18 +23,31 @@ from typing import TYPE_CHECKING
 
 from edgemodel_runtime.artifacts.auth import AUDIENCE
 from edgemodel_runtime.artifacts.store import DEFAULT_MAX_BYTES
+from edgemodel_runtime.errors import EXIT_BAD_INPUT, FailureKind, exit_code
+from edgemodel_runtime.logs import add_log_format_argument, configure
+
+DEFAULT_PORT = 8080
+# With --token-review: how often unreferenced blobs and records are collected. (The server's
+# own default, 0, means no collector: the other write modes have no API server to ask.)
+DEFAULT_GC_INTERVAL_S = 600.0
 
 if TYPE_CHECKING:
     from edgemodel_runtime.artifacts.server import ServeOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edgemodel_runtime.artifacts.server import ServeOptions
+
+    defaults = ServeOptions(max_bytes=DEFAULT_MAX_BYTES)
     parser.add_argument(
         "--root", required=True, type=Path, metavar="DIR", help="directory holding the store"
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument(
-        "--port", type=int, default=8080, help="port to bind (default 8080; 0 picks a free one)"
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to bind (default {DEFAULT_PORT}; 0 picks a free one)",
     )
     parser.add_argument(
         "--max-bytes",
@@ -44,9 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quota-bytes",
         type=int,
-        default=0,
+        default=defaults.quota_bytes,
         metavar="N",
-        help="most bytes of blobs and records held; writes beyond it get 507 (default 0: none)",
+        help="most bytes of blobs and records held; writes beyond it get 507 "
+        f"(default {defaults.quota_bytes}: none)",
     )
     writers = parser.add_argument_group("who may write (choose one)")
     writers.add_argument(
@@ -74,18 +90,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gc-interval-s",
         type=float,
-        default=600.0,
+        default=DEFAULT_GC_INTERVAL_S,
         metavar="S",
         help="with --token-review: collect unreferenced blobs and records this often "
-        "(default 600; 0: never)",
+        f"(default {DEFAULT_GC_INTERVAL_S:g}; 0: never)",
     )
     parser.add_argument(
         "--gc-grace-s",
         type=float,
-        default=3600.0,
+        default=defaults.gc_grace_s,
         metavar="S",
-        help="never collect what is younger than this (default 3600)",
+        help=f"never collect what is younger than this (default {defaults.gc_grace_s:g})",
     )
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
+    add_log_format_argument(parser)
 
 
 def _options(args: argparse.Namespace) -> ServeOptions:
@@ -138,28 +156,28 @@ async def _main(args: argparse.Namespace, options: ServeOptions) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    configure(args.log_level, args.log_format)
     if not 0 <= args.port <= 65535:
         print(f"edgemodel artifact-server: --port {args.port} is not 0..65535", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.max_bytes <= 0:
         print("edgemodel artifact-server: --max-bytes must be positive", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         args.root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"edgemodel artifact-server: --root {args.root}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         options = _options(args)
     except ValueError as exc:
         print(f"edgemodel artifact-server: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         asyncio.run(_main(args, options))
     except asyncio.CancelledError:
         return 0
     except OSError as exc:  # port in use, address not available, root unwritable
         print(f"edgemodel artifact-server: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(FailureKind.UNAVAILABLE)
     return 0

@@ -18,17 +18,20 @@ from pathlib import Path
 
 from edgemodel_runtime.compress.errors import CompressError
 from edgemodel_runtime.compress.settings import (
+    BLOCK_SIZES,
     CALIBRATION_METHODS,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_EMBEDDING_BITS,
+    DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_AGREEMENT,
+    DEFAULT_SEARCH_BUDGET_S,
     MODES,
     TARGETS,
 )
 from edgemodel_runtime.compress.tasks import OUTPUT_KINDS
+from edgemodel_runtime.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_OK
 from edgemodel_runtime.sources import SourceError, fetch_to_file
-
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_GATE_FAILED = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration-method",
         choices=CALIBRATION_METHODS,
-        help="static-int8 range estimation (default minmax)",
+        help=f"static-int8 range estimation (default {DEFAULT_CALIBRATION_METHOD})",
     )
     parser.add_argument(
         "--eval",
@@ -70,7 +73,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--embedding-bits",
         type=int,
         metavar="N",
-        help="int8 modes: 8 (default) or 4 for embedding tables in 4-bit blocks (CPU targets)",
+        help=f"int8 modes: {DEFAULT_EMBEDDING_BITS} (default) or 4 for embedding tables in 4-bit "
+        "blocks (CPU targets)",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        choices=BLOCK_SIZES,
+        help="int4-weight/int8-weight: values per quantization block "
+        f"(default {DEFAULT_BLOCK_SIZE})",
+    )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        default=None,
+        help="int4-weight/int8-weight: symmetric blocks, no zero points (default asymmetric)",
     )
     parser.add_argument(
         "--sha256", metavar="HEX", help="expected sha256 of SOURCE, checked before any work"
@@ -82,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-accuracy-drop",
         type=float,
         metavar="X",
-        help="allowed top-1 accuracy loss in points (default 1.0)",
+        help=f"allowed top-1 accuracy loss in points (default {DEFAULT_MAX_ACCURACY_DROP})",
     )
     parser.add_argument(
         "--min-agreement",
@@ -101,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--search-budget-seconds",
         type=float,
         metavar="N",
-        help="time for the accuracy search after a gate failure (default 120)",
+        help="time for the accuracy search after a gate failure "
+        f"(default {DEFAULT_SEARCH_BUDGET_S:g})",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
@@ -153,6 +171,8 @@ def _compress(args: argparse.Namespace, calibration: Path | None, evaluation: Pa
         search_budget_s=args.search_budget_seconds,
         embedding_bits=args.embedding_bits,
         output_kind=args.output_kind,
+        block_size=args.block_size,
+        symmetric=args.symmetric,
     )
     try:
         # Libraries underneath sometimes print progress; stdout belongs to the report.
@@ -166,13 +186,13 @@ def _compress(args: argparse.Namespace, calibration: Path | None, evaluation: Pa
         return 130
     except MemoryError:
         print("edgemodel compress: out of memory", file=sys.stderr)
-        return 1
+        return EXIT_INTERNAL
     except OSError as exc:  # disk full, permissions: the environment, not a bug to trace
         print(
             f"edgemodel compress: {exc.filename or ''} {exc.strerror or exc}".strip(),
             file=sys.stderr,
         )
-        return 1
+        return EXIT_INTERNAL
     if args.json:
         print(dumps(outcome.report))
     else:

@@ -21,12 +21,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgemodel_runtime.artifacts.cache import DEFAULT_CACHE_MAX_BYTES
+from edgemodel_runtime.errors import FailureKind, exit_code
+from edgemodel_runtime.sources import DEFAULT_MAX_BYTES
+
 if TYPE_CHECKING:
     from edgemodel_runtime.artifacts.cache import NodeCache
 
-DEFAULT_CACHE_MAX_BYTES = 20 << 30  # artifacts.cache.DEFAULT_CACHE_MAX_BYTES
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+EXIT_FAILED = exit_code(FailureKind.UNAVAILABLE)
+EXIT_BAD_INPUT = exit_code(FailureKind.INVALID_INPUT)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", action="store_true", help="Triton instances on the GPU")
     parser.add_argument("--fp16", action="store_true", help="TensorRT FP16 (with --gpu)")
     parser.add_argument("--timeout-s", type=float, default=120.0, metavar="S")
-    parser.add_argument("--max-bytes", type=int, default=4 << 30, metavar="N")
+    parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N")
     parser.add_argument(
         "--cache-max-bytes",
         type=int,

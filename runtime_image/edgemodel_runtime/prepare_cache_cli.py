@@ -18,8 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+from edgemodel_runtime.errors import FailureKind, exit_code
+
+# The user (and group) the runtime image runs as: the image's `USER` and the operator's
+# pods' runAsUser/runAsGroup (builders.POD_UID, the operator's side of the same contract).
+POD_USER = 10001
+EXIT_FAILED = exit_code(FailureKind.INTERNAL)
+EXIT_BAD_INPUT = exit_code(FailureKind.INVALID_INPUT)
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,12 @@ def _id(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, metavar="DIR", help="the cache folder (mounted)")
-    parser.add_argument("--uid", type=_id, default=10001, help="owner to give it (default 10001)")
-    parser.add_argument("--gid", type=_id, default=10001, help="group to give it (default 10001)")
+    parser.add_argument(
+        "--uid", type=_id, default=POD_USER, help=f"owner to give it (default {POD_USER})"
+    )
+    parser.add_argument(
+        "--gid", type=_id, default=POD_USER, help=f"group to give it (default {POD_USER})"
+    )
     parser.add_argument(
         "--mode", type=_octal_mode, default=0o750, help="mode for a root-owned folder (0750)"
     )

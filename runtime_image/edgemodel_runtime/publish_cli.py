@@ -24,14 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgemodel_runtime.errors import FailureKind, exit_code
+
 if TYPE_CHECKING:
     from edgemodel_runtime.artifacts.publish import Artifact
     from edgemodel_runtime.artifacts.store import RecordKey
 
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 DEFAULT_TOKEN_FILE = Path("/var/run/secrets/edgemodel.dev/artifacts/token")
-EXIT_UNREACHABLE = 1
-EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = exit_code(FailureKind.UNAVAILABLE)
+EXIT_BAD_INPUT = exit_code(FailureKind.INVALID_INPUT)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,12 +19,20 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind
+
 _CHUNK = 1 << 20
 _HEX = frozenset("0123456789abcdef")
 
 
-class SourceError(ValueError):
+# The largest model or data file fetched unless the caller says otherwise.
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+class SourceError(EdgeModelRuntimeError, ValueError):
     """A source could not be fetched or verified; the message is one line naming the URI."""
+
+    failure = FailureKind.INVALID_INPUT
 
 
 def sha256_file(path: Path) -> str:
@@ -120,7 +128,7 @@ def fetch_to_file(
     dest: Path,
     *,
     expected_sha256: str | None = None,
-    max_bytes: int = 4 << 30,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     timeout_s: float = 60.0,
 ) -> str:
     """Copy ``uri`` to ``dest`` atomically and return its sha256 hex digest.

@@ -13,7 +13,6 @@ which `down` drains and sweeps from the machine before the control plane stops.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -34,6 +33,9 @@ from typing import Any
 import yaml
 
 from edgemodel_sandbox import fleet, pki
+from edgemodel_sandbox.errors import EdgeModelSandboxError
+from edgemodel_sandbox.files import locked
+from edgemodel_sandbox.kubeconfig import render as render_kubeconfig
 from edgemodel_sandbox.tools import Tools, ensure_tools
 
 STAGES = Path(__file__).with_name("kwok") / "stages.yaml"
@@ -52,7 +54,7 @@ COMPONENT_ORDER = (
 )
 
 
-class SandboxError(RuntimeError):
+class SandboxError(EdgeModelSandboxError, RuntimeError):
     """The sandbox could not be brought up, inspected or torn down."""
 
 
@@ -161,14 +163,8 @@ class Sandbox:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.directory.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.directory.parent / f".{self.directory.name}.lock"
-        with lock_path.open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with locked(self.directory.parent / f".{self.directory.name}.lock"):
+            yield
 
     # ---------------------------------------------------------------- queries
 
@@ -454,29 +450,15 @@ class Sandbox:
     def _write_kubeconfig(self, credentials: pki.PKI, port: int) -> None:
         import base64
 
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "edgemodel-sandbox",
-                    "cluster": {
-                        "server": f"https://127.0.0.1:{port}",
-                        "certificate-authority-data": base64.b64encode(
-                            credentials.ca_cert.read_bytes()
-                        ).decode(),
-                    },
-                }
-            ],
-            "users": [{"name": "admin", "user": {"token": credentials.admin_token}}],
-            "contexts": [
-                {
-                    "name": "edgemodel-sandbox",
-                    "context": {"cluster": "edgemodel-sandbox", "user": "admin"},
-                }
-            ],
-            "current-context": "edgemodel-sandbox",
+        cluster = {
+            "server": f"https://127.0.0.1:{port}",
+            "certificate-authority-data": base64.b64encode(
+                credentials.ca_cert.read_bytes()
+            ).decode(),
         }
+        config = render_kubeconfig(
+            "edgemodel-sandbox", cluster, "admin", {"token": credentials.admin_token}
+        )
         self.kubeconfig.write_text(yaml.safe_dump(config))
         self.kubeconfig.chmod(0o600)
 

@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgemodel_sandbox import files
+from edgemodel_sandbox.errors import EdgeModelSandboxError
+
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 DEFAULT_NAMESPACE = "edgemodel"
@@ -48,7 +51,7 @@ _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "amd64": "a
 CONTAINER_NAME = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")  # containerd's own rule
 
 
-class ContainerdError(RuntimeError):
+class ContainerdError(EdgeModelSandboxError, RuntimeError):
     """containerd could not be started, stopped, or asked to do something."""
 
 
@@ -530,8 +533,7 @@ func main() {
 
 
 def cache_dir() -> Path:
-    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return Path(xdg) / "edgemodel" / "containerd"
+    return files.cache_dir("containerd")
 
 
 def ensure_init() -> Path:

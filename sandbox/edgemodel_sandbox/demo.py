@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from edgemodel_runtime.artifacts.client import ClientError, upload_artifact
 from edgemodel_sandbox.cluster import Sandbox, SandboxError, State
-from edgemodel_sandbox.models import digits_classifier, sha256_file
+from edgemodel_sandbox.files import sha256_file
+from edgemodel_sandbox.models import digits_classifier
 from edgemodel_sandbox.tools import Tools, tools_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,17 +97,10 @@ def _store_token(sandbox: Sandbox) -> str:
 
 def _upload(address: str, path: Path, token: str) -> str:
     digest = sha256_file(path)
-    request = urllib.request.Request(
-        f"http://{address}/v1/artifacts/{digest}",
-        data=path.read_bytes(),
-        method="PUT",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        if response.status not in (200, 201):
-            raise SandboxError(
-                f"uploading {path.name} to the artifact store: HTTP {response.status}"
-            )
+    try:
+        upload_artifact(f"http://{address}", digest, path, token=token, timeout_s=30)
+    except ClientError as exc:
+        raise SandboxError(f"uploading {path.name} to the artifact store: {exc}") from None
     return digest
 
 

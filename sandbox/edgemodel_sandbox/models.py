@@ -7,7 +7,6 @@ are generated on first use into a cache folder and never committed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import zipfile
@@ -18,6 +17,9 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from edgemodel_sandbox import files
+from edgemodel_sandbox.files import atomic_write, sha256_file
 
 DIGITS_SEED = 7
 BERT_GRAPH_VERSION = 2  # bump when the graph changes: cached fixtures are keyed by it
@@ -35,25 +37,7 @@ class ModelFixture:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("EDGEMODEL_FIXTURES_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return Path(xdg) / "edgemodel" / "fixtures"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    return files.cache_dir("fixtures", "EDGEMODEL_FIXTURES_DIR")
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -106,7 +90,7 @@ def digits_classifier(
         onx.graph.input[0].name = "input"
         for node in onx.graph.node:
             node.input[:] = ["input" if name == "X" else name for name in node.input]
-        _atomic_write(model_path, onx.SerializeToString())
+        atomic_write(model_path, onx.SerializeToString())
         _save_npz(calib_path, input=x_train[:200])
         _save_npz(eval_path, input=x_test, labels=y_test.astype(np.int64))
     return ModelFixture(model_path, sha256_file(model_path), calib_path, eval_path, "input")
@@ -329,7 +313,7 @@ def bert_encoder(
             attention_mask=attention_mask,
             seed=seed,
         )
-        _atomic_write(model_path, data)
+        atomic_write(model_path, data)
         rng = np.random.default_rng([seed, 0])
         for path, rows in ((calib_path, calibration_rows), (eval_path, evaluation_rows)):
             arrays = {"input_ids": rng.integers(0, vocab, size=(rows, seq), dtype=np.int64)}
@@ -394,7 +378,7 @@ def wide_classifier(
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.checker.check_model(model)
-        _atomic_write(model_path, model.SerializeToString())
+        atomic_write(model_path, model.SerializeToString())
     digits = digits_classifier()
     return ModelFixture(
         model_path, sha256_file(model_path), digits.calibration, digits.evaluation, "input"

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemodel_sandbox.errors import EdgeModelSandboxError
 
-class PKIError(RuntimeError):
+
+class PKIError(EdgeModelSandboxError, RuntimeError):
     """openssl failed to make a key or a certificate."""
 
 

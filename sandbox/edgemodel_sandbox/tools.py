@@ -13,6 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemodel_sandbox import files
+from edgemodel_sandbox.errors import EdgeModelSandboxError
+
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
@@ -22,16 +25,12 @@ REGISTRY_VERSION = "v3.1.2"
 BUILD_SCRIPT = Path(__file__).with_name("build-tools.sh")
 
 
-class ToolsError(RuntimeError):
+class ToolsError(EdgeModelSandboxError, RuntimeError):
     """A tool could not be built or found."""
 
 
 def tools_dir() -> Path:
-    explicit = os.environ.get("EDGEMODEL_TOOLS_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return Path(xdg) / "edgemodel" / "tools"
+    return files.cache_dir("tools", "EDGEMODEL_TOOLS_DIR")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemodel_sandbox.models import sha256_file
+from edgemodel_sandbox import files
+from edgemodel_sandbox.files import atomic_write, sha256_file
 
 SEED = 11
 
@@ -147,17 +148,7 @@ class ZooEntry:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("EDGEMODEL_ZOO_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return Path(xdg) / "edgemodel" / "zoo"
-
-
-def _atomic_copy(data: bytes, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    return files.cache_dir("zoo", "EDGEMODEL_ZOO_DIR")
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -214,7 +205,7 @@ def fetch_model(spec: ZooModel, root: Path | None = None) -> Path:
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
         raise ZooUnavailable(f"{spec.member}: sha256 {digest} is not the pinned {spec.sha256}")
-    _atomic_copy(data, path)
+    atomic_write(path, data)
     return path
 
 

@@ -5,18 +5,20 @@ listing) and answers, per EdgeModel, exactly what the four label-selected LISTs 
 its compression Jobs, its runtime Deployments and Services, and every pod it owns. Objects
 are filed by their labels, written by the real builders here, so a key that drifted between
 builder and cache would fail. `ModelCache` keeps each EdgeModel, the newer copy winning
-between a watch event and the operator's own status write (read-your-writes).
+between a watch event and the operator's own status write (read-your-writes). `PodSignals`
+says which runtime pod events change what a reconcile reads (and so are worth one).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from edgemodel_operator import builders, labels
+from edgemodel_operator import builders, labels, providers
 from edgemodel_operator.api import parse_spec
-from edgemodel_operator.cache import ModelCache, OwnedCache, newer
+from edgemodel_operator.cache import QUIET, ModelCache, OwnedCache, PodSignals, newer, pod_signal
 from edgemodel_operator.revision import revision_of
 from edgemodel_operator.settings import Settings
 
@@ -261,3 +263,79 @@ def test_newer_compares_resource_versions_as_numbers(
 ) -> None:
     existing = None if current is None else {"metadata": {"resourceVersion": current}}
     assert newer({"metadata": {"resourceVersion": candidate}}, existing) is wins
+
+
+# ------------------------------------------------------------------ which pod events matter
+
+
+def runtime_pod(
+    uid: str,
+    *,
+    node: str | None = "edge-0",
+    unschedulable: str | None = None,
+    fallback: bool = False,
+    ready: bool = True,
+) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable is not None:
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": unschedulable,
+            }
+        )
+    state: dict[str, Any] = {"running": {}}
+    if fallback:
+        report = {"reason": "ProviderUnavailable", "requested": "cuda", "provider": "cpu"}
+        state = {"terminated": {"exitCode": providers.EXIT_PROVIDER, "message": json.dumps(report)}}
+    return {
+        "metadata": {
+            "name": f"m-gpu-{uid}",
+            "namespace": "ns",
+            "uid": uid,
+            "labels": {labels.TARGET: "gpu"},
+        },
+        "spec": {"nodeName": node} if node else {},
+        "status": {
+            "conditions": conditions,
+            "containerStatuses": [{"name": providers.SERVER_CONTAINER, "state": state}],
+        },
+    }
+
+
+def test_a_healthy_pods_status_churn_changes_nothing_a_reconcile_reads() -> None:
+    signals = PodSignals()
+    assert pod_signal(runtime_pod("p1")) == QUIET
+    assert not signals.changed("ADDED", runtime_pod("p1", ready=False))
+    assert not signals.changed("MODIFIED", runtime_pod("p1", ready=True))
+    assert not signals.changed("DELETED", runtime_pod("p1"))
+    assert len(signals) == 0
+
+
+def test_a_pod_the_scheduler_refuses_and_later_places_changes_it_both_times() -> None:
+    signals = PodSignals()
+    refused = runtime_pod("p1", node=None, unschedulable="0/3 nodes are available")
+    assert signals.changed("ADDED", refused)
+    assert not signals.changed("MODIFIED", refused)  # the same refusal again
+    assert signals.changed("MODIFIED", runtime_pod("p1", node=None, unschedulable="0/4 nodes"))
+    assert signals.changed("MODIFIED", runtime_pod("p1"))  # placed
+    assert len(signals) == 0
+
+
+def test_a_provider_fallback_changes_it_and_so_does_its_pod_going_away() -> None:
+    signals = PodSignals()
+    assert not signals.changed("ADDED", runtime_pod("p1"))
+    assert signals.changed("MODIFIED", runtime_pod("p1", fallback=True))
+    assert pod_signal(runtime_pod("p1", fallback=True))[1] is not None
+    assert signals.changed("DELETED", runtime_pod("p1", fallback=True))
+    assert not signals.changed("DELETED", runtime_pod("p1", fallback=True))  # already gone
+
+
+def test_pods_are_told_apart_by_uid() -> None:
+    signals = PodSignals()
+    assert signals.changed("ADDED", runtime_pod("p1", node=None, unschedulable="full"))
+    assert signals.changed("ADDED", runtime_pod("p2", node=None, unschedulable="full"))
+    assert signals.changed("DELETED", runtime_pod("p1"))
+    assert len(signals) == 1

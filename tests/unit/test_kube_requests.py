@@ -4,9 +4,10 @@ Against a real HTTP server on 127.0.0.1: `kube.counting()` counts every request 
 the block, retries included and requests of tasks started inside it, but nothing outside it
 (that is the "API requests per reconcile" the worker logs and bench/operator reports).
 `apply` skips its ownership GET only when the watch-fed copy it is handed is already this
-EdgeModel's; a foreign or unknown copy is read afresh. `Kube.watch` yields a collection's
-watch events in order and turns an ERROR event (410: the resourceVersion is too old) into a
-KubeError for the caller to re-list.
+EdgeModel's; a foreign or unknown copy is read afresh; an object the watches do not know
+(`absent`) is written create-only, and read afresh only when the server says it exists.
+`Kube.watch` yields a collection's watch events in order and turns an ERROR event (410: the
+resourceVersion is too old) into a KubeError for the caller to re-list.
 """
 
 from __future__ import annotations
@@ -18,22 +19,31 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from edgemodel_operator.kube import Credentials, Kube, KubeError, OwnershipConflict, counting
+from edgemodel_operator.kube import (
+    IMPOSSIBLE_RESOURCE_VERSION,
+    Credentials,
+    Kube,
+    KubeError,
+    OwnershipConflict,
+    counting,
+    create_only,
+)
+from tests.local_http import LocalHTTPServer
 
 
-class ApiServer:
+class ApiServer(LocalHTTPServer):
     """Answers GETs with an empty list; `fail_next` answers 503 first; watches stream
     `events` as JSON lines."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.fail_next = 0
         self.paths: list[str] = []
         self.events: list[dict[str, Any]] = []
         self.objects: dict[str, dict[str, Any]] = {}  # path -> what a GET answers
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+        self.bodies: list[dict[str, Any]] = []  # what each PATCH sent
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         self.paths.append(request.path_qs)
         if request.query.get("watch") == "1":
             response = web.StreamResponse()
@@ -43,28 +53,18 @@ class ApiServer:
             await response.write_eof()
             return response
         if request.method == "PATCH":
-            return web.json_response(json.loads(await request.text()))
+            sent = json.loads(await request.text())
+            self.bodies.append(sent)
+            version = sent.get("metadata", {}).get("resourceVersion")
+            if version and request.path in self.objects:  # a precondition no object meets
+                return web.json_response({"message": "the object has been modified"}, status=409)
+            return web.json_response(sent)
         if request.path in self.objects:
             return web.json_response(self.objects[request.path])
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.json_response({"message": "busy"}, status=503)
         return web.json_response({"items": [], "metadata": {"resourceVersion": "7"}})
-
-    async def __aenter__(self) -> ApiServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 def run(scenario: Any) -> Any:
@@ -173,3 +173,46 @@ def test_apply_reads_afresh_when_the_known_copy_is_not_ours_or_absent() -> None:
     requests, owner = run(scenario)
     assert requests == 2  # two GETs, no write
     assert owner == "EdgeModel digits"
+
+
+def test_an_object_the_watches_do_not_know_is_created_by_one_conditional_write() -> None:
+    async def scenario(server: ApiServer, kube: Kube) -> tuple[list[str], list[dict[str, Any]]]:
+        await kube.apply(service("em-1"), absent=True)
+        return [p.split("?")[0] for p in server.paths], server.bodies
+
+    requests, writes = run(scenario)
+    assert requests == [SERVICE_PATH] and len(writes) == 1  # the write alone, no ownership GET
+    assert writes[0]["metadata"]["resourceVersion"] == IMPOSSIBLE_RESOURCE_VERSION
+
+
+def test_an_unowned_object_the_watches_missed_is_still_not_taken_over() -> None:
+    # The cache said nothing of that name exists; it does, and is not ours: the conditional
+    # write is refused, the GET names the owner, and no unconditional write follows.
+    async def scenario(server: ApiServer, kube: Kube) -> tuple[int, str, list[dict[str, Any]]]:
+        server.objects[SERVICE_PATH] = service("someone-else")
+        with pytest.raises(OwnershipConflict) as raised:
+            await kube.apply(service("em-1"), absent=True)
+        return len(server.paths), raised.value.owner, server.bodies
+
+    requests, owner, writes = run(scenario)
+    assert requests == 2  # the refused conditional write, the GET
+    assert owner == "EdgeModel digits"
+    assert [w["metadata"].get("resourceVersion") for w in writes] == [IMPOSSIBLE_RESOURCE_VERSION]
+
+
+def test_our_object_the_watches_missed_is_applied_after_the_refused_create() -> None:
+    async def scenario(server: ApiServer, kube: Kube) -> list[str | None]:
+        server.objects[SERVICE_PATH] = service("em-1")
+        await kube.apply(service("em-1"), absent=True)
+        return [w["metadata"].get("resourceVersion") for w in server.bodies]
+
+    # refused create-only write, GET (ours), then the ordinary apply without a precondition
+    assert run(scenario) == [IMPOSSIBLE_RESOURCE_VERSION, None]
+
+
+def test_create_only_adds_the_precondition_and_leaves_the_manifest_alone() -> None:
+    manifest = service("em-1")
+    conditional = create_only(manifest)
+    assert conditional["metadata"]["resourceVersion"] == str(2**64 - 1)
+    assert "resourceVersion" not in manifest["metadata"]
+    assert conditional["metadata"]["ownerReferences"] == manifest["metadata"]["ownerReferences"]

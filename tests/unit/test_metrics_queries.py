@@ -1,4 +1,4 @@
-"""PromQL rendering, reading classification and response parsing of the metrics module (pure).
+"""PromQL rendering (promql), reading classification (readings) and response parsing (pure).
 
 The queries are checked for shape here and against a real Prometheus in
 tests/integration/metrics; classification is checked at and around every threshold, and the
@@ -14,20 +14,21 @@ import re
 
 import pytest
 
-from edgemodel_operator.metrics import (
+from edgemodel_operator.metrics import parse_query_response, prometheus_url_for
+from edgemodel_operator.promql import (
     ERROR_CODE_REGEX,
+    error_rate_query,
+    escape_label_value,
+    is_error_code,
+    p95_latency_query,
+    request_rate_query,
+)
+from edgemodel_operator.readings import (
     Outcome,
     Reading,
     classify_error_rate,
     classify_latency,
     classify_vs_baseline,
-    error_rate_query,
-    escape_label_value,
-    is_error_code,
-    p95_latency_query,
-    parse_query_response,
-    prometheus_url_for,
-    request_rate_query,
 )
 
 # ------------------------------------------------------------------ queries
@@ -46,7 +47,7 @@ def test_error_rate_query_shape() -> None:
     sel = '{namespace="prod",model="digits",revision="abc123"'
     assert q == (
         f'(sum(rate(edgemodel_requests_total{sel},code=~"{ERROR_CODE_REGEX}"}}[30s]))'
-        f" or vector(0)) / sum(rate(edgemodel_requests_total{sel}}}[30s]))"
+        f' or vector(0)) / sum(rate(edgemodel_requests_total{sel},code!="SHED"}}[30s]))'
     )
 
 

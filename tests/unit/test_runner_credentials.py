@@ -11,9 +11,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from edgemodel_operator.kube import KubeError
 from edgemodel_sandbox.runner import plan
 from edgemodel_sandbox.runner.credentials import PodCredentials, kubeconfig_document
-from edgemodel_sandbox.runner.kube import ApiError
 
 SERVICE_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 
@@ -21,7 +21,7 @@ SERVICE_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT"
 class FakeApi:
     """Objects by path; a scripted TokenRequest answer; every request made."""
 
-    def __init__(self, objects: dict[str, Any], token: str | ApiError = "") -> None:
+    def __init__(self, objects: dict[str, Any], token: str | KubeError = "") -> None:
         self.objects = objects
         self.token = token
         self.requests: list[tuple[str, str, Any]] = []
@@ -29,7 +29,7 @@ class FakeApi:
     def get(self, path: str, query: dict[str, str] | None = None) -> dict[str, Any] | None:
         self.requests.append(("GET", path, None))
         found = self.objects.get(path)
-        if isinstance(found, ApiError):
+        if isinstance(found, KubeError):
             raise found
         return found
 
@@ -44,7 +44,7 @@ class FakeApi:
         timeout: float = 30.0,
     ) -> dict[str, Any]:
         self.requests.append((method, path, body))
-        if isinstance(self.token, ApiError):
+        if isinstance(self.token, KubeError):
             raise self.token
         return {"status": {"token": self.token}}
 
@@ -82,7 +82,7 @@ def test_config_maps_and_secrets_are_read_and_secrets_decoded(tmp_path: Path) ->
 
 
 def test_missing_and_unreadable_objects_are_left_out(tmp_path: Path) -> None:
-    api = FakeApi({"/api/v1/namespaces/ns/secrets/denied": ApiError(403, "forbidden")})
+    api = FakeApi({"/api/v1/namespaces/ns/secrets/denied": KubeError(403, "forbidden")})
     env_from = [{"configMapRef": {"name": "absent"}}, {"secretRef": {"name": "denied"}}]
     objects = PodCredentials(api, "ns", tmp_path, SERVICE_ENV).fetch(
         pod(container={"envFrom": env_from})
@@ -133,7 +133,7 @@ def test_a_token_bound_to_the_pod_and_a_private_kubeconfig(tmp_path: Path) -> No
 
 
 def test_a_refused_token_leaves_no_credentials(tmp_path: Path) -> None:
-    api = FakeApi({}, token=ApiError(403, "forbidden"))
+    api = FakeApi({}, token=KubeError(403, "forbidden"))
     unit = PodCredentials(api, "ns", tmp_path, SERVICE_ENV)
     assert unit.fetch(pod(volumes=[TOKEN_VOLUME])) == {}
     assert not unit.kubeconfig.exists()

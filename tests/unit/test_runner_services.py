@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgemodel_operator.kube import KubeError
 from edgemodel_sandbox.runner.dns import ServiceRef
-from edgemodel_sandbox.runner.kube import ApiError
 from edgemodel_sandbox.runner.services import ServiceResolver
 
 REF = ServiceRef("models", "ns", 80, "http")
@@ -82,6 +82,6 @@ def test_the_wait_ends_when_the_pod_stops() -> None:
 
 
 def test_an_api_failure_is_no_endpoint() -> None:
-    api = FakeApi(error=ApiError(500, "etcd"))
+    api = FakeApi(error=KubeError(500, "etcd"))
     assert resolver(api, Time()).resolve_one(REF) is None
     assert resolver(FakeApi(error=ConnectionRefusedError()), Time()).resolve_one(REF) is None

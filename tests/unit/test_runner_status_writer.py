@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edgemodel_sandbox.runner.kube import ApiError
+from edgemodel_operator.kube import KubeError
 from edgemodel_sandbox.runner.lifecycle import RUNNING, Record, rfc3339
 from edgemodel_sandbox.runner.statuswriter import StatusWriter, Written, render_status
 
@@ -120,7 +120,7 @@ def test_others_conditions_are_kept() -> None:
     assert gate in status["conditions"]
 
 
-@pytest.mark.parametrize("error", [ApiError(500, "etcd"), ConnectionResetError("reset")])
+@pytest.mark.parametrize("error", [KubeError(500, "etcd"), ConnectionResetError("reset")])
 def test_a_failed_write_is_tried_again(
     writer: StatusWriter, sink: FakeSink, error: Exception
 ) -> None:
@@ -132,7 +132,7 @@ def test_a_failed_write_is_tried_again(
 
 
 def test_a_vanished_pod_is_gone(writer: StatusWriter, sink: FakeSink) -> None:
-    sink.fail_with = ApiError(404, "not found")
+    sink.fail_with = KubeError(404, "not found")
     assert writer.publish(pod(), records(), "10.0.0.5", START) is Written.GONE
 
 
@@ -149,5 +149,5 @@ def test_the_deletion_is_confirmed_for_this_pod_only(writer: StatusWriter, sink:
             },
         )
     ]
-    sink.fail_with = ApiError(500, "etcd")
+    sink.fail_with = KubeError(500, "etcd")
     assert not writer.confirm_deletion()

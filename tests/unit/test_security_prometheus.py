@@ -27,6 +27,7 @@ from edgemodel_operator.metrics import (
     allowed_prometheus_url,
 )
 from edgemodel_operator.settings import Settings
+from tests.local_http import LocalHTTPServer
 
 CONFIGURED = "http://prometheus.monitoring.svc:9090"
 SECRET = "s3cret-operator-token"
@@ -35,35 +36,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 VECTOR = {"status": "success", "data": {"resultType": "vector", "result": [{"value": [0, "0.05"]}]}}
 
 
-class Recorder:
+class Recorder(LocalHTTPServer):
     """A real HTTP server on 127.0.0.1 that records the Authorization header of each request."""
 
     def __init__(self, handler: Handler | None = None) -> None:
+        super().__init__()
         self.seen: list[str | None] = []
         self._handler = handler
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(request.headers.get("Authorization"))
         if self._handler is not None:
             return await self._handler(request)
         return web.json_response(VECTOR)
-
-    async def __aenter__(self) -> Recorder:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 def _token(tmp_path: Path) -> Path:

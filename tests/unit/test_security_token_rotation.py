@@ -18,19 +18,19 @@ import pytest
 from aiohttp import web
 
 from edgemodel_operator.kube import Credentials, Kube, KubeError
+from tests.local_http import LocalHTTPServer
 
 
-class ApiServer:
+class ApiServer(LocalHTTPServer):
     """A real HTTP server accepting `Bearer <valid>` only; `reject_next` 401s regardless."""
 
     def __init__(self, valid: str) -> None:
+        super().__init__()
         self.valid = valid
         self.reject_next = 0
         self.seen: list[str | None] = []
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization")
         self.seen.append(auth)
         if self.reject_next > 0:
@@ -39,21 +39,6 @@ class ApiServer:
         if auth != f"Bearer {self.valid}":
             return web.json_response({"message": "Unauthorized"}, status=401)
         return web.json_response({"kind": "Namespace", "metadata": {"name": "default"}})
-
-    async def __aenter__(self) -> ApiServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 def _run(token_file: Path, scenario: Any) -> Any:

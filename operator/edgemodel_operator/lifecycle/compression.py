@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from edgemodel_operator import builders, labels
@@ -27,10 +27,11 @@ from edgemodel_operator.lifecycle.model import (
     Observed,
 )
 from edgemodel_operator.revision import Variant, compression_plan, variants
+from edgemodel_operator.timestamps import RFC3339, parse_rfc3339, rfc3339
 
 MAX_REVISIONS_KEPT = 10
 ATTEMPT_ANNOTATION = labels.ATTEMPT
-STAMP = "%Y-%m-%dT%H:%M:%SZ"
+STAMP = RFC3339
 
 
 @dataclass
@@ -64,7 +65,7 @@ class _Pass:
 
     @property
     def stamp(self) -> str:
-        return self.now.strftime(STAMP)
+        return rfc3339(self.now)
 
 
 def compress(
@@ -220,13 +221,13 @@ def _int(value: Any, default: int) -> int:
 
 def _seconds(stamp: Any) -> float:
     try:
-        return datetime.strptime(str(stamp), STAMP).replace(tzinfo=UTC).timestamp()
+        return parse_rfc3339(str(stamp)).timestamp()
     except ValueError:
         return 0.0  # no (readable) retry time: due now
 
 
 def _at(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime(STAMP)
+    return rfc3339(epoch)
 
 
 def _keep(out: Compression, variant: Variant, record: dict[str, Any], artifact: bool) -> None:

@@ -90,6 +90,9 @@ class Observed:
     guard: Reading | None = None
     # target -> the execution provider its GPU server fell back to (read off its pods)
     provider_fallbacks: Mapping[str, ProviderFallback] = field(default_factory=dict)
+    # artifact key -> what was wrong with the store's record for it, "" when the lookup found
+    # a usable record or none; only the keys looked up this pass (see `record_condition`)
+    record_checks: Mapping[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ state

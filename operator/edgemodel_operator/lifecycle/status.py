@@ -11,7 +11,7 @@ Conditions read straight from observations, beside the rollout's, go in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,18 +45,50 @@ class _Conditions:
         return next((c for c in self.items if c.get("type") == kind), {})
 
 
-def observed_conditions(desired: Desired, observed: Observed) -> list[tuple[str, Verdict]]:
+RECORD_CONDITION = "ArtifactRecordValid"
+
+
+def observed_conditions(
+    desired: Desired, observed: Observed, previous: Sequence[Mapping[str, Any]] = ()
+) -> list[tuple[str, Verdict]]:
     """Conditions computed from observations alone, set on every pass: (type, verdict).
 
     The extension point for conditions that are no part of the rollout, each a pure function
-    of `Observed`. Today: `AcceleratorAvailable`, False with reason ProviderFallback when a
-    GPU target's server found no working CUDA provider and refused to serve from the CPU
-    (providers.py; docs/architecture.md, "Real containers"). EdgeModels without GPU targets
-    do not carry it.
+    of `Observed` (and of the conditions status carried before this pass, `previous`). Today:
+
+    - `AcceleratorAvailable`, False with reason ProviderFallback when a GPU target's server
+      found no working CUDA provider and refused to serve from the CPU (providers.py;
+      docs/architecture.md, "Real containers"). EdgeModels without GPU targets do not carry it.
+    - `ArtifactRecordValid` (`record_condition`).
     """
+    found: list[tuple[str, Verdict]] = []
     gpu_targets = [t.name for t in desired.spec.targets if t.gpu]
     verdict = providers.accelerator_condition(observed.provider_fallbacks, gpu_targets)
-    return [] if verdict is None else [(providers.CONDITION, verdict)]
+    if verdict is not None:
+        found.append((providers.CONDITION, verdict))
+    present = any(c.get("type") == RECORD_CONDITION for c in previous)
+    record = record_condition(observed.record_checks, present)
+    if record is not None:
+        found.append((RECORD_CONDITION, record))
+    return found
+
+
+def record_condition(checks: Mapping[str, str], present: bool) -> Verdict | None:
+    """`ArtifactRecordValid` from this pass's artifact store lookups (docs/security.md).
+
+    False with reason MalformedRecord, naming the artifact and the field, when a record the
+    store holds for this revision is malformed: the record is not trusted and the revision is
+    compressed as if there were none. It appears only once a malformed record was seen and
+    turns True (RecordsValid) when a later lookup finds usable records or none; passes that
+    look nothing up (the revision's Jobs run, or its artifacts are known) leave it as it is.
+    """
+    problems = [f"record {key}: {problem}" for key, problem in sorted(checks.items()) if problem]
+    if problems:
+        return False, "MalformedRecord", "; ".join(problems) + "; compressing instead"
+    if checks and present:
+        looked = ", ".join(sorted(checks))
+        return True, "RecordsValid", f"the store's records for {looked} are well-formed or absent"
+    return None
 
 
 def summarise(
@@ -91,7 +123,7 @@ def summarise(
     metrics = metrics_condition(observed)
     if metrics is not None:
         conditions.set("MetricsAvailable", *metrics)
-    for kind, verdict in observed_conditions(desired, observed):
+    for kind, verdict in observed_conditions(desired, observed, state.conditions):
         conditions.set(kind, *verdict)
     _ready_and_stalled(conditions, phase, plan)
     events = []

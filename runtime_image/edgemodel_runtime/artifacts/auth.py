@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind
+
 AUDIENCE = "edgemodel-artifacts"
 MANAGER = "edgemodel-operator"
 EDGEMODEL_API = "edgemodel.dev/"
@@ -61,8 +63,10 @@ class Authenticator(Protocol):
     async def authenticate(self, token: str) -> Identity | None: ...
 
 
-class AuthError(Exception):
+class AuthError(EdgeModelRuntimeError):
     """The authenticator itself failed (API server unreachable): answer 503, not 401."""
+
+    failure = FailureKind.UNAVAILABLE
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind
 from edgemodel_runtime.sources import fetch_to_file, sha256_file
 
 MODEL_FILE = "model.onnx"
@@ -45,8 +46,10 @@ ENTRY_RE = re.compile(r"[0-9a-f]{64}")
 DEFAULT_CACHE_MAX_BYTES = 20 << 30
 
 
-class CacheError(ValueError):
+class CacheError(EdgeModelRuntimeError, ValueError):
     """A permanent failure: the source holds other bytes than the digest names."""
+
+    failure = FailureKind.CONFLICT
 
 
 def validate_model_name(name: str) -> str:

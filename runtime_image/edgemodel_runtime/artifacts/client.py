@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgemodel_runtime.artifacts.store import RecordKey
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind
 
 T = TypeVar("T")
 
@@ -26,8 +27,10 @@ SHA256_HEADER = "X-Content-Sha256"
 _TRANSIENT_STATUS = frozenset({408, 429})
 
 
-class ClientError(Exception):
+class ClientError(EdgeModelRuntimeError):
     """Base of the client's failures; messages are one line."""
+
+    failure = FailureKind.UNAVAILABLE
 
 
 class Transient(ClientError):
@@ -36,6 +39,8 @@ class Transient(ClientError):
 
 class Rejected(ClientError):
     """The server refused the request (4xx); retrying cannot help."""
+
+    failure = FailureKind.INVALID_INPUT
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

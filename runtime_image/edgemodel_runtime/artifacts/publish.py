@@ -27,6 +27,7 @@ from typing import Any
 
 from edgemodel_runtime.artifacts.client import artifact_url
 from edgemodel_runtime.artifacts.store import InvalidName, validate_revision, validate_sha256
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
@@ -36,8 +37,10 @@ _MAX_REPORT_BYTES = 4 << 20
 _MAX_TEXT = 64  # strings copied from the report are capped so the summary stays bounded
 
 
-class PublishError(ValueError):
+class PublishError(EdgeModelRuntimeError, ValueError):
     """Bad input for publishing (missing or inconsistent artifact); one line."""
+
+    failure = FailureKind.INVALID_INPUT
 
 
 @dataclass(frozen=True)

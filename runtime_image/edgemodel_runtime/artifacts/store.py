@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind
+
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 REVISION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 NAMESPACE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -45,8 +47,10 @@ MAX_RECORD_BYTES = 4 << 20  # a report with a long accuracy-search log stays wel
 _SHOWN = 80  # how much of a bad value an error message quotes
 
 
-class StoreError(ValueError):
+class StoreError(EdgeModelRuntimeError, ValueError):
     """Base of the store's refusals; the message is one line fit for an HTTP error body."""
+
+    failure = FailureKind.INVALID_INPUT
 
 
 class InvalidName(StoreError):
@@ -68,13 +72,19 @@ class BadRecord(StoreError):
 class MissingArtifact(StoreError):
     """A revision record names an artifact the store does not hold."""
 
+    failure = FailureKind.NOT_FOUND
+
 
 class Conflict(StoreError):
     """A record is already stored under this key with other content (records are write-once)."""
 
+    failure = FailureKind.CONFLICT
+
 
 class QuotaExceeded(StoreError):
     """Storing this would take the store past its byte quota."""
+
+    failure = FailureKind.UNAVAILABLE
 
 
 @dataclass(frozen=True)

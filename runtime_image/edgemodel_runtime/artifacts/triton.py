@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind
+
 DEFAULT_MAX_BATCH_SIZE = 64
 
 # ONNX element type -> Triton data type (model_config.proto's DataType).
@@ -45,8 +47,10 @@ DATA_TYPES: dict[int, str] = {
 }
 
 
-class TritonConfigError(ValueError):
+class TritonConfigError(EdgeModelRuntimeError, ValueError):
     """The model cannot be described to Triton (unsupported type, unknown rank, bad name)."""
+
+    failure = FailureKind.INVALID_INPUT
 
 
 @dataclass(frozen=True)

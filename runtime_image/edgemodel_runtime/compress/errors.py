@@ -1,17 +1,23 @@
-"""Owns the compressor's domain error; exit codes are attached here and mapped only by the CLI."""
+"""Owns the compressor's domain error; `edgemodel_runtime.errors` maps its kind to an exit code."""
 
 from __future__ import annotations
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 1
+from edgemodel_runtime.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EdgeModelRuntimeError,
+    FailureKind,
+)
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "CompressError", "FailureKind", "one_line"]
 
 
-class CompressError(Exception):
-    """A failure with a one-line, user-facing message and the exit code the CLI should use."""
+class CompressError(EdgeModelRuntimeError):
+    """A failure with a one-line, user-facing message: bad input unless `failure` says otherwise."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+    def __init__(self, message: str, failure: FailureKind = FailureKind.INVALID_INPUT) -> None:
         super().__init__(one_line(message))
-        self.exit_code = exit_code
+        self.failure = failure
 
 
 def one_line(text: str, limit: int = 400) -> str:

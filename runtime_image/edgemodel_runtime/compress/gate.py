@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemodel_runtime.compress import tasks
+from edgemodel_runtime.compress import lm_gate, tasks
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Figures:
     kind: str | None = None  # the output kind judged (tasks.OUTPUT_KINDS), when known
     task_metric: float | None = None  # the kind's own metric (0..1), e.g. mAP@0.5
     task_metric_name: str | None = None
+    # language models (lm_gate): perplexity on the evaluation sequences' next tokens
+    perplexity_original: float | None = None
+    perplexity_compressed: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +73,8 @@ def compare(
     labels: np.ndarray | None,
     kind: str | None = None,
 ) -> Figures:
+    if kind == lm_gate.KIND:
+        return _language_model(reference, candidate, float_names, labels)
     if kind is not None and kind != "classifier":
         floats = [n for n in float_names if n in reference]
         if not floats:
@@ -119,6 +124,42 @@ def compare(
             judged.task_metric_name,
         )
     return Figures(name, rows, agreement, acc_ref, acc_got, drop, cosine, max_abs, relative, kind)
+
+
+def _language_model(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    float_names: list[str],
+    targets: np.ndarray | None,
+) -> Figures:
+    """Next-token agreement and perplexity ratio (see lm_gate); `targets` are the next tokens."""
+    name = next((n for n in float_names if n in reference), None)
+    if name is None or targets is None:
+        raise ValueError("a language model is judged on its logits against the next tokens")
+    ref, got = reference[name], candidate[name]
+    judged = lm_gate.figures(ref, got, targets)
+    finite = bool(np.all(np.isfinite(got)))
+    flat_ref = ref.reshape(-1).astype(np.float64)
+    diff = got.reshape(-1).astype(np.float64) - flat_ref
+    norm = float(np.linalg.norm(flat_ref))
+    return Figures(
+        output=name,
+        rows=int(ref.shape[0]),
+        agreement=judged.agreement,
+        accuracy_original=None,
+        accuracy_compressed=None,
+        accuracy_drop=None,
+        cosine=_cosine(flat_ref, got.reshape(-1).astype(np.float64)) if finite else 0.0,
+        max_abs_error=float(np.max(np.abs(diff))) if finite else math.inf,
+        relative_error=float(np.linalg.norm(diff) / norm) if finite and norm else math.inf,
+        kind=lm_gate.KIND,
+        task_metric=round(judged.perplexity_ratio, 6),
+        task_metric_name="perplexity ratio (fp32 / compressed)",
+        perplexity_original=round(judged.perplexity_original, 6),
+        perplexity_compressed=round(judged.perplexity_compressed, 6)
+        if math.isfinite(judged.perplexity_compressed)
+        else None,
+    )
 
 
 def verdict(

@@ -10,13 +10,14 @@ machine that ran the optimiser, and must never be shipped to another machine.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import onnx
 from onnx import version_converter
 
-from edgemodel_runtime.compress.errors import CompressError, one_line
+from edgemodel_runtime.compress.errors import CompressError, FailureKind, one_line
 from edgemodel_runtime.compress.inputs import default_opset
 
 TARGET_OPSET = 17
@@ -122,7 +123,9 @@ def optimize_basic(src: Path, dst: Path) -> None:
     try:
         ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise CompressError(f"optimisation failed: {one_line(str(exc), 200)}", 1) from None
+        raise CompressError(
+            f"optimisation failed: {one_line(str(exc), 200)}", FailureKind.INTERNAL
+        ) from None
 
 
 def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -477,13 +480,55 @@ def store_weights_int8(
     depthwise convolutions, recurrent cells, tables the quantizer cannot see) still shrink.
     Weights named in `keep` (nodes kept in full precision) are left alone. Returns the names.
     """
-    import numpy as np
-    from onnx import numpy_helper
+    weight_only = _WeightOnly(keep, min_values)
+    weight_only.visit(model.graph, set())
+    return weight_only.converted
 
-    converted: list[str] = []
 
-    def visit(graph_proto: onnx.GraphProto, protected: set[str]) -> set[str]:
+class _WeightOnly:
+    """One weight-only int8 pass over a model (see `store_weights_int8`): graph by graph,
+    subgraphs first, recording the names it converts in order."""
+
+    def __init__(self, keep: frozenset[str], min_values: int) -> None:
+        self.keep = keep
+        self.min_values = min_values
+        self.converted: list[str] = []
+
+    def visit(self, graph_proto: onnx.GraphProto, protected: set[str]) -> set[str]:
         """Convert this graph's weights; returns every name read in it (subgraphs included)."""
+        consumers = self._consumers(graph_proto, protected)
+        eligible = self._eligibility(graph_proto, consumers, protected)
+        new_nodes: list[onnx.NodeProto] = []
+        new_inits: list[onnx.TensorProto] = []
+        replaced: set[str] = set()
+        for init in graph_proto.initializer:
+            if eligible(init.name, init):
+                tensors, nodes = self._store(init, init.name, consumers)
+                new_inits.extend(tensors)
+                new_nodes.extend(nodes)
+                replaced.add(init.name)
+        body: list[onnx.NodeProto] = []
+        for node in graph_proto.node:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if node.op_type == "Constant" and value is not None and eligible(node.output[0], value):
+                tensors, nodes = self._store(value, node.output[0], consumers)
+                new_inits.extend(tensors)
+                body.extend(nodes)
+                continue
+            body.append(node)
+        if replaced or len(body) != len(graph_proto.node):
+            kept = [i for i in graph_proto.initializer if i.name not in replaced]
+            del graph_proto.initializer[:]
+            graph_proto.initializer.extend([*kept, *new_inits])
+            del graph_proto.node[:]
+            graph_proto.node.extend([*new_nodes, *body])
+        return set(consumers)
+
+    def _consumers(
+        self, graph_proto: onnx.GraphProto, protected: set[str]
+    ) -> dict[str, list[onnx.NodeProto]]:
+        """The nodes reading each name; a node holding a subgraph reads what the subgraph reads
+        from the outer scope (converting the subgraph on the way)."""
         consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph_proto.node:
             for name in node.input:
@@ -491,59 +536,46 @@ def store_weights_int8(
             for attribute in node.attribute:
                 subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
                 for sub in [*subgraphs, *attribute.graphs]:
-                    for name in visit(sub, protected):  # read from the outer scope
+                    for name in self.visit(sub, protected):  # read from the outer scope
                         consumers.setdefault(name, []).append(node)
-        read = set(consumers)
+        return consumers
+
+    def _eligibility(
+        self,
+        graph_proto: onnx.GraphProto,
+        consumers: dict[str, list[onnx.NodeProto]],
+        protected: set[str],
+    ) -> Callable[[str, onnx.TensorProto], bool]:
+        import numpy as np
+
         outputs = {o.name for o in graph_proto.output}
+        keep = self.keep
         kept_readers = {n for node in graph_proto.node if node.name in keep for n in node.input}
 
         def eligible(name: str, tensor: onnx.TensorProto) -> bool:
             return (
                 tensor.data_type == onnx.TensorProto.FLOAT
                 and len(tensor.dims) >= 2  # vectors (biases, norm scales) stay exact
-                and int(np.prod(tensor.dims)) >= min_values
+                and int(np.prod(tensor.dims)) >= self.min_values
                 and name not in outputs
                 and name not in kept_readers
                 and name not in protected
                 and bool(consumers.get(name))
             )
 
-        new_nodes: list[onnx.NodeProto] = []
-        new_inits: list[onnx.TensorProto] = []
-        replaced: set[str] = set()
-        for init in graph_proto.initializer:
-            if not eligible(init.name, init):
-                continue
-            values = numpy_helper.to_array(init).astype(np.float32)
-            axis = _channel_axis(consumers[init.name], init.name, values.ndim)
-            tensors, nodes, _ = _int8_storage(values, axis, init.name)
-            new_inits.extend(tensors)
-            new_nodes.extend(nodes)
-            replaced.add(init.name)
-            converted.append(init.name)
-        body: list[onnx.NodeProto] = []
-        for node in graph_proto.node:
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if node.op_type == "Constant" and value is not None and eligible(node.output[0], value):
-                values = numpy_helper.to_array(value).astype(np.float32)
-                axis = _channel_axis(consumers[node.output[0]], node.output[0], values.ndim)
-                tensors, nodes, _ = _int8_storage(values, axis, node.output[0])
-                new_inits.extend(tensors)
-                body.extend(nodes)
-                converted.append(node.output[0])
-                continue
-            body.append(node)
-        if not replaced and len(body) == len(graph_proto.node):
-            return read
-        kept = [i for i in graph_proto.initializer if i.name not in replaced]
-        del graph_proto.initializer[:]
-        graph_proto.initializer.extend([*kept, *new_inits])
-        del graph_proto.node[:]
-        graph_proto.node.extend([*new_nodes, *body])
-        return read
+        return eligible
 
-    visit(model.graph, set())
-    return converted
+    def _store(
+        self, tensor: onnx.TensorProto, name: str, consumers: dict[str, list[onnx.NodeProto]]
+    ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+        import numpy as np
+        from onnx import numpy_helper
+
+        values = numpy_helper.to_array(tensor).astype(np.float32)
+        axis = _channel_axis(consumers[name], name, values.ndim)
+        tensors, nodes, _ = _int8_storage(values, axis, name)
+        self.converted.append(name)
+        return tensors, nodes
 
 
 def ensure_domains(model: onnx.ModelProto) -> None:

@@ -152,17 +152,9 @@ def check_arrays(
 
     Pure: the first problem found is raised, naming the file flag, the array and what differs.
     """
-    expected = {spec.name for spec in specs}
-    allowed = expected | ({LABELS_KEY} if allow_labels else set())
-    unknown = sorted(set(arrays) - allowed)
-    if unknown:
-        names = ", ".join(sorted(expected))
-        raise CompressError(f"{flag}: array {unknown[0]!r} is not a model input (inputs: {names})")
-    rows: int | None = None
-    missing = [spec.name for spec in specs if spec.name not in arrays]
-    if missing:
-        raise CompressError(f"{flag}: missing array for model input {missing[0]!r}")
+    _check_names(arrays, specs, flag, allow_labels=allow_labels)
     stacked = per_request(arrays, specs)
+    rows: int | None = None
     for spec in specs:
         array = arrays[spec.name]
         if array.dtype != spec.dtype:
@@ -170,52 +162,12 @@ def check_arrays(
                 f"{flag}: {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}"
             )
         if stacked:
-            if array.ndim != len(spec.shape) + 1:
-                raise CompressError(
-                    f"{flag}: {spec.name!r} has shape {list(array.shape)}; with per-request "
-                    f"rows every array is [requests, *input shape], here "
-                    f"[requests, {_show(spec.shape)[1:-1]}]"
-                )
-            for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape, strict=True)):
-                if want is not None and want > 0 and got != want:
-                    raise CompressError(
-                        f"{flag}: {spec.name!r} has requests of shape {list(array.shape[1:])}, "
-                        f"the model expects {_show(spec.shape)} (dimension {axis} differs)"
-                    )
-            if array.shape[0] == 0:
-                raise CompressError(f"{flag}: {spec.name!r} has no rows")
-            if rows is None:
-                rows = int(array.shape[0])
-            elif array.shape[0] != rows:
-                raise CompressError(
-                    f"{flag}: inputs have different row counts ({rows} vs {array.shape[0]})"
-                )
-            continue
-        if array.ndim != len(spec.shape) or array.ndim == 0:
-            raise CompressError(
-                f"{flag}: {spec.name!r} has shape {list(array.shape)}, "
-                f"the model expects rank {len(spec.shape)} {_show(spec.shape)}"
-            )
-        for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape[1:], strict=True), 1):
-            if want is not None and want > 0 and got != want:
-                raise CompressError(
-                    f"{flag}: {spec.name!r} has shape {list(array.shape)}, the model expects "
-                    f"{_show(spec.shape)} (dimension {axis} differs)"
-                )
-        if array.shape[0] == 0:
-            raise CompressError(f"{flag}: {spec.name!r} has no rows")
-        if rows is None:
-            rows = int(array.shape[0])
-        elif array.shape[0] != rows:
-            raise CompressError(
-                f"{flag}: inputs have different row counts ({rows} vs {array.shape[0]})"
-            )
-        batch = spec.shape[0]
-        if batch is not None and batch > 0 and array.shape[0] % batch:
-            raise CompressError(
-                f"{flag}: {spec.name!r} has {array.shape[0]} rows, not a multiple of the "
-                f"model's fixed batch size {batch}"
-            )
+            _check_request_shape(array, spec, flag)
+        else:
+            _check_batched_shape(array, spec, flag)
+        rows = _check_rows(array, spec, flag, rows)
+        if not stacked:
+            _check_fixed_batch(array, spec, flag)
     assert rows is not None  # a model has at least one input (checked by the caller)
     if allow_labels and LABELS_KEY in arrays:
         labels = arrays[LABELS_KEY]
@@ -228,6 +180,72 @@ def check_arrays(
                 f"{flag}: 'labels' must be a 1-D integer array with one label per row ({rows})"
             )
     return rows
+
+
+def _check_names(
+    arrays: dict[str, np.ndarray], specs: list[InputSpec], flag: str, *, allow_labels: bool
+) -> None:
+    """Every array names a model input (or the labels), and every input has its array."""
+    expected = {spec.name for spec in specs}
+    allowed = expected | ({LABELS_KEY} if allow_labels else set())
+    unknown = sorted(set(arrays) - allowed)
+    if unknown:
+        names = ", ".join(sorted(expected))
+        raise CompressError(f"{flag}: array {unknown[0]!r} is not a model input (inputs: {names})")
+    missing = [spec.name for spec in specs if spec.name not in arrays]
+    if missing:
+        raise CompressError(f"{flag}: missing array for model input {missing[0]!r}")
+
+
+def _check_request_shape(array: np.ndarray, spec: InputSpec, flag: str) -> None:
+    """Per-request rows: the array is [requests, *input shape], fixed dimensions matching."""
+    if array.ndim != len(spec.shape) + 1:
+        raise CompressError(
+            f"{flag}: {spec.name!r} has shape {list(array.shape)}; with per-request "
+            f"rows every array is [requests, *input shape], here "
+            f"[requests, {_show(spec.shape)[1:-1]}]"
+        )
+    for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape, strict=True)):
+        if want is not None and want > 0 and got != want:
+            raise CompressError(
+                f"{flag}: {spec.name!r} has requests of shape {list(array.shape[1:])}, "
+                f"the model expects {_show(spec.shape)} (dimension {axis} differs)"
+            )
+
+
+def _check_batched_shape(array: np.ndarray, spec: InputSpec, flag: str) -> None:
+    """Rows batched along axis 0: the input's rank, its fixed dimensions past the batch."""
+    if array.ndim != len(spec.shape) or array.ndim == 0:
+        raise CompressError(
+            f"{flag}: {spec.name!r} has shape {list(array.shape)}, "
+            f"the model expects rank {len(spec.shape)} {_show(spec.shape)}"
+        )
+    for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape[1:], strict=True), 1):
+        if want is not None and want > 0 and got != want:
+            raise CompressError(
+                f"{flag}: {spec.name!r} has shape {list(array.shape)}, the model expects "
+                f"{_show(spec.shape)} (dimension {axis} differs)"
+            )
+
+
+def _check_fixed_batch(array: np.ndarray, spec: InputSpec, flag: str) -> None:
+    batch = spec.shape[0]
+    if batch is not None and batch > 0 and array.shape[0] % batch:
+        raise CompressError(
+            f"{flag}: {spec.name!r} has {array.shape[0]} rows, not a multiple of the "
+            f"model's fixed batch size {batch}"
+        )
+
+
+def _check_rows(array: np.ndarray, spec: InputSpec, flag: str, rows: int | None) -> int:
+    """The array has rows, as many as the arrays before it (`rows`, None for the first)."""
+    if array.shape[0] == 0:
+        raise CompressError(f"{flag}: {spec.name!r} has no rows")
+    if rows is not None and array.shape[0] != rows:
+        raise CompressError(
+            f"{flag}: inputs have different row counts ({rows} vs {array.shape[0]})"
+        )
+    return int(array.shape[0])
 
 
 def per_request(arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> bool:

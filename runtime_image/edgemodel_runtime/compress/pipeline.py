@@ -12,6 +12,7 @@ without model.onnx (see store), so nothing can deploy it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import shutil
 import time
@@ -24,12 +25,13 @@ import numpy as np
 import onnx
 
 from edgemodel_runtime import __version__
-from edgemodel_runtime.compress import cpu, graph, inputs, quantize, runner, search, tasks
-from edgemodel_runtime.compress.errors import EXIT_INTERNAL, CompressError, one_line
+from edgemodel_runtime.compress import cpu, graph, inputs, lm_gate, quantize, runner, search, tasks
+from edgemodel_runtime.compress.errors import CompressError, FailureKind, one_line
 from edgemodel_runtime.compress.gate import Figures, compare, verdict
 from edgemodel_runtime.compress.report import SCHEMA, dumps, ratio, tool_versions, zstd_size
 from edgemodel_runtime.compress.settings import (
     CALIBRATION_METHODS,
+    WEIGHT_ONLY_MODES,
     Settings,
     artifact_key,
     effective_min_agreement,
@@ -64,6 +66,8 @@ class Request:
     measure_latency: bool = True
     embedding_bits: int | None = None
     output_kind: str | None = None
+    block_size: int | None = None  # weight-only modes
+    symmetric: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ def _settings(request: Request) -> Settings:
         embedding_bits=request.embedding_bits,
         output_kind=request.output_kind,
         vnni=cpu.this_machine_has_vnni(),
+        block_size=request.block_size,
+        symmetric=request.symmetric,
     )
 
 
@@ -169,12 +175,12 @@ def _check_judgeable(
     reference: dict[str, np.ndarray],
     float_outputs: list[str],
     labels: np.ndarray | None,
-    settings: Settings,
+    kind: str | None,
     label: str,
 ) -> None:
     """A gate that can measure nothing is an input error, never a pass."""
     try:
-        figures = compare(reference, reference, float_outputs, labels, settings.output_kind)
+        figures = compare(reference, reference, float_outputs, labels, kind)
     except ValueError as exc:
         raise CompressError(f"--eval: {exc}") from None
     if figures.agreement is None and figures.accuracy_drop is None:
@@ -201,6 +207,367 @@ def _quiet_ort_logging() -> Iterator[None]:
         root.setLevel(previous)
 
 
+@dataclass(frozen=True)
+class _Data:
+    """The model's interface and the data the request brought, validated against it."""
+
+    specs: list[inputs.InputSpec]
+    float_outputs: list[str]
+    calibration: dict[str, np.ndarray] | None
+    evaluation: dict[str, np.ndarray] | None
+    labels: np.ndarray | None  # a language model's: the next tokens (see lm_gate)
+    kind: str | None = None  # the output kind the gate judges (settings' or language-model)
+    decoder: lm_gate.DecoderInterface | None = None
+
+    def outputs(self, path: Path, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model at `path` run on evaluation `rows`."""
+        session = runner.make_session(path)
+        if self.decoder is not None:
+            logits = lm_gate.run_logits(session, self.decoder, rows[lm_gate.IDS])
+            return {self.decoder.logits: logits}
+        return runner.run_all(session, rows, self.specs)
+
+    def latency_feed(self) -> dict[str, np.ndarray]:
+        """One batch-1 request for the latency comparison."""
+        if self.decoder is not None and self.evaluation is not None:
+            return lm_gate.feeds(self.decoder, self.evaluation[lm_gate.IDS][:1])
+        rows = self.evaluation if self.evaluation is not None else self.calibration
+        return runner.sample_feed(rows, self.specs)
+
+
+def _load_data(request: Request, settings: Settings, model: onnx.ModelProto, label: str) -> _Data:
+    """Reads --calibration and --eval and checks them against the model's inputs."""
+    specs = inputs.input_specs(model)
+    if not specs:
+        raise CompressError(f"{label}: the model has no inputs to feed")
+    float_outputs = inputs.float_output_names(model)
+    calibration: dict[str, np.ndarray] | None = None
+    if settings.mode == "static-int8":
+        assert request.calibration is not None
+        calibration = inputs.load_arrays(request.calibration, "--calibration")
+        inputs.check_arrays(calibration, specs, "--calibration", allow_labels=True)
+        calibration.pop(inputs.LABELS_KEY, None)
+    decoder = _decoder(model, settings, label)
+    if decoder is not None:
+        return _language_model_data(request, specs, float_outputs, decoder)
+    evaluation: dict[str, np.ndarray] | None = None
+    labels: np.ndarray | None = None
+    if request.evaluation is not None:
+        evaluation = inputs.load_arrays(request.evaluation, "--eval")
+        inputs.check_arrays(evaluation, specs, "--eval", allow_labels=True)
+        labels = evaluation.pop(inputs.LABELS_KEY, None)
+        if not float_outputs:
+            raise CompressError(
+                f"{label}: no floating-point output to compare for the accuracy gate"
+            )
+    return _Data(specs, float_outputs, calibration, evaluation, labels, settings.output_kind)
+
+
+def _decoder(
+    model: onnx.ModelProto, settings: Settings, label: str
+) -> lm_gate.DecoderInterface | None:
+    """The decoder interface when the gate judges a language model: asked for with
+    --output-kind language-model, or a token-ids model with a KV cache."""
+    asked = settings.output_kind == lm_gate.KIND
+    if settings.output_kind is not None and not asked:
+        return None
+    decoder = lm_gate.decoder_interface(model)
+    if asked and decoder is None:
+        raise CompressError(
+            f"{label}: --output-kind {lm_gate.KIND} needs a model fed {lm_gate.IDS!r}"
+        )
+    if decoder is not None and (asked or decoder.past):
+        return decoder
+    return None
+
+
+def _language_model_data(
+    request: Request,
+    specs: list[inputs.InputSpec],
+    float_outputs: list[str],
+    decoder: lm_gate.DecoderInterface,
+) -> _Data:
+    """Evaluation token sequences split into prompts and the next tokens they are judged on."""
+    if decoder.logits not in float_outputs:
+        raise CompressError(f"the language model's first output {decoder.logits!r} is not float")
+    if request.evaluation is None:
+        return _Data(specs, float_outputs, None, None, None, lm_gate.KIND, decoder)
+    prompts, targets = lm_gate.split_sequences(inputs.load_arrays(request.evaluation, "--eval"))
+    evaluation = {lm_gate.IDS: prompts}
+    return _Data(specs, float_outputs, None, evaluation, targets, lm_gate.KIND, decoder)
+
+
+def _first_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v[:SENSITIVITY_ROWS] for k, v in arrays.items()}
+
+
+class _Run:
+    """One run's candidates: converting, gating, probing and timing them, keyed by attempt.
+
+    Holds what the steps of a run share (the prepared graph, the data, the fp32 reference
+    outputs, the latencies measured so far), so each step is a method of its own.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        settings: Settings,
+        *,
+        source: Path,
+        work: Path,
+        data: _Data,
+        reference: dict[str, np.ndarray] | None,
+        prepared: quantize.Prepared,
+        clock: Callable[[], float],
+    ) -> None:
+        self.request = request
+        self.settings = settings
+        self.source = source
+        self.work = work
+        self.data = data
+        self.reference = reference
+        self.prepared = prepared
+        self.clock = clock
+        self.min_agreement = effective_min_agreement(
+            settings, data.labels is not None, language_model=data.decoder is not None
+        )
+        self.int8 = settings.mode in ("dynamic-int8", "static-int8")
+        self.counter = itertools.count()
+        self.timings: dict[int, tuple[float, float, float]] = {}  # fp32 p50, p50, paired ratio
+        self.same: dict[int, bool] = {}  # runs the original's kernels (graph.runs_as_original)
+        self.recipes: dict[int, str] = {}
+        # Sensitivity only ranks nodes: a few rows rank them as well as many, at a fraction of
+        # the cost (46 probes x 64 OCR lines did not fit a 120 s budget).
+        self.probe_rows: dict[str, np.ndarray] | None = None
+        self.probe_reference: dict[str, np.ndarray] | None = None
+        self.probe_labels: np.ndarray | None = None  # a language model's next tokens
+        if data.evaluation is not None and reference is not None:
+            rows = int(next(iter(data.evaluation.values())).shape[0])
+            if rows > SENSITIVITY_ROWS:
+                self.probe_rows = _first_rows(data.evaluation)
+                self.probe_reference = _first_rows(reference)
+                if data.decoder is not None and data.labels is not None:
+                    self.probe_labels = data.labels[:SENSITIVITY_ROWS]
+
+    def convert(self, variant: quantize.Variant) -> Path:
+        out = self.work / f"candidate-{next(self.counter)}.onnx"
+        quantize.convert(
+            self.prepared,
+            out,
+            settings=self.settings,
+            variant=variant,
+            calibration=self.data.calibration,
+            specs=self.data.specs,
+            workdir=self.work,
+        )
+        return out
+
+    def evaluate(self, path: Path) -> Figures | None:
+        data = self.data
+        if data.evaluation is None or self.reference is None:
+            return None
+        try:
+            got = data.outputs(path, data.evaluation)
+            return compare(self.reference, got, data.float_outputs, data.labels, data.kind)
+        except Exception as exc:
+            raise CompressError(
+                f"evaluating the {self.settings.mode} model failed: {one_line(str(exc), 240)}",
+                FailureKind.INTERNAL,
+            ) from None
+
+    def attempt(self, variant: quantize.Variant) -> search.Attempt:
+        path = self.convert(variant)
+        figures = self.evaluate(path)
+        reasons: tuple[str, ...] = ()
+        if figures is not None:
+            reasons = tuple(
+                verdict(
+                    figures,
+                    self.settings.max_accuracy_drop,
+                    self.min_agreement,
+                    tasks.DEFAULT_TASK_THRESHOLDS.get(figures.kind or ""),
+                )
+            )
+        return search.Attempt(variant, figures, reasons, path)
+
+    def sensitivity(self, node: str, weight_only: bool = False) -> float:
+        variant = quantize.Variant(
+            calibration_method=self.settings.calibration_method, only_node=node
+        )
+        if weight_only:  # weight-only: every other weight keeps fp32, this one goes int8
+            others = tuple(n for n, _ in self.prepared.weight_candidates if n != node)
+            variant = quantize.Variant(nodes_to_exclude=others, weight_only=True)
+        path = self.convert(variant)
+        if self.probe_rows is not None and self.probe_reference is not None:
+            got = self.data.outputs(path, self.probe_rows)
+            path.unlink(missing_ok=True)
+            figures: Figures | None = compare(
+                self.probe_reference,
+                got,
+                self.data.float_outputs,
+                self.probe_labels,
+                self.data.kind,
+            )
+        else:
+            figures = self.evaluate(path)
+            path.unlink(missing_ok=True)
+        return figures.relative_error if figures is not None else 0.0
+
+    def accuracy_search(self) -> tuple[search.Attempt, search.SearchLog]:
+        """The first conversion, then the accuracy search when it fails the gate."""
+        settings = self.settings
+        first = self.attempt(quantize.Variant(calibration_method=settings.calibration_method))
+        if self.data.evaluation is None or first.passed:
+            return first, search.SearchLog(attempts=[first])
+        return search.run_search(
+            first,
+            candidates=self.prepared.candidates,
+            methods=search.method_order(settings.calibration_method, CALIBRATION_METHODS),
+            attempt=self.attempt,
+            sensitivity=self.sensitivity,
+            budget_s=settings.search_budget_s,
+            clock=self.clock,
+        )
+
+    def time_it(self, candidate: search.Attempt, feed: dict[str, np.ndarray]) -> None:
+        if not self.request.measure_latency or id(candidate) in self.timings:
+            return
+        try:
+            p50s, ratios = runner.paired_latency([self.source, candidate.artifact], feed)
+        except Exception as exc:
+            raise CompressError(
+                f"latency measurement failed: {one_line(str(exc), 200)}", FailureKind.INTERNAL
+            ) from None
+        self.timings[id(candidate)] = (p50s[0], p50s[1], ratios[1])
+        if candidate.passed and self.int8:
+            self.same[id(candidate)] = graph.int8_compute_ops(
+                onnx.load_model(str(candidate.artifact))
+            ) == 0 and graph.runs_as_original(self.source, candidate.artifact, self.work)
+
+    def slow(self, candidate: search.Attempt) -> bool:
+        measured = self.timings.get(id(candidate))
+        return (
+            measured is not None
+            and measured[2] > 1 + search.LATENCY_TOLERANCE
+            and not self.same.get(id(candidate), False)
+        )
+
+    def wants_weight_only(self, chosen: search.Attempt) -> bool:
+        """The search moves on to weight-only int8 when the int8 kernels lose accuracy, run
+        slower than fp32 on this CPU, or were never placed while the graph weight-only int8
+        starts from is smaller (the artifact is weight-only already, but built from the
+        pre-processed graph, which can hold more weights: silero-vad's 1.5x). Never with a
+        zero budget: that asks for no search."""
+        return (
+            self.int8
+            and self.data.evaluation is not None
+            and self.settings.search_budget_s > 0
+            and (
+                not chosen.passed
+                or self.slow(chosen)
+                or _weight_only_base_is_smaller(self.prepared, chosen)
+            )
+        )
+
+    def weight_only(self, search_log: search.SearchLog) -> search.Attempt:
+        """Weight-only int8, searched for the weights to keep fp32 when it fails the gate."""
+        light = self.attempt(quantize.Variant(weight_only=True))
+        if light.passed or light.figures is None:
+            search_log.attempts.append(light)
+            return light
+        return search.weight_only_search(
+            light,
+            candidates=self.prepared.weight_candidates,
+            attempt=self.attempt,
+            sensitivity=lambda node: self.sensitivity(node, weight_only=True),
+            budget_s=self.settings.search_budget_s,
+            clock=self.clock,
+            log=search_log,
+        )
+
+    def choose(self) -> tuple[search.Attempt, search.SearchLog, dict[int, str]]:
+        """Search, time, maybe try weight-only int8, then pick (see the module docstring)."""
+        chosen, search_log = self.accuracy_search()
+        data = self.data
+        feed = data.latency_feed()
+        pool: list[search.Attempt] = [chosen]
+        self.time_it(chosen, feed)
+        if self.wants_weight_only(chosen):
+            light = self.weight_only(search_log)
+            pool.append(light)
+            if light.passed:
+                self.time_it(light, feed)
+        chosen, notes = search.pick(
+            pool,
+            size=lambda a: Path(a.artifact).stat().st_size,
+            latency_ratio=lambda a: self.timings[id(a)][2] if id(a) in self.timings else None,
+            runs_as_original=lambda a: self.same.get(id(a), False),
+        )
+        return chosen, search_log, notes
+
+    def recipe_of(self, a: search.Attempt) -> str:
+        if id(a) not in self.recipes:
+            self.recipes[id(a)] = _recipe(self.settings.mode, a)
+        return self.recipes[id(a)]
+
+    def latency(self, chosen: search.Attempt) -> dict[str, Any] | None:
+        if id(chosen) not in self.timings:
+            return None
+        before, after, paired = self.timings[id(chosen)]
+        return {
+            "original_p50_ms": round(before, 3),
+            "compressed_p50_ms": round(after, 3),
+            "ratio": round(paired, 4),
+            "ratio_method": "median over interleaved rounds of paired block medians",
+            "runs": runner.LATENCY_RUNS * 2,
+            "batch": 1,
+            "intra_op_threads": runner.THREADS,
+            "runs_original_kernels": self.same.get(id(chosen), False),
+            "slower_than_original": self.slow(chosen),
+        }
+
+    def candidates(
+        self, attempts: list[search.Attempt], chosen: search.Attempt, notes: dict[int, str]
+    ) -> list[dict[str, Any]]:
+        """The Pareto table: every candidate the run converted, with its figures."""
+        input_size = self.source.stat().st_size
+        return [
+            {
+                "recipe": self.recipe_of(a),
+                "calibration_method": a.variant.calibration_method,
+                "kept_in_float": len(a.variant.nodes_to_exclude),
+                "bytes": Path(a.artifact).stat().st_size,
+                "size_ratio": ratio(Path(a.artifact).stat().st_size, input_size),
+                "agreement": None if a.figures is None else a.figures.agreement,
+                "task_metric": None if a.figures is None else a.figures.task_metric,
+                "latency_ratio": None
+                if id(a) not in self.timings
+                else round(self.timings[id(a)][2], 4),
+                "runs_original_kernels": self.same.get(id(a)),
+                "passed": a.passed,
+                "chosen": a is chosen,
+                "note": notes.get(id(a))
+                or ("failed the gate: " + "; ".join(a.reasons) if a.reasons else ""),
+            }
+            for a in attempts
+            if Path(a.artifact).exists()
+        ]
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What a run decided, for the report: the pick, the search, and the figures around it."""
+
+    chosen: search.Attempt
+    search_log: search.SearchLog
+    notes: dict[int, str]
+    recipe: str
+    latency: dict[str, Any] | None
+    candidates: list[dict[str, Any]]
+    prepared: quantize.Prepared
+    min_agreement: float | None
+
+
 def _build(
     request: Request,
     *,
@@ -216,239 +583,188 @@ def _build(
     label = request.source
     model = inputs.load_model(source, label)
     inputs.check_loadable(source, label)
-    specs = inputs.input_specs(model)
-    if not specs:
-        raise CompressError(f"{label}: the model has no inputs to feed")
-    float_outputs = inputs.float_output_names(model)
-    calibration: dict[str, np.ndarray] | None = None
-    if settings.mode == "static-int8":
-        assert request.calibration is not None
-        calibration = inputs.load_arrays(request.calibration, "--calibration")
-        inputs.check_arrays(calibration, specs, "--calibration", allow_labels=True)
-        calibration.pop(inputs.LABELS_KEY, None)
-    evaluation: dict[str, np.ndarray] | None = None
-    labels: np.ndarray | None = None
-    if request.evaluation is not None:
-        evaluation = inputs.load_arrays(request.evaluation, "--eval")
-        inputs.check_arrays(evaluation, specs, "--eval", allow_labels=True)
-        labels = evaluation.pop(inputs.LABELS_KEY, None)
-        if not float_outputs:
-            raise CompressError(
-                f"{label}: no floating-point output to compare for the accuracy gate"
-            )
-
-    min_agreement = effective_min_agreement(settings, labels is not None)
+    data = _load_data(request, settings, model, label)
     with _quiet_ort_logging():
         reference: dict[str, np.ndarray] | None = None
-        if evaluation is not None:  # judged before any conversion work: refuse early
-            reference = runner.run_all(runner.make_session(source), evaluation, specs)
-            _check_judgeable(reference, float_outputs, labels, settings, label)
+        if data.evaluation is not None:  # judged before any conversion work: refuse early
+            reference = data.outputs(source, data.evaluation)
+            _check_judgeable(reference, data.float_outputs, data.labels, data.kind, label)
         prepared = quantize.prepare(model, settings, work, label)
         del model
-        counter = iter(range(1_000_000))
-
-        def convert(variant: quantize.Variant) -> Path:
-            out = work / f"candidate-{next(counter)}.onnx"
-            quantize.convert(
-                prepared,
-                out,
-                settings=settings,
-                variant=variant,
-                calibration=calibration,
-                specs=specs,
-                workdir=work,
-            )
-            return out
-
-        def evaluate(path: Path) -> Figures | None:
-            if evaluation is None or reference is None:
-                return None
-            try:
-                got = runner.run_all(runner.make_session(path), evaluation, specs)
-                return compare(reference, got, float_outputs, labels, settings.output_kind)
-            except Exception as exc:
-                raise CompressError(
-                    f"evaluating the {settings.mode} model failed: {one_line(str(exc), 240)}",
-                    EXIT_INTERNAL,
-                ) from None
-
-        def attempt(variant: quantize.Variant) -> search.Attempt:
-            path = convert(variant)
-            figures = evaluate(path)
-            reasons: tuple[str, ...] = ()
-            if figures is not None:
-                reasons = tuple(
-                    verdict(
-                        figures,
-                        settings.max_accuracy_drop,
-                        min_agreement,
-                        tasks.DEFAULT_TASK_THRESHOLDS.get(figures.kind or ""),
-                    )
-                )
-            return search.Attempt(variant, figures, reasons, path)
-
-        # Sensitivity only ranks nodes: a few rows rank them as well as many, at a fraction of
-        # the cost (46 probes x 64 OCR lines did not fit a 120 s budget).
-        probe_rows: dict[str, np.ndarray] | None = None
-        probe_reference: dict[str, np.ndarray] | None = None
-        if evaluation is not None and reference is not None:
-            rows = int(next(iter(evaluation.values())).shape[0])
-            if rows > SENSITIVITY_ROWS:
-                probe_rows = {k: v[:SENSITIVITY_ROWS] for k, v in evaluation.items()}
-                probe_reference = {k: v[:SENSITIVITY_ROWS] for k, v in reference.items()}
-
-        def sensitivity(node: str, weight_only: bool = False) -> float:
-            variant = quantize.Variant(
-                calibration_method=settings.calibration_method, only_node=node
-            )
-            if weight_only:  # weight-only: every other weight keeps fp32, this one goes int8
-                others = tuple(n for n, _ in prepared.weight_candidates if n != node)
-                variant = quantize.Variant(nodes_to_exclude=others, weight_only=True)
-            path = convert(variant)
-            if probe_rows is not None and probe_reference is not None:
-                got = runner.run_all(runner.make_session(path), probe_rows, specs)
-                path.unlink(missing_ok=True)
-                figures: Figures | None = compare(
-                    probe_reference, got, float_outputs, None, settings.output_kind
-                )
-            else:
-                figures = evaluate(path)
-                path.unlink(missing_ok=True)
-            return figures.relative_error if figures is not None else 0.0
-
-        first = attempt(quantize.Variant(calibration_method=settings.calibration_method))
-        chosen, search_log = first, search.SearchLog(attempts=[first])
-        if evaluation is not None and not first.passed:
-            methods = search.method_order(settings.calibration_method, CALIBRATION_METHODS)
-            chosen, search_log = search.run_search(
-                first,
-                candidates=prepared.candidates,
-                methods=methods,
-                attempt=attempt,
-                sensitivity=sensitivity,
-                budget_s=settings.search_budget_s,
-                clock=clock,
-            )
-        int8 = settings.mode in ("dynamic-int8", "static-int8")
-        feed = runner.sample_feed(evaluation if evaluation is not None else calibration, specs)
-        timings: dict[int, tuple[float, float, float]] = {}  # fp32 p50, p50, paired ratio
-        same: dict[int, bool] = {}  # runs the original's kernels (graph.runs_as_original)
-
-        def time_it(candidate: search.Attempt) -> None:
-            if not request.measure_latency or id(candidate) in timings:
-                return
-            try:
-                p50s, ratios = runner.paired_latency([source, candidate.artifact], feed)
-            except Exception as exc:
-                raise CompressError(
-                    f"latency measurement failed: {one_line(str(exc), 200)}", EXIT_INTERNAL
-                ) from None
-            timings[id(candidate)] = (p50s[0], p50s[1], ratios[1])
-            if candidate.passed and int8:
-                same[id(candidate)] = graph.int8_compute_ops(
-                    onnx.load_model(str(candidate.artifact))
-                ) == 0 and graph.runs_as_original(source, candidate.artifact, work)
-
-        def slow(candidate: search.Attempt) -> bool:
-            measured = timings.get(id(candidate))
-            return (
-                measured is not None
-                and measured[2] > 1 + search.LATENCY_TOLERANCE
-                and not same.get(id(candidate), False)
-            )
-
-        pool: list[search.Attempt] = [chosen]
-        time_it(chosen)
-        # The search moves on to weight-only int8 when the int8 kernels lose accuracy, run
-        # slower than fp32 on this CPU, or were never placed while the graph weight-only int8
-        # starts from is smaller (the artifact is weight-only already, but built from the
-        # pre-processed graph, which can hold more weights: silero-vad's 1.5x). Never with a
-        # zero budget: that asks for no search.
-        if (
-            int8
-            and evaluation is not None
-            and settings.search_budget_s > 0
-            and (
-                not chosen.passed or slow(chosen) or _weight_only_base_is_smaller(prepared, chosen)
-            )
-        ):
-            light = attempt(quantize.Variant(weight_only=True))
-            if not light.passed and light.figures is not None:
-                light = search.weight_only_search(
-                    light,
-                    candidates=prepared.weight_candidates,
-                    attempt=attempt,
-                    sensitivity=lambda node: sensitivity(node, weight_only=True),
-                    budget_s=settings.search_budget_s,
-                    clock=clock,
-                    log=search_log,
-                )
-            else:
-                search_log.attempts.append(light)
-            pool.append(light)
-            if light.passed:
-                time_it(light)
-        chosen, notes = search.pick(
-            pool,
-            size=lambda a: Path(a.artifact).stat().st_size,
-            latency_ratio=lambda a: timings[id(a)][2] if id(a) in timings else None,
-            runs_as_original=lambda a: same.get(id(a), False),
+        run = _Run(
+            request,
+            settings,
+            source=source,
+            work=work,
+            data=data,
+            reference=reference,
+            prepared=prepared,
+            clock=clock,
         )
-        artifact: Path = chosen.artifact
-        latency: dict[str, Any] | None = None
-        if id(chosen) in timings:
-            before, after, paired = timings[id(chosen)]
-            latency = {
-                "original_p50_ms": round(before, 3),
-                "compressed_p50_ms": round(after, 3),
-                "ratio": round(paired, 4),
-                "ratio_method": "median over interleaved rounds of paired block medians",
-                "runs": runner.LATENCY_RUNS * 2,
-                "batch": 1,
-                "intra_op_threads": runner.THREADS,
-                "runs_original_kernels": same.get(id(chosen), False),
-                "slower_than_original": slow(chosen),
-            }
-        input_size = source.stat().st_size
-        recipes: dict[int, str] = {}
-
-        def recipe_of(a: search.Attempt) -> str:
-            if id(a) not in recipes:
-                recipes[id(a)] = _recipe(settings.mode, a)
-            return recipes[id(a)]
-
-        # The Pareto table: every candidate the run converted, with its figures.
-        candidates_table = [
-            {
-                "recipe": recipe_of(a),
-                "calibration_method": a.variant.calibration_method,
-                "kept_in_float": len(a.variant.nodes_to_exclude),
-                "bytes": Path(a.artifact).stat().st_size,
-                "size_ratio": ratio(Path(a.artifact).stat().st_size, input_size),
-                "agreement": None if a.figures is None else a.figures.agreement,
-                "task_metric": None if a.figures is None else a.figures.task_metric,
-                "latency_ratio": None if id(a) not in timings else round(timings[id(a)][2], 4),
-                "runs_original_kernels": same.get(id(a)),
-                "passed": a.passed,
-                "chosen": a is chosen,
-                "note": notes.get(id(a))
-                or ("failed the gate: " + "; ".join(a.reasons) if a.reasons else ""),
-            }
-            for a in search_log.attempts
-            if Path(a.artifact).exists()
-        ]
-
-    chosen_recipe = recipe_of(chosen)
-    passed = chosen.passed
-    input_bytes = source.stat().st_size
-    artifact_bytes = artifact.stat().st_size
-    wire = zstd_size(artifact)
-    artifact_digest = sha256_file(artifact)
-    if passed:
+        result = _decide(run)
+    chosen = result.chosen
+    artifact: Path = chosen.artifact
+    artifact_section = _artifact_section(artifact, chosen.passed)
+    if chosen.passed:
         artifact.rename(staged / MODEL_FILE)
+    return _report(
+        request,
+        settings,
+        result,
+        digest=digest,
+        key=key,
+        input_bytes=source.stat().st_size,
+        artifact=artifact_section,
+        elapsed_s=round(clock() - started, 3),
+    )
+
+
+def _decide(run: _Run) -> _Result:
+    chosen, search_log, notes = run.choose()
+    return _Result(
+        chosen=chosen,
+        search_log=search_log,
+        notes=notes,
+        latency=run.latency(chosen),
+        candidates=run.candidates(search_log.attempts, chosen, notes),
+        recipe=run.recipe_of(chosen),
+        prepared=run.prepared,
+        min_agreement=run.min_agreement,
+    )
+
+
+def _report(
+    request: Request,
+    settings: Settings,
+    result: _Result,
+    *,
+    digest: str,
+    key: str,
+    input_bytes: int,
+    artifact: dict[str, Any],
+    elapsed_s: float,
+) -> dict[str, Any]:
+    chosen, prepared = result.chosen, result.prepared
+    figures = chosen.figures
+    return {
+        "schema": SCHEMA,
+        "result": "passed" if chosen.passed else "gate-failed",
+        "key": key,
+        "cache_hit": False,
+        "tool": tool_versions(),
+        "input": {"source": display_uri(request.source), "sha256": digest, "bytes": input_bytes},
+        "settings": settings.canonical(),
+        "effective": _effective_section(settings, result),
+        "pruning": None
+        if prepared.pruning is None
+        else {
+            "tensors": prepared.pruning.tensors,
+            "parameters": prepared.pruning.parameters,
+            "zeroed": prepared.pruning.zeroed,
+        },
+        "artifact": artifact,
+        "sizes": _sizes_section(artifact, input_bytes),
+        "accuracy": None if figures is None else figures.as_dict(),
+        "gate": _gate_section(settings, chosen, result.min_agreement),
+        "latency": result.latency,
+        "kept_in_float": _kept_section(chosen, prepared, result.search_log),
+        "activations": _activations_section(settings, result),
+        "candidates": result.candidates,
+        "search": _search_section(settings, result.search_log),
+        "elapsed_s": elapsed_s,
+    }
+
+
+def _activations_section(settings: Settings, result: _Result) -> dict[str, Any]:
+    chosen = result.chosen
+    if settings.mode in WEIGHT_ONLY_MODES:
+        return {
+            "int8": False,
+            "reason": f"{settings.mode}: activations stay fp32; MatMulNBits and "
+            "GatherBlockQuantized dequantize the block-quantized weights in the kernel",
+        }
+    return {
+        "int8": not chosen.variant.weight_only,
+        "reason": "weight-only int8: every op computes in fp32 from int8-stored weights; "
+        + (result.notes.get(id(chosen)) or "")
+        if chosen.variant.weight_only
+        else "int8 kernels where the quantizer placed them; other weights stored int8",
+    }
+
+
+def _artifact_section(artifact: Path, passed: bool) -> dict[str, Any]:
+    return {
+        "file": MODEL_FILE if passed else None,
+        "sha256": sha256_file(artifact),
+        "bytes": artifact.stat().st_size,
+        "zstd_bytes": zstd_size(artifact),
+        "kept": passed,
+    }
+
+
+def _sizes_section(artifact: dict[str, Any], input_bytes: int) -> dict[str, Any]:
+    artifact_bytes, wire = artifact["bytes"], artifact["zstd_bytes"]
+    return {
+        "input_bytes": input_bytes,
+        "artifact_bytes": artifact_bytes,
+        "ratio": ratio(artifact_bytes, input_bytes),
+        "wire_bytes": wire,
+        "wire_ratio": ratio(wire, input_bytes),
+        "wire_codec": "zstd-10",
+    }
+
+
+def _effective_section(settings: Settings, result: _Result) -> dict[str, Any]:
+    """What the run actually did, which the settings alone do not say."""
+    chosen, prepared = result.chosen, result.prepared
+    return {
+        "calibration_method": chosen.variant.calibration_method,
+        "preprocessing": prepared.preprocessing,
+        "opset_upgraded_from": prepared.opset_upgraded_from,
+        "quantized_op_types": list(quantize.op_types(settings)),
+        "candidate_nodes": len(prepared.candidates),
+        "embedding_tables_4bit": list(prepared.embeddings),
+        "recipe": result.recipe,
+        "reduce_range": settings.reduce_range,
+        "output_kind": None if chosen.figures is None else chosen.figures.kind,
+    }
+
+
+def _agreement_source(
+    settings: Settings, figures: Figures | None, min_agreement: float | None
+) -> str | None:
+    if settings.min_agreement is not None:
+        return "request"
+    if min_agreement is None:
+        return None
+    if figures is not None and figures.kind == lm_gate.KIND:
+        return "default for language models (next-token agreement)"
+    return "default for data without labels"
+
+
+def _gate_section(
+    settings: Settings, chosen: search.Attempt, min_agreement: float | None
+) -> dict[str, Any]:
+    figures = chosen.figures
+    return {
+        "evaluated": figures is not None,
+        "max_accuracy_drop": settings.max_accuracy_drop,
+        "min_agreement": min_agreement,
+        "min_agreement_source": _agreement_source(settings, figures, min_agreement),
+        "min_task_metric": None
+        if figures is None
+        else tasks.DEFAULT_TASK_THRESHOLDS.get(figures.kind or ""),
+        "passed": chosen.passed,
+        "reasons": list(chosen.reasons),
+    }
+
+
+def _kept_section(
+    chosen: search.Attempt, prepared: quantize.Prepared, search_log: search.SearchLog
+) -> list[dict[str, Any]]:
     op_of = dict(prepared.candidates)
     sens_of = {s.node: s.relative_error for s in search_log.sensitivities}
-    kept = [
+    return [
         {
             "node": node,
             "op_type": op_of.get(node, "?"),
@@ -458,92 +774,27 @@ def _build(
         }
         for node in chosen.variant.nodes_to_exclude
     ]
-    figures = chosen.figures
+
+
+def _search_section(settings: Settings, search_log: search.SearchLog) -> dict[str, Any]:
     return {
-        "schema": SCHEMA,
-        "result": "passed" if passed else "gate-failed",
-        "key": key,
-        "cache_hit": False,
-        "tool": tool_versions(),
-        "input": {"source": display_uri(request.source), "sha256": digest, "bytes": input_bytes},
-        "settings": settings.canonical(),
-        "effective": {
-            "calibration_method": chosen.variant.calibration_method,
-            "preprocessing": prepared.preprocessing,
-            "opset_upgraded_from": prepared.opset_upgraded_from,
-            "quantized_op_types": list(quantize.op_types(settings)),
-            "candidate_nodes": len(prepared.candidates),
-            "embedding_tables_4bit": list(prepared.embeddings),
-            "recipe": chosen_recipe,
-            "reduce_range": settings.reduce_range,
-            "output_kind": None if chosen.figures is None else chosen.figures.kind,
-        },
-        "pruning": None
-        if prepared.pruning is None
-        else {
-            "tensors": prepared.pruning.tensors,
-            "parameters": prepared.pruning.parameters,
-            "zeroed": prepared.pruning.zeroed,
-        },
-        "artifact": {
-            "file": MODEL_FILE if passed else None,
-            "sha256": artifact_digest,
-            "bytes": artifact_bytes,
-            "zstd_bytes": wire,
-            "kept": passed,
-        },
-        "sizes": {
-            "input_bytes": input_bytes,
-            "artifact_bytes": artifact_bytes,
-            "ratio": ratio(artifact_bytes, input_bytes),
-            "wire_bytes": wire,
-            "wire_ratio": ratio(wire, input_bytes),
-            "wire_codec": "zstd-10",
-        },
-        "accuracy": None if figures is None else figures.as_dict(),
-        "gate": {
-            "evaluated": figures is not None,
-            "max_accuracy_drop": settings.max_accuracy_drop,
-            "min_agreement": min_agreement,
-            "min_agreement_source": "request"
-            if settings.min_agreement is not None
-            else ("default for data without labels" if min_agreement is not None else None),
-            "min_task_metric": None
-            if chosen.figures is None
-            else tasks.DEFAULT_TASK_THRESHOLDS.get(chosen.figures.kind or ""),
-            "passed": passed,
-            "reasons": list(chosen.reasons),
-        },
-        "latency": latency,
-        "kept_in_float": kept,
-        "activations": {
-            "int8": not chosen.variant.weight_only,
-            "reason": "weight-only int8: every op computes in fp32 from int8-stored weights; "
-            + (notes.get(id(chosen)) or "")
-            if chosen.variant.weight_only
-            else "int8 kernels where the quantizer placed them; other weights stored int8",
-        },
-        "candidates": candidates_table,
-        "search": {
-            "attempts": [
-                {
-                    "recipe": a.variant.recipe,
-                    "calibration_method": a.variant.calibration_method,
-                    "kept_in_float": list(a.variant.nodes_to_exclude),
-                    "agreement": None if a.figures is None else a.figures.agreement,
-                    "accuracy_drop": None if a.figures is None else a.figures.accuracy_drop,
-                    "cosine": None if a.figures is None else a.figures.cosine,
-                    "passed": a.passed,
-                }
-                for a in search_log.attempts
-            ],
-            "sensitivity": [
-                {"node": s.node, "op_type": s.op_type, "relative_error": s.relative_error}
-                for s in search_log.sensitivities
-            ],
-            "budget_s": settings.search_budget_s,
-            "budget_exhausted": search_log.budget_exhausted,
-            "elapsed_s": round(search_log.elapsed_s, 3),
-        },
-        "elapsed_s": round(clock() - started, 3),
+        "attempts": [
+            {
+                "recipe": a.variant.recipe,
+                "calibration_method": a.variant.calibration_method,
+                "kept_in_float": list(a.variant.nodes_to_exclude),
+                "agreement": None if a.figures is None else a.figures.agreement,
+                "accuracy_drop": None if a.figures is None else a.figures.accuracy_drop,
+                "cosine": None if a.figures is None else a.figures.cosine,
+                "passed": a.passed,
+            }
+            for a in search_log.attempts
+        ],
+        "sensitivity": [
+            {"node": s.node, "op_type": s.op_type, "relative_error": s.relative_error}
+            for s in search_log.sensitivities
+        ],
+        "budget_s": settings.search_budget_s,
+        "budget_exhausted": search_log.budget_exhausted,
+        "elapsed_s": round(search_log.elapsed_s, 3),
     }

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgemodel_runtime.compress import graph
-from edgemodel_runtime.compress.errors import EXIT_INTERNAL, CompressError, one_line
+from edgemodel_runtime.compress import graph, weightonly
+from edgemodel_runtime.compress.errors import CompressError, FailureKind, one_line
 from edgemodel_runtime.compress.inputs import InputSpec
 from edgemodel_runtime.compress.pruning import PruneStats, prune_model
-from edgemodel_runtime.compress.settings import Settings
+from edgemodel_runtime.compress.settings import WEIGHT_ONLY_MODES, Settings
 
 # Embedding tables (Gather) dominate small-vocabulary-heavy models such as BERT (30522 x 768):
 # onnxruntime's defaults used to leave them in fp32 (0.48x instead of 0.25x of fp32).
@@ -109,6 +109,8 @@ def op_types(settings: Settings) -> tuple[str, ...]:
         return STATIC_OP_TYPES
     if settings.mode == "fp16":
         return ("MatMul", "Gemm", "Conv", "Gather")
+    if settings.mode in WEIGHT_ONLY_MODES:
+        return ("MatMul", "Gather")
     return ()
 
 
@@ -174,18 +176,7 @@ def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: st
     if settings.mode in ("dynamic-int8", "static-int8"):
         how = preprocess(staged, prepared)
         unprocessed = workdir / "unprocessed.onnx"
-        if before_upgrade is not None:
-            # Weight-only int8 needs no opset upgrade (Cast and Mul exist in every opset), and
-            # the version converter adds Reshape/Shape/Flatten nodes the original never ran.
-            if settings.prune_sparsity > 0:
-                prune_model(before_upgrade, settings.prune_sparsity)
-            graph.ensure_node_names(before_upgrade)
-            original = workdir / "before-upgrade.onnx"
-            onnx.save_model(before_upgrade, str(original))
-            _smaller_base(original, unprocessed)
-            original.unlink()
-        else:
-            _smaller_base(staged, unprocessed)
+        _save_weight_only_base(staged, before_upgrade, settings, unprocessed)
     elif settings.mode == "none":
         graph.optimize_basic(staged, prepared)
         how = "onnxruntime basic optimisation"
@@ -196,15 +187,39 @@ def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: st
     if fused:
         how = f"transformer fusion ({', '.join(fused)}); {how}"
     result = Prepared(prepared, upgraded_from, stats, how, unprocessed=unprocessed)
-    if unprocessed is not None:
-        base_model = onnx.load_model(str(unprocessed))
+    _find_candidates(result, settings)
+    return result
+
+
+def _save_weight_only_base(
+    staged: Path, before_upgrade: onnx.ModelProto | None, settings: Settings, unprocessed: Path
+) -> None:
+    """Write the graph weight-only int8 starts from (`Prepared.unprocessed`)."""
+    if before_upgrade is None:
+        _smaller_base(staged, unprocessed)
+        return
+    # Weight-only int8 needs no opset upgrade (Cast and Mul exist in every opset), and
+    # the version converter adds Reshape/Shape/Flatten nodes the original never ran.
+    if settings.prune_sparsity > 0:
+        prune_model(before_upgrade, settings.prune_sparsity)
+    graph.ensure_node_names(before_upgrade)
+    original = staged.with_name("before-upgrade.onnx")
+    onnx.save_model(before_upgrade, str(original))
+    _smaller_base(original, unprocessed)
+    original.unlink()
+
+
+def _find_candidates(result: Prepared, settings: Settings) -> None:
+    """Name every node of the prepared graphs and record which ones a conversion may touch."""
+    if result.unprocessed is not None:
+        base_model = onnx.load_model(str(result.unprocessed))
         graph.ensure_node_names(base_model)
-        onnx.save_model(base_model, str(unprocessed))
+        onnx.save_model(base_model, str(result.unprocessed))
         result.weight_candidates = graph.weight_readers(base_model, WEIGHT_ONLY_OP_TYPES)
     if settings.mode != "none":
-        loaded = onnx.load_model(str(prepared))
+        loaded = onnx.load_model(str(result.path))
         graph.ensure_node_names(loaded)  # the optimiser may add unnamed nodes
-        onnx.save_model(loaded, str(prepared))
+        onnx.save_model(loaded, str(result.path))
         if settings.embedding_bits == 4:
             result.embeddings = graph.embedding_tables(loaded)
         # 4-bit tables are not the accuracy search's to keep in float (or to probe).
@@ -213,7 +228,6 @@ def prepare(model: onnx.ModelProto, settings: Settings, workdir: Path, label: st
             for candidate in graph.quantizable_nodes(loaded, op_types(settings))
             if candidate[0] not in result.embeddings
         ]
-    return result
 
 
 class _Reader:
@@ -274,6 +288,8 @@ def convert(
                 specs=specs,
                 workdir=workdir,
             )
+        elif settings.mode in WEIGHT_ONLY_MODES:
+            _weight_only(prepared, out, settings, variant)
         elif settings.mode == "fp16":
             _fp16(prepared.path, out, variant)
         else:
@@ -293,7 +309,7 @@ def convert(
     except Exception as exc:  # a quantizer crash on a model that passed validation
         raise CompressError(
             f"{settings.mode} conversion failed: {type(exc).__name__}: {one_line(str(exc), 240)}",
-            EXIT_INTERNAL,
+            FailureKind.INTERNAL,
         ) from None
 
 
@@ -407,6 +423,21 @@ def _static(
         calibration_cache_path=str(cache),
         **selection,
     )
+
+
+def _weight_only(prepared: Prepared, out: Path, settings: Settings, variant: Variant) -> None:
+    """int4-weight / int8-weight: block-wise MatMulNBits and GatherBlockQuantized (weightonly)."""
+    exclude = variant.nodes_to_exclude
+    if variant.only_node is not None:
+        exclude = tuple(name for name, _ in prepared.candidates if name != variant.only_node)
+    assert settings.block_size is not None  # settings.resolve guarantees it
+    plan = weightonly.WeightOnlyPlan(
+        bits=weightonly.BITS_OF_MODE[settings.mode],
+        block_size=settings.block_size,
+        symmetric=bool(settings.symmetric),
+        embeddings=settings.target != "gpu",
+    )
+    weightonly.quantize_weight_only(prepared.path, out, plan, exclude=exclude)
 
 
 def _fp16(src: Path, out: Path, variant: Variant) -> None:

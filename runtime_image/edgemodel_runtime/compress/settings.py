@@ -16,6 +16,12 @@ tables are int8 too unless `--embedding-bits 4` asks for 4-bit blocks (CPU targe
 GatherBlockQuantized kernel is onnxruntime's CPU contrib op). Without VNNI (detected on the
 machine that compresses, see `cpu`) amd64 int8 uses 7-bit weights (`reduce_range`).
 
+Weight-only modes (`int4-weight`, `int8-weight`): MatMul weights and embedding tables stored
+in blocks of `block_size` (32, 64 or 128; default 32) values with their own scale, symmetric or
+asymmetric (default: asymmetric), computed in fp32 (see weightonly). The same artifact serves
+amd64 and arm64; for `gpu` only MatMul weights are block-quantized (MatMulNBits has a CUDA
+kernel, GatherBlockQuantized does not).
+
 The gate is never vacuous: evaluation data without labels must reach DEFAULT_MIN_AGREEMENT
 agreement with the original unless the request sets another figure (see effective_min_agreement).
 """
@@ -28,12 +34,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgemodel_runtime.compress.errors import CompressError
+from edgemodel_runtime.compress.lm_gate import DEFAULT_MIN_AGREEMENT as LM_MIN_AGREEMENT
 from edgemodel_runtime.compress.tasks import OUTPUT_KINDS
 
-MODES = ("dynamic-int8", "static-int8", "fp16", "none")
+MODES = ("dynamic-int8", "static-int8", "fp16", "none", "int4-weight", "int8-weight")
+WEIGHT_ONLY_MODES = ("int4-weight", "int8-weight")  # block-wise, see compress.weightonly
+BLOCK_SIZES = (32, 64, 128)
+DEFAULT_BLOCK_SIZE = BLOCK_SIZES[0]
 TARGETS = ("amd64", "arm64", "gpu")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_CALIBRATION_METHOD = CALIBRATION_METHODS[0]
 EMBEDDING_BITS = (8, 4)  # the default first
+DEFAULT_EMBEDDING_BITS = EMBEDDING_BITS[0]
 MAX_SPARSITY = 0.95
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points of top-1 accuracy; only checked when labels exist
 # Agreement with the original required when the evaluation data has no labels (labelled data
@@ -63,6 +75,9 @@ class Settings:
     output_kind: str | None = None  # what the primary output means (compress.tasks); None: infer
     # amd64 without VNNI: 7-bit weights, so u8*s8 pairs cannot saturate int16 (see cpu).
     reduce_range: bool = False
+    # weight-only modes: values per quantization block and symmetric (no zero points) or not
+    block_size: int | None = None
+    symmetric: bool | None = None
 
     def canonical(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +101,8 @@ def resolve(
     embedding_bits: int | None = None,
     output_kind: str | None = None,
     vnni: bool = True,
+    block_size: int | None = None,
+    symmetric: bool | None = None,
 ) -> Settings:
     """Validate the request and fill in defaults; raises CompressError (bad input) on conflicts."""
     if target is not None and target not in TARGETS:
@@ -93,20 +110,11 @@ def resolve(
     mode = mode or default_mode(target)
     if mode not in MODES:
         raise CompressError(f"unknown --mode {mode!r} (choose from {', '.join(MODES)})")
-    sparsity = 0.0 if prune_sparsity is None else float(prune_sparsity)
-    if not 0.0 <= sparsity <= MAX_SPARSITY:  # also rejects NaN
-        raise CompressError(f"--prune-sparsity {sparsity} is outside 0..{MAX_SPARSITY}")
-    if max_accuracy_drop is not None and not 0.0 <= max_accuracy_drop <= 100.0:
-        raise CompressError(f"--max-accuracy-drop {max_accuracy_drop} is outside 0..100 points")
-    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
-        raise CompressError(f"--min-agreement {min_agreement} is outside 0..1")
+    sparsity = _sparsity(prune_sparsity)
+    _check_gate_figures(max_accuracy_drop, min_agreement, output_kind)
     budget = DEFAULT_SEARCH_BUDGET_S if search_budget_s is None else float(search_budget_s)
     if not budget >= 0.0:
         raise CompressError(f"--search-budget-seconds {budget} must be >= 0")
-    if output_kind is not None and output_kind not in OUTPUT_KINDS:
-        raise CompressError(
-            f"unknown --output-kind {output_kind!r} (choose from {', '.join(OUTPUT_KINDS)})"
-        )
     if evaluation_sha256 is None:
         if max_accuracy_drop is not None or min_agreement is not None:
             raise CompressError("--max-accuracy-drop/--min-agreement need --eval data to measure")
@@ -115,43 +123,12 @@ def resolve(
         budget = 0.0  # nothing to search against
     elif max_accuracy_drop is None:
         max_accuracy_drop = DEFAULT_MAX_ACCURACY_DROP
-
-    method: str | None = None
-    if mode == "static-int8":
-        if calibration_sha256 is None:
-            raise CompressError("--mode static-int8 needs --calibration F.npz")
-        method = calibration_method or "minmax"
-        if method not in CALIBRATION_METHODS:
-            raise CompressError(
-                f"unknown --calibration-method {method!r} "
-                f"(choose from {', '.join(CALIBRATION_METHODS)})"
-            )
-    else:
-        calibration_sha256 = None  # unused by the other modes: keep it out of the key
-
-    activation: str | None = None
-    weight: str | None = None
-    if mode == "dynamic-int8":
-        activation, weight = "uint8", "int8"
-    elif mode == "static-int8":
-        activation = "int8" if target in ("arm64", "gpu") else "uint8"
-        weight = "int8"
     if mode == "none":
         budget = 0.0  # nothing was converted, so there is nothing to keep in float
-    bits: int | None = None
-    if mode in ("dynamic-int8", "static-int8"):
-        bits = EMBEDDING_BITS[0] if embedding_bits is None else embedding_bits
-        if bits not in EMBEDDING_BITS:
-            raise CompressError(
-                f"--embedding-bits {bits} is not supported (choose from "
-                f"{', '.join(map(str, EMBEDDING_BITS))})"
-            )
-        if bits == 4 and target == "gpu":
-            raise CompressError(
-                "--embedding-bits 4 is for CPU targets (amd64, arm64), not --target gpu"
-            )
-    elif embedding_bits is not None:
-        raise CompressError(f"--embedding-bits applies to the int8 modes, not --mode {mode}")
+    calibration_sha256, method = _calibration(mode, calibration_sha256, calibration_method)
+    activation, weight = _integer_types(mode, target)
+    block_size, symmetric = _blocks(mode, block_size, symmetric)
+    int8 = mode in ("dynamic-int8", "static-int8")
     return Settings(
         mode=mode,
         target=target,
@@ -165,19 +142,108 @@ def resolve(
         max_accuracy_drop=max_accuracy_drop,
         min_agreement=min_agreement,
         search_budget_s=budget,
-        embedding_bits=bits,
+        embedding_bits=_embedding_bits(mode, target, embedding_bits),
         output_kind=output_kind,
         # Only amd64 kernels (and an unknown target, which is this machine) saturate without VNNI.
-        reduce_range=mode in ("dynamic-int8", "static-int8")
-        and target not in ("arm64", "gpu")
-        and not vnni,
+        reduce_range=int8 and target not in ("arm64", "gpu") and not vnni,
+        block_size=block_size,
+        symmetric=symmetric,
     )
 
 
-def effective_min_agreement(settings: Settings, has_labels: bool) -> float | None:
-    """The agreement the gate requires: the request's, else the default for unlabelled data."""
+def _sparsity(prune_sparsity: float | None) -> float:
+    sparsity = 0.0 if prune_sparsity is None else float(prune_sparsity)
+    if not 0.0 <= sparsity <= MAX_SPARSITY:  # also rejects NaN
+        raise CompressError(f"--prune-sparsity {sparsity} is outside 0..{MAX_SPARSITY}")
+    return sparsity
+
+
+def _check_gate_figures(
+    max_accuracy_drop: float | None, min_agreement: float | None, output_kind: str | None
+) -> None:
+    if max_accuracy_drop is not None and not 0.0 <= max_accuracy_drop <= 100.0:
+        raise CompressError(f"--max-accuracy-drop {max_accuracy_drop} is outside 0..100 points")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise CompressError(f"--min-agreement {min_agreement} is outside 0..1")
+    if output_kind is not None and output_kind not in OUTPUT_KINDS:
+        raise CompressError(
+            f"unknown --output-kind {output_kind!r} (choose from {', '.join(OUTPUT_KINDS)})"
+        )
+
+
+def _calibration(
+    mode: str, calibration_sha256: str | None, calibration_method: str | None
+) -> tuple[str | None, str | None]:
+    """The calibration digest and method static int8 uses; nothing for the other modes, so an
+    unused calibration file stays out of the key."""
+    if mode != "static-int8":
+        return None, None
+    if calibration_sha256 is None:
+        raise CompressError("--mode static-int8 needs --calibration F.npz")
+    method = calibration_method or DEFAULT_CALIBRATION_METHOD
+    if method not in CALIBRATION_METHODS:
+        raise CompressError(
+            f"unknown --calibration-method {method!r} "
+            f"(choose from {', '.join(CALIBRATION_METHODS)})"
+        )
+    return calibration_sha256, method
+
+
+def _integer_types(mode: str, target: str | None) -> tuple[str | None, str | None]:
+    """(activation, weight) integer types of the int8 modes (see the module docstring)."""
+    if mode == "dynamic-int8":
+        return "uint8", "int8"
+    if mode == "static-int8":
+        return ("int8" if target in ("arm64", "gpu") else "uint8"), "int8"
+    return None, None
+
+
+def _blocks(
+    mode: str, block_size: int | None, symmetric: bool | None
+) -> tuple[int | None, bool | None]:
+    """Block size and symmetry of the weight-only modes (default: 32, asymmetric)."""
+    if mode not in WEIGHT_ONLY_MODES:
+        if block_size is not None or symmetric is not None:
+            raise CompressError(
+                f"--block-size/--symmetric apply to {', '.join(WEIGHT_ONLY_MODES)}, "
+                f"not --mode {mode}"
+            )
+        return None, None
+    size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    if size not in BLOCK_SIZES:
+        raise CompressError(
+            f"--block-size {size} is not supported (choose from {', '.join(map(str, BLOCK_SIZES))})"
+        )
+    return size, bool(symmetric)
+
+
+def _embedding_bits(mode: str, target: str | None, embedding_bits: int | None) -> int | None:
+    if mode not in ("dynamic-int8", "static-int8"):
+        if embedding_bits is not None:
+            raise CompressError(f"--embedding-bits applies to the int8 modes, not --mode {mode}")
+        return None
+    bits = DEFAULT_EMBEDDING_BITS if embedding_bits is None else embedding_bits
+    if bits not in EMBEDDING_BITS:
+        raise CompressError(
+            f"--embedding-bits {bits} is not supported (choose from "
+            f"{', '.join(map(str, EMBEDDING_BITS))})"
+        )
+    if bits == 4 and target == "gpu":
+        raise CompressError(
+            "--embedding-bits 4 is for CPU targets (amd64, arm64), not --target gpu"
+        )
+    return bits
+
+
+def effective_min_agreement(
+    settings: Settings, has_labels: bool, language_model: bool = False
+) -> float | None:
+    """The agreement the gate requires: the request's, else the default for unlabelled data
+    (a language model's next tokens are not labels: it gets lm_gate's next-token default)."""
     if settings.min_agreement is not None or settings.evaluation_sha256 is None:
         return settings.min_agreement
+    if language_model:
+        return LM_MIN_AGREEMENT
     return None if has_labels else DEFAULT_MIN_AGREEMENT
 
 

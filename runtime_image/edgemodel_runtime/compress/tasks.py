@@ -14,6 +14,9 @@ decisions rather than raw numbers (see docs/architecture.md, "The accuracy gate"
   task metric = mAP@0.5 of the compressed model's boxes against the original's.
 - `probability-map`: [rows, 1, H, W] per-pixel probabilities (a text or segmentation map);
   agreement = share of pixels with the same decision (> 0.5), task metric = IoU of the masks.
+- `language-model`: a decoder's logits [rows, seq, vocab] on evaluation token sequences;
+  agreement = next-token top-1 agreement, task metric = fp32 / compressed perplexity (judged
+  in `lm_gate`, which needs the next tokens, so not by `figures` here).
 - `speech-probability` (any per-row probability, e.g. voice activity): [rows, 1]; agreement =
   share of rows (frames) with the same decision (> 0.5), which is also the task metric.
 """
@@ -25,7 +28,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OUTPUT_KINDS = ("classifier", "ctc-text", "detector", "probability-map", "speech-probability")
+from edgemodel_runtime.compress.lm_gate import KIND as LANGUAGE_MODEL
+from edgemodel_runtime.compress.lm_gate import MIN_PERPLEXITY_RATIO
+
+OUTPUT_KINDS = (
+    "classifier",
+    "ctc-text",
+    "detector",
+    "probability-map",
+    "speech-probability",
+    "language-model",
+)
 DETECTOR_CONFIDENCE = 0.25
 DETECTOR_NMS_IOU = 0.45
 MATCH_IOU = 0.5
@@ -39,6 +52,7 @@ DEFAULT_TASK_THRESHOLDS = {
     "ctc-text": 0.99,
     "probability-map": 0.95,
     "speech-probability": 0.99,
+    "language-model": MIN_PERPLEXITY_RATIO,  # fp32 / compressed perplexity (see lm_gate)
 }
 
 
@@ -216,6 +230,8 @@ def figures(kind: str, ref: np.ndarray, got: np.ndarray) -> TaskFigures:
     """Agreement and task metric of `got` against `ref` for output kind `kind` (pure)."""
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"unknown output kind {kind!r} (choose from {', '.join(OUTPUT_KINDS)})")
+    if kind == LANGUAGE_MODEL:
+        raise ValueError("a language model is judged against its next tokens (see lm_gate)")
     if not np.all(np.isfinite(got)):
         return TaskFigures(0.0, 0.0, None, int(ref.shape[0]) if ref.ndim else 1)
     if kind == "classifier":

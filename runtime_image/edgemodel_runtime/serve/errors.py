@@ -8,9 +8,12 @@ Who is to blame decides the status (docs/architecture.md, "Serving boundary"): e
 client can cause on purpose — a malformed or absurd request, its own `timeout` parameter
 expiring, hanging up mid-body, a shape onnxruntime refuses — maps to a 4xx / client gRPC status,
 so the SLO's error rate (5xx, INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED) only ever counts the
-server's own failures. `timed` says whether a failure's latency belongs in the request-duration
-histogram: only requests the server accepted and worked on do, so a flood of cheap refusals can
-never pull the p95 down.
+server's own failures. Shedding is neither side's failure: a request refused at capacity (503 +
+Retry-After / RESOURCE_EXHAUSTED on the wire) is counted under the one code `SHED_CODE` on both
+protocols, which the SLO's error rate leaves out of numerator and denominator, so a flood of
+abusive clients cannot push a healthy canary into a rollback. `timed` says whether a failure's
+latency belongs in the request-duration histogram: only requests the server accepted and worked
+on do, so a flood of cheap refusals can never pull the p95 down.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ class ErrorKind(enum.Enum):
     TOO_LARGE = (413, "RESOURCE_EXHAUSTED")
     # The client hung up before its request was complete (nginx's 499: nobody reads the answer).
     DISCONNECTED = (499, "CANCELLED")
-    # At capacity (in-flight cap or body budget): refused before any work, retry later. A
-    # capacity shortfall is the server's, so HTTP counts it as a 5xx like "not ready".
+    # At capacity (in-flight cap or body budget): refused before any work, retry later. The
+    # wire says 503 / RESOURCE_EXHAUSTED; the metrics say SHED_CODE (see `Wire.code`).
     OVERLOADED = (503, "RESOURCE_EXHAUSTED")
     UNAVAILABLE = (503, "UNAVAILABLE")
     DEADLINE_EXCEEDED = (504, "DEADLINE_EXCEEDED")
@@ -67,6 +70,10 @@ def not_found(message: str) -> ServeError:
     return ServeError(ErrorKind.NOT_FOUND, message)
 
 
+# The `code` label of a shed request on every protocol (docs/architecture.md, "Contracts").
+SHED_CODE = "SHED"
+
+
 class Wire(enum.Enum):
     """A wire protocol, naming outcomes its own way in the metrics `code` label."""
 
@@ -74,7 +81,9 @@ class Wire(enum.Enum):
     GRPC = "gRPC"
 
     def code(self, kind: ErrorKind | None) -> str:
-        """The `code` label of an outcome: `kind`, or success when None."""
+        """The `code` label of an outcome: `kind`, or success when None; shed is SHED_CODE."""
+        if kind is ErrorKind.OVERLOADED:
+            return SHED_CODE
         if self is Wire.HTTP:
             return "200" if kind is None else str(kind.http_status)
         return "OK" if kind is None else kind.grpc_code

@@ -20,6 +20,8 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind
+
 from .errors import ErrorKind, ServeError
 from .tensors import NUMPY_DTYPES, Array, TensorSpec
 
@@ -54,8 +56,10 @@ _ORT_TO_V2: dict[str, str] = {
 }
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(EdgeModelRuntimeError):
     """The model file cannot be served (unreadable, invalid, or uses unsupported types)."""
+
+    failure = FailureKind.INVALID_INPUT
 
 
 def select_providers(requested: str, available: Sequence[str]) -> tuple[list[str], str | None]:
@@ -85,7 +89,7 @@ def short_name(provider: str) -> str:
     return SHORT_NAMES.get(provider, provider)
 
 
-class ProviderUnavailableError(Exception):
+class ProviderUnavailableError(EdgeModelRuntimeError):
     """A required provider is not what the session runs on (`--require-provider`).
 
     `message` is the one-line JSON the server leaves as its termination message:
@@ -95,6 +99,8 @@ class ProviderUnavailableError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    failure = FailureKind.PROVIDER_UNAVAILABLE
 
 
 def provider_refusal(requested: str, session_providers: Sequence[str]) -> str | None:

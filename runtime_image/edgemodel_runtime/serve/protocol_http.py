@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -344,8 +345,13 @@ class HttpEndpoints:
         )
 
 
-def http_app(dataplane: DataPlane) -> web.Application:
-    """The inference port's app (no /metrics here: that lives on the metrics port)."""
+def http_app(
+    dataplane: DataPlane, extra_routes: Callable[[web.UrlDispatcher], None] | None = None
+) -> web.Application:
+    """The inference port's app (no /metrics here: that lives on the metrics port).
+
+    `extra_routes` adds routes before the catch-all (the generate extension's, for example).
+    """
     endpoints = HttpEndpoints(dataplane)
     # ServeErrors become their HTTP answer here, once, for every handler.
     app = web.Application(
@@ -363,5 +369,7 @@ def http_app(dataplane: DataPlane) -> web.Application:
         router.add_get(prefix, endpoints.model_metadata)
         router.add_get(f"{prefix}/ready", endpoints.model_ready)
         router.add_get(f"{prefix}/config", endpoints.model_config)
+    if extra_routes is not None:
+        extra_routes(router)
     router.add_route("*", "/{tail:.*}", endpoints.not_found)
     return app

@@ -21,7 +21,9 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from edgemodel_runtime.errors import EdgeModelRuntimeError, FailureKind, exit_code
 from edgemodel_runtime.sources import (
+    DEFAULT_MAX_BYTES,
     SourceError,
     fetch_to_file,
     local_path,
@@ -32,6 +34,7 @@ from edgemodel_runtime.sources import (
 from .cpu import available_cpus, read_cpu_limit, threads_for
 from .dataplane import DataPlane, DataPlaneConfig, default_max_inflight, read_memory_limit
 from .errors import ServeError
+from .generative import GenerationOptions, GenerativeService
 from .metrics import ServeMetrics, metrics_app
 from .model import ModelLoadError, OnnxModel, ProviderUnavailableError, provider_refusal
 from .protocol_grpc import grpc_server
@@ -62,7 +65,7 @@ class ServeOptions:
     # In-flight cap and buffered-body budget; None: derived from the CPUs, batch and limit.
     max_inflight: int | None = None
     max_inflight_bytes: int | None = None
-    max_model_bytes: int = 4 << 30
+    max_model_bytes: int = DEFAULT_MAX_BYTES
     providers: str = "cpu"
     intra_op_threads: int = 1
     model_cache: Path | None = None
@@ -74,17 +77,22 @@ class ServeOptions:
     # leaving the reason in `termination_log` (the kubelet's terminationMessagePath).
     require_provider: bool = False
     termination_log: Path | None = None
+    # --generative: serve the model as a decoder through the generate extension too.
+    generation: GenerationOptions | None = None
 
 
-EXIT_PROVIDER = 3  # --require-provider: the session did not get the provider asked for
+# --require-provider: the session did not get the provider asked for.
+EXIT_PROVIDER = exit_code(FailureKind.PROVIDER_UNAVAILABLE)
 
 
-class StartupError(Exception):
+class StartupError(EdgeModelRuntimeError):
     """The server cannot start (bad model, port in use); the message is one line."""
+
+    failure = FailureKind.UNAVAILABLE
 
 
 def resolve_model(
-    uri: str, sha256: str | None, cache: Path | None, max_bytes: int = 4 << 30
+    uri: str, sha256: str | None, cache: Path | None, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Path:
     """A local, sha256-verified model file for `uri` (a path, file://, http:// or https://).
 
@@ -150,13 +158,17 @@ def _dataplane(options: ServeOptions, metrics: ServeMetrics, usable_cpus: int) -
 
 
 async def _listen(
-    options: ServeOptions, dataplane: DataPlane, metrics: ServeMetrics, usable_cpus: int
+    options: ServeOptions,
+    dataplane: DataPlane,
+    metrics: ServeMetrics,
+    usable_cpus: int,
+    generative: GenerativeService | None = None,
 ) -> _Listeners | None:
     """Bind and start the metrics, HTTP and gRPC ports; None (cleaned up) if one cannot bind."""
     # access_log=None: a log line per inference costs more than the inference of a small model.
     metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None, shutdown_timeout=1.0)
     http_runner = web.AppRunner(
-        http_app(dataplane),
+        http_app(dataplane, generative.routes if generative else None),
         access_log=None,
         shutdown_timeout=1.0,
     )
@@ -196,7 +208,11 @@ async def _listen(
 
 
 async def _become_ready(
-    options: ServeOptions, dataplane: DataPlane, metrics: ServeMetrics, model: OnnxModel
+    options: ServeOptions,
+    dataplane: DataPlane,
+    metrics: ServeMetrics,
+    model: OnnxModel,
+    generative: GenerativeService | None = None,
 ) -> None:
     """Check the providers the session got, warm the model up and turn ready."""
     metrics.model_loaded(model.provider, options.providers)
@@ -209,7 +225,12 @@ async def _become_ready(
             options.providers,
             model.provider,
         )
-    await dataplane.start(model)
+    if generative is None:
+        await dataplane.start(model)
+    else:  # warm-up runs a real prefill and decode steps; then the decode loop starts
+        decoder = generative.decoder(model)
+        await dataplane.start(decoder)
+        generative.attach(decoder)
     log.info(
         "ready: model=%s providers=%s inputs=%s outputs=%s batching=%s",
         options.name,
@@ -221,7 +242,11 @@ async def _become_ready(
 
 
 async def _run(
-    options: ServeOptions, dataplane: DataPlane, metrics: ServeMetrics, stop: asyncio.Event
+    options: ServeOptions,
+    dataplane: DataPlane,
+    metrics: ServeMetrics,
+    stop: asyncio.Event,
+    generative: GenerativeService | None = None,
 ) -> int:
     """Load (unless stopped first), become ready and serve until `stop`; the exit code."""
     loop = asyncio.get_running_loop()
@@ -231,11 +256,11 @@ async def _run(
         waiting: list[asyncio.Future[Any]] = [load, stopped]
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
-            await _become_ready(options, dataplane, metrics, load.result())
+            await _become_ready(options, dataplane, metrics, load.result(), generative)
             await stop.wait()
     except (SourceError, ModelLoadError) as exc:
         log.error("cannot load model: uri=%s error=%s", options.model_uri, exc)
-        return 2
+        return exc.exit_code
     except ProviderUnavailableError as exc:
         log.error("required provider unavailable: %s", exc.message)
         _write_termination_log(options.termination_log, exc.message)
@@ -264,13 +289,19 @@ async def serve(options: ServeOptions, stop: asyncio.Event | None = None) -> int
     )
     usable_cpus = threads_for(read_cpu_limit(), available_cpus())  # the container's CPU limit
     dataplane = _dataplane(options, metrics, usable_cpus)
-    listeners = await _listen(options, dataplane, metrics, usable_cpus)
+    generative = None
+    if options.generation is not None:
+        labels = (options.model_label or options.name, options.revision, options.target)
+        generative = GenerativeService(options.generation, dataplane, metrics, labels)
+    listeners = await _listen(options, dataplane, metrics, usable_cpus, generative)
     if listeners is None:
         return 1
     try:
-        return await _run(options, dataplane, metrics, stop)
+        return await _run(options, dataplane, metrics, stop, generative)
     finally:
-        await _shutdown(options=options, dataplane=dataplane, listeners=listeners)
+        await _shutdown(
+            options=options, dataplane=dataplane, listeners=listeners, generative=generative
+        )
 
 
 def _write_termination_log(path: Path | None, message: str) -> None:
@@ -282,7 +313,13 @@ def _write_termination_log(path: Path | None, message: str) -> None:
         log.warning("cannot write the termination log: path=%s error=%s", path, exc)
 
 
-async def _shutdown(*, options: ServeOptions, dataplane: DataPlane, listeners: _Listeners) -> None:
+async def _shutdown(
+    *,
+    options: ServeOptions,
+    dataplane: DataPlane,
+    listeners: _Listeners,
+    generative: GenerativeService | None = None,
+) -> None:
     if options.shutdown_delay_s > 0:
         # Endpoints (EndpointSlices, a client's pool) learn of the shutdown a moment after the
         # signal: keep answering, reported not ready, so no request lands on a closed socket.
@@ -300,6 +337,8 @@ async def _shutdown(*, options: ServeOptions, dataplane: DataPlane, listeners: _
         log.warning("drain grace period ended with requests still in flight")
     await grpc_stopped
     await listeners.http_runner.cleanup()
+    if generative is not None:  # after the drain: the decode loop served the last streams
+        await generative.close()
     await dataplane.close()
     await listeners.metrics_runner.cleanup()
     log.info("stopped: drained=%s", drained)

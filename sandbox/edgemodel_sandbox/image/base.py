@@ -11,7 +11,6 @@ same cache gives the same digest". See docs/architecture.md ("Images without Doc
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -24,22 +23,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgemodel_sandbox import files
+from edgemodel_sandbox.errors import EdgeModelSandboxError
 from edgemodel_sandbox.image import binfmt, spec
 
 # Bump when the command line below changes in a way the key does not capture.
 BASE_FORMAT = 1
 
 
-class ImageBuildError(RuntimeError):
+class ImageBuildError(EdgeModelSandboxError, RuntimeError):
     """A step of the image build failed; the message names the step and the cause."""
 
 
 def cache_root() -> Path:
-    explicit = os.environ.get("EDGEMODEL_IMAGE_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return Path(xdg) / "edgemodel" / "image"
+    return files.cache_dir("image", "EDGEMODEL_IMAGE_CACHE")
 
 
 def log(message: str) -> None:
@@ -149,10 +146,8 @@ def ensure_base(arch: str) -> tuple[Path, dict[str, Any]]:
         meta: dict[str, Any] = json.loads(meta_path.read_text())
         return rootfs, meta
     require_tools(["mmdebstrap", "arch-test"])
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "lock").open("a") as lock:
+    with files.locked(folder / "lock"):
         # One mmdebstrap per base at a time; a build that waited here finds the result.
-        fcntl.flock(lock, fcntl.LOCK_EX)
         if rootfs.exists() and meta_path.exists():
             return rootfs, json.loads(meta_path.read_text())
         return _make_base(arch, inputs, folder)

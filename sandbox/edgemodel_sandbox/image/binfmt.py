@@ -12,12 +12,14 @@ See docs/architecture.md ("Images without Docker").
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+
+from edgemodel_sandbox.errors import EdgeModelSandboxError
+from edgemodel_sandbox.files import locked
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 HANDLER = "qemu-aarch64"
@@ -26,7 +28,7 @@ DESCRIPTION = Path("/usr/share/binfmts/qemu-aarch64")
 STATE_DIR = Path(os.environ.get("EDGEMODEL_BINFMT_STATE", "/run/edgemodel/binfmt"))
 
 
-class BinfmtError(RuntimeError):
+class BinfmtError(EdgeModelSandboxError, RuntimeError):
     """The aarch64 handler could not be registered (not root, qemu-user-static missing...)."""
 
 
@@ -114,13 +116,8 @@ def _write_owned(owned: dict[str, bool]) -> None:
 
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    with (STATE_DIR / "lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with locked(STATE_DIR / "lock"):
+        yield
 
 
 def _acquire(holder: Path) -> None:

@@ -19,6 +19,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemodel_sandbox.errors import EdgeModelSandboxError, FailureKind
 from edgemodel_sandbox.image import spec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,8 +31,10 @@ GPU_SWAP = ("onnxruntime", "onnxruntime-gpu[cuda,cudnn]")
 GPU_ARCHES = ("amd64",)
 
 
-class LockError(ValueError):
+class LockError(EdgeModelSandboxError, ValueError):
     """The lock is malformed, or cannot be resolved to one version set for all platforms."""
+
+    failure = FailureKind.INVALID_INPUT
 
 
 @dataclass(frozen=True)

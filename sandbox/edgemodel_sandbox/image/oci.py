@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from edgemodel_sandbox.errors import EdgeModelSandboxError
+
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -37,7 +39,7 @@ CHUNK = 1 << 20
 WRITER_FORMAT = 1
 
 
-class OciError(RuntimeError):
+class OciError(EdgeModelSandboxError, RuntimeError):
     """A layout or archive that is not what this writer expects."""
 
 

@@ -7,10 +7,12 @@ describe one image. See docs/architecture.md ("Images without Docker").
 
 from __future__ import annotations
 
-import datetime
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from edgemodel_operator.timestamps import rfc3339
+from edgemodel_sandbox.errors import EdgeModelSandboxError, FailureKind
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_VARIANT = "minbase"
@@ -90,8 +92,10 @@ PLATFORMS: dict[str, Platform] = {
 DEFAULT_ARCHES = ("amd64", "arm64")
 
 
-class SpecError(ValueError):
+class SpecError(EdgeModelSandboxError, ValueError):
     """A request the image spec cannot satisfy (unknown architecture, bad version...)."""
+
+    failure = FailureKind.INVALID_INPUT
 
 
 def platform(arch: str) -> Platform:
@@ -150,8 +154,7 @@ class ImageInfo:
 
     @property
     def created(self) -> str:
-        moment = datetime.datetime.fromtimestamp(self.source_date_epoch, tz=datetime.UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return rfc3339(self.source_date_epoch)
 
     @property
     def ref(self) -> str:

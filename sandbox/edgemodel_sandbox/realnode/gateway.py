@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edgemodel_sandbox.errors import EdgeModelSandboxError, FailureKind
 from edgemodel_sandbox.realnode.plan import API_PORT, CLUSTER_DOMAIN, DNS_PORT, GATEWAY_IP
 from edgemodel_sandbox.runner.apiproxy import pump
 
@@ -41,8 +42,10 @@ NOERROR, SERVFAIL, NXDOMAIN, REFUSED = 0, 2, 3, 5
 TTL = 5
 
 
-class DNSFormatError(ValueError):
+class DNSFormatError(EdgeModelSandboxError, ValueError):
     """A query that is not a well-formed DNS question."""
+
+    failure = FailureKind.INVALID_INPUT
 
 
 @dataclass(frozen=True)

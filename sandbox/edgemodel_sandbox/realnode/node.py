@@ -8,7 +8,6 @@ holds it and `up` refuses while another sandbox does.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -25,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from edgemodel_sandbox import pki
-from edgemodel_sandbox.cluster import SandboxError
+from edgemodel_sandbox.cluster import SandboxError, free_port
+from edgemodel_sandbox.files import locked
 from edgemodel_sandbox.realnode import plan, registry, sweep
 from edgemodel_sandbox.tools import NodeTools, ensure_node_tools
 
@@ -113,13 +113,8 @@ def missing_requirements() -> list[str]:
 
 @contextlib.contextmanager
 def _claim_lock() -> Iterator[None]:
-    CLAIM_DIR.mkdir(parents=True, exist_ok=True)
-    with (CLAIM_DIR / "real-node.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with locked(CLAIM_DIR / "real-node.lock"):
+        yield
 
 
 def holder() -> Path | None:
@@ -196,13 +191,6 @@ def _listening(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -364,8 +352,8 @@ class RealNode:
                 plan.kubeconfig(server, credentials.ca_cert, client.cert, client.key, "kubelet")
             )
         )
-        record.kubelet_port = _free_port()
-        record.ports["kubelet_healthz"] = _free_port()
+        record.kubelet_port = free_port()
+        record.ports["kubelet_healthz"] = free_port()
         config = plan.kubelet_configuration(
             layout,
             credentials.ca_cert,
@@ -390,8 +378,8 @@ class RealNode:
                 plan.kubeconfig(server, credentials.ca_cert, client.cert, client.key, "kube-proxy")
             )
         )
-        record.ports["proxy_healthz"] = _free_port()
-        record.ports["proxy_metrics"] = _free_port()
+        record.ports["proxy_healthz"] = free_port()
+        record.ports["proxy_metrics"] = free_port()
         config = plan.kube_proxy_configuration(
             layout, record.ports["proxy_healthz"], record.ports["proxy_metrics"]
         )

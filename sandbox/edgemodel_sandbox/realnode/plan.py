@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemodel_sandbox import fleet
+from edgemodel_sandbox.kubeconfig import render
 
 NODE_NAME = "edge-real-amd64-0"
 BRIDGE = "emreal0"
@@ -302,23 +303,13 @@ def cni_conflist(layout: Layout) -> dict[str, Any]:
 
 def kubeconfig(server: str, ca_cert: Path, cert: Path, key: Path, user: str) -> dict[str, Any]:
     """A client-certificate kubeconfig (the kubelet's, kube-proxy's)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "edgemodel-sandbox",
-                "cluster": {"server": server, "certificate-authority": str(ca_cert)},
-            }
-        ],
-        "users": [
-            {"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}
-        ],
-        "contexts": [
-            {"name": "default", "context": {"cluster": "edgemodel-sandbox", "user": user}}
-        ],
-        "current-context": "default",
-    }
+    return render(
+        "edgemodel-sandbox",
+        {"server": server, "certificate-authority": str(ca_cert)},
+        user,
+        {"client-certificate": str(cert), "client-key": str(key)},
+        context="default",
+    )
 
 
 def registry_configuration(layout: Layout, cert: Path, key: Path, listen: str) -> dict[str, Any]:

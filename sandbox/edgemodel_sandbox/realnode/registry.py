@@ -16,10 +16,11 @@ from pathlib import Path
 import yaml
 
 from edgemodel_sandbox import pki
+from edgemodel_sandbox.errors import EdgeModelSandboxError
 from edgemodel_sandbox.realnode import plan
 
 
-class RegistryError(RuntimeError):
+class RegistryError(EdgeModelSandboxError, RuntimeError):
     """The registry could not be set up, or an image not pushed into it."""
 
 

@@ -12,7 +12,8 @@ routes cannot be added. See `network`.
 
 Modules: `plan` (pure: pod spec -> launch plan), `lifecycle` (pure: records -> actions,
 status), `records` (pure: record transitions), `dns` (pure: Service host rewriting), `ipam`
-(pod IPs), `network` (the pod range), `provisioner` (PVC -> PV), `kube` (the API client),
+(pod IPs), `network` (the pod range), `provisioner` (PVC -> PV), `kube` (the project's one
+API client, `edgemodel_operator.kube.Kube`, behind blocking calls for the runner's threads),
 `main` (watches, dispatch), `supervisor` (one pod's coordinator) and its units `credentials`,
 `volumes`, `processes`, `probes`, `services` and `statuswriter` (docs/architecture.md,
 "The pod runner").
@@ -20,11 +21,9 @@ status), `records` (pure: record transitions), `dns` (pure: Service host rewriti
 
 from __future__ import annotations
 
-from edgemodel_operator import labels
+from edgemodel_sandbox.fleet import FAKE_NODE_ANNOTATION
 
-PART_OF_LABEL = labels.PART_OF
-PART_OF_VALUE = labels.PART_OF_VALUE
+__all__ = ["FAKE_NODE_ANNOTATION", "PROVISIONER_NAME", "STORAGE_CLASS"]
 
-FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 STORAGE_CLASS = "local-path"
 PROVISIONER_NAME = "rancher.io/local-path"

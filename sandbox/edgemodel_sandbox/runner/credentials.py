@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgemodel_operator.kube import KubeError
+from edgemodel_sandbox.kubeconfig import render as render_kubeconfig
 from edgemodel_sandbox.runner import plan
-from edgemodel_sandbox.runner.kube import ApiError
 
 log = logging.getLogger("edgemodel.runner")
 
@@ -31,7 +32,7 @@ Objects = dict[tuple[str, str], dict[str, str]]
 
 
 class ApiReader(Protocol):
-    """The reads (and the TokenRequest) a pod's preparation makes (`kube.Kube` is one)."""
+    """The reads (and the TokenRequest) a pod's preparation makes (`kube.SyncKube` is one)."""
 
     def get(self, path: str, query: dict[str, str] | None = None) -> dict[str, Any] | None: ...
 
@@ -40,10 +41,9 @@ class ApiReader(Protocol):
         method: str,
         path: str,
         *,
-        query: dict[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = 30.0,
     ) -> dict[str, Any]: ...
 
 
@@ -93,31 +93,13 @@ def kubeconfig_document(
     (from the containers' environment), the cluster CA, the token and the pod's namespace."""
     host = service_env.get("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     port = service_env.get("KUBERNETES_SERVICE_PORT", "443")
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "in-cluster",
-                "cluster": {
-                    "server": f"https://{host}:{port}",
-                    "certificate-authority-data": base64.b64encode(ca.encode()).decode(),
-                },
-            }
-        ],
-        "users": [{"name": "serviceaccount", "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": "in-cluster",
-                "context": {
-                    "cluster": "in-cluster",
-                    "user": "serviceaccount",
-                    "namespace": namespace,
-                },
-            }
-        ],
-        "current-context": "in-cluster",
+    cluster = {
+        "server": f"https://{host}:{port}",
+        "certificate-authority-data": base64.b64encode(ca.encode()).decode(),
     }
+    return render_kubeconfig(
+        "in-cluster", cluster, "serviceaccount", {"token": token}, namespace=namespace
+    )
 
 
 class PodCredentials:
@@ -143,7 +125,7 @@ class PodCredentials:
         for kind, name in plan.referenced_objects(pod):
             try:
                 found = self._api.get(f"/api/v1/namespaces/{self._namespace}/{kind}/{name}")
-            except ApiError as exc:
+            except KubeError as exc:
                 log.warning("reading %s/%s failed: %s", kind, name, exc)
                 continue
             if found is not None:
@@ -165,7 +147,7 @@ class PodCredentials:
                 f"/api/v1/namespaces/{self._namespace}/serviceaccounts/{account}/token",
                 body=token_request(pod),
             )
-        except ApiError as exc:
+        except KubeError as exc:
             log.warning("no token for service account %s: %s", account, exc)
             return ""
         return str((found.get("status") or {}).get("token") or "")

@@ -1,157 +1,256 @@
-"""Owns the runner's conversation with the API server: plain JSON over HTTPS with urllib3.
+"""Owns the runner's access to the API server: the project's one client, callable from threads.
 
-The kubernetes client's generated models validate strictly and cost CPU per object; the
-runner only needs raw dicts, a few verbs and streaming watches, so it speaks REST directly
-with the kubeconfig's credentials (token or client certificate, CA data or file).
+The runner is a threaded, synchronous program (a thread per pod, plus the pod and claim
+watches); the project's one API client, `edgemodel_operator.kube.Kube`, is async (aiohttp).
+`SyncKube` runs one asyncio event loop on a thread of its own, builds the `Kube` there and
+hands every call to that loop (`asyncio.run_coroutine_threadsafe`), blocking only the calling
+thread. Retries with backoff (429, 5xx, an unreachable server), the token re-read and what a
+404 means are `Kube`'s and are not repeated here: a refusal is a `KubeError` with its HTTP
+status (0: unreachable after the retries, or the client closed). A watch runs as one task on
+the loop that feeds a queue the calling thread iterates. `parse_kubeconfig` turns the runner's
+kubeconfig into `Credentials` (docs/architecture.md, "One way to talk to Kubernetes").
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
+import binascii
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import queue
 import ssl
 import tempfile
-import urllib.parse
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import urllib3
 import yaml
 
+from edgemodel_operator.kube import Credentials, Kube, KubeError
 
-class ApiError(RuntimeError):
-    """The API server answered with an error status."""
+log = logging.getLogger("edgemodel.runner")
+T = TypeVar("T")
+WATCH_SECONDS = 300  # the server ends a watch after this; the caller watches on
+POLL_SECONDS = 1.0  # how often a blocked caller looks whether the client was closed
+CLOSE_SECONDS = 10.0
+RETRY_SECONDS = 2.0  # after a failed list or watch
+CLOSED = "the API client is closed"
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
+# What a watch's queue carries: an event, the error that ended it, or None (it ended).
+_Item = dict[str, Any] | BaseException | None
 
 
-class WatchExpired(RuntimeError):
-    """The watch's resourceVersion is too old (410): relist and watch again."""
+class KubeconfigError(ValueError):
+    """The kubeconfig does not say where the API server is or how to authenticate to it."""
 
 
 @dataclass(frozen=True)
-class Credentials:
-    """Where the API server is and how to authenticate to it (inline data or file paths)."""
+class Kubeconfig:
+    """What a kubeconfig's current context says. Inline client certificate data is kept
+    apart: the TLS library loads a certificate chain from files only."""
 
-    server: str
-    token: str | None = None
-    ca_data: bytes | None = None
-    ca_file: str | None = None
-    cert_data: bytes | None = None
-    cert_file: str | None = None
+    credentials: Credentials
+    certificate_data: bytes | None = None
     key_data: bytes | None = None
-    key_file: str | None = None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(
-            cafile=self.ca_file, cadata=self.ca_data.decode() if self.ca_data else None
-        )
-        if self.cert_data and self.key_data:
-            # load_cert_chain reads files only; they live just long enough to be read.
-            with tempfile.TemporaryDirectory(prefix="edgemodel-runner-") as directory:
-                cert, key = Path(directory) / "c.crt", Path(directory) / "c.key"
-                cert.write_bytes(self.cert_data)
-                key.write_bytes(self.key_data)
-                context.load_cert_chain(str(cert), str(key))
-        elif self.cert_file and self.key_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
 
 
-def _decoded(data: str | None) -> bytes | None:
-    return base64.b64decode(data) if data else None
+def _entry(config: Mapping[str, Any], section: str, name: str, source: str) -> dict[str, Any]:
+    """The body (`cluster`, `user`, `context`) of the entry `name` of a kubeconfig section."""
+    key = section.rstrip("s")
+    for entry in config.get(section) or []:
+        if isinstance(entry, Mapping) and entry.get("name") == name:
+            return dict(entry.get(key) or {})
+    raise KubeconfigError(f"{source}: {section} has no entry named {name!r}")
 
 
-def load_credentials(kubeconfig: Path) -> Credentials:
-    config = yaml.safe_load(kubeconfig.read_text())
+def _decoded(entry: Mapping[str, Any], field: str, source: str) -> bytes | None:
+    value = entry.get(field)
+    if not value:
+        return None
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise KubeconfigError(f"{source}: {field} is not base64 ({exc})") from exc
+
+
+def _file(entry: Mapping[str, Any], field: str, base: Path | None) -> str | None:
+    """A file the kubeconfig names; relative to the kubeconfig's folder, as kubectl reads it."""
+    value = entry.get(field)
+    if not value:
+        return None
+    path = Path(str(value))
+    return str(base / path if base is not None and not path.is_absolute() else path)
+
+
+def _context(config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The current context (the only one when none is current)."""
     current = config.get("current-context")
-    contexts = {c["name"]: c["context"] for c in config.get("contexts") or []}
-    context = contexts.get(current) or next(iter(contexts.values()))
-    cluster = {c["name"]: c["cluster"] for c in config["clusters"]}[context["cluster"]]
-    user = {u["name"]: u["user"] for u in config.get("users") or []}.get(context.get("user"), {})
-    return Credentials(
-        server=str(cluster["server"]).rstrip("/"),
-        token=user.get("token"),
-        ca_data=_decoded(cluster.get("certificate-authority-data")),
-        ca_file=cluster.get("certificate-authority"),
-        cert_data=_decoded(user.get("client-certificate-data")),
-        cert_file=user.get("client-certificate"),
-        key_data=_decoded(user.get("client-key-data")),
-        key_file=user.get("client-key"),
+    if current:
+        return _entry(config, "contexts", str(current), source)
+    contexts = config.get("contexts") or []
+    if len(contexts) != 1:
+        raise KubeconfigError(f"{source}: no current-context, and not exactly one context")
+    return dict(contexts[0].get("context") or {})
+
+
+def parse_kubeconfig(
+    config: Mapping[str, Any], source: str = "kubeconfig", base: Path | None = None
+) -> Kubeconfig:
+    """The credentials of a kubeconfig's current context (pure). `source` names it in errors;
+    `base` is the folder relative file names are read from."""
+    context = _context(config, source)
+    if not context.get("cluster"):
+        raise KubeconfigError(f"{source}: the current context names no cluster")
+    cluster = _entry(config, "clusters", str(context["cluster"]), source)
+    user = _entry(config, "users", str(context["user"]), source) if context.get("user") else {}
+    server = str(cluster.get("server") or "").rstrip("/")
+    if not server:
+        raise KubeconfigError(f"{source}: cluster {context['cluster']!r} has no server")
+    certificate_data = _decoded(user, "client-certificate-data", source)
+    key_data = _decoded(user, "client-key-data", source)
+    certificate_path = _file(user, "client-certificate", base)
+    key_path = _file(user, "client-key", base)
+    if bool(certificate_data or certificate_path) != bool(key_data or key_path):
+        raise KubeconfigError(f"{source}: a client certificate needs its key, and a key its cert")
+    credentials = Credentials(
+        server=server,
+        token=str(user["token"]) if user.get("token") else None,
+        token_path=_file(user, "tokenFile", base),
+        ca_path=_file(cluster, "certificate-authority", base),
+        ca_data=_decoded(cluster, "certificate-authority-data", source),
+        certificate_path=certificate_path,
+        private_key_path=key_path,
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
     )
+    return Kubeconfig(credentials, certificate_data, key_data)
 
 
-class Kube:
-    """A thread-safe API client returning plain dicts."""
+def read_kubeconfig(path: Path) -> Kubeconfig:
+    """`parse_kubeconfig` of the file at `path`."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise KubeconfigError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(loaded, Mapping):
+        raise KubeconfigError(f"{path}: not a kubeconfig (no mapping at the top)")
+    return parse_kubeconfig(loaded, str(path), base=path.parent)
 
-    def __init__(self, credentials: Credentials, pool_size: int = 32) -> None:
-        self._server = credentials.server
-        self._headers = {"Accept": "application/json"}
-        if credentials.token:
-            self._headers["Authorization"] = f"Bearer {credentials.token}"
-        self._http = urllib3.PoolManager(
-            maxsize=pool_size, block=False, ssl_context=credentials.ssl_context(), retries=False
-        )
+
+async def _open(credentials: Credentials, attempts: int | None) -> Kube:
+    # aiohttp's session belongs to the loop it is made on: this one.
+    return Kube(credentials) if attempts is None else Kube(credentials, attempts)
+
+
+async def _pump(events: AsyncIterator[dict[str, Any]], out: queue.Queue[_Item]) -> None:
+    """Move a watch's events into `out`, then its end (None) or the error that ended it."""
+    try:
+        async for event in events:
+            out.put(event)
+    except asyncio.CancelledError:  # the client closed (or nobody reads any more)
+        out.put(KubeError(0, CLOSED))
+        raise
+    except Exception as exc:
+        out.put(exc)
+        return
+    out.put(None)
+
+
+class SyncKube:
+    """The project's `Kube` behind blocking calls, for the runner's threads; paths are raw
+    API paths, answers plain dicts."""
+
+    def __init__(self, credentials: Credentials, attempts: int | None = None) -> None:
+        self._server = credentials.server.rstrip("/")
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kube", daemon=True)
+        self._thread.start()
+        try:
+            self._kube = self._call(_open(credentials, attempts))
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: Path) -> Kube:
-        return cls(load_credentials(kubeconfig))
+    def from_kubeconfig(cls, path: Path, attempts: int | None = None) -> SyncKube:
+        """A client with the credentials of the kubeconfig at `path`."""
+        config = read_kubeconfig(path)
+        try:
+            return cls._with_certificate(config, attempts)
+        except (OSError, ssl.SSLError) as exc:
+            raise KubeconfigError(f"{path}: its credentials do not load ({exc})") from exc
 
-    def _url(self, path: str, query: dict[str, str] | None) -> str:
-        url = self._server + path
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        return url
+    @classmethod
+    def _with_certificate(cls, config: Kubeconfig, attempts: int | None) -> SyncKube:
+        if config.certificate_data is None or config.key_data is None:
+            return cls(config.credentials, attempts)
+        # The certificate is loaded while the client is built; the files go right after.
+        with tempfile.TemporaryDirectory(prefix="edgemodel-runner-") as directory:
+            certificate, key = Path(directory) / "client.crt", Path(directory) / "client.key"
+            certificate.write_bytes(config.certificate_data)
+            key.write_bytes(config.key_data)
+            credentials = dataclasses.replace(
+                config.credentials, certificate_path=str(certificate), private_key_path=str(key)
+            )
+            return cls(credentials, attempts)
 
     @property
     def server(self) -> str:
         return self._server
+
+    @property
+    def requests(self) -> int:
+        """Requests sent so far, every attempt counted (the client's own count)."""
+        return self._kube.requests
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the client's loop and wait for it; KubeError(0) once closed."""
+        if self._closed:
+            coroutine.close()
+            raise KubeError(0, CLOSED)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        while True:
+            done, _ = concurrent.futures.wait([future], timeout=POLL_SECONDS)
+            if done:
+                break
+            if self._closed and not self._loop.is_running():
+                future.cancel()
+                raise KubeError(0, CLOSED)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError as exc:  # cancelled by close()
+            raise KubeError(0, CLOSED) from exc
 
     def request(
         self,
         method: str,
         path: str,
         *,
-        query: dict[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = 30.0,
     ) -> dict[str, Any]:
-        headers = dict(self._headers)
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = json.dumps(body).encode()
-        response = self._http.request(
-            method,
-            self._url(path, query),
-            body=data,
-            headers=headers,
-            timeout=urllib3.Timeout(connect=5.0, read=timeout),
+        """The answer to one request ({} when it had no body, or was a 404 on a GET)."""
+        answer = self._call(
+            self._kube.request(method, path, params=query, body=body, content_type=content_type)
         )
-        if response.status >= 400:
-            raise ApiError(response.status, response.data.decode(errors="replace")[:500])
-        loaded: dict[str, Any] = json.loads(response.data) if response.data else {}
-        return loaded
+        return dict(answer) if isinstance(answer, Mapping) else {}
 
     def get(self, path: str, query: dict[str, str] | None = None) -> dict[str, Any] | None:
         """The object at `path`, or None when it does not exist."""
-        try:
-            return self.request("GET", path, query=query)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        found = self._call(self._kube.request("GET", path, params=query))
+        return dict(found) if isinstance(found, Mapping) else None
 
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST `body`; None when it already exists."""
         try:
             return self.request("POST", path, body=body)
-        except ApiError as exc:
+        except KubeError as exc:
             if exc.status == 409:
                 return None
             raise
@@ -162,55 +261,73 @@ class Kube:
     def delete(self, path: str, body: dict[str, Any] | None = None) -> bool:
         """DELETE; False when it was already gone (or a precondition no longer holds)."""
         try:
-            self.request("DELETE", path, body=body)
-        except ApiError as exc:
-            if exc.status in (404, 409):
+            gone = self._call(self._kube.request("DELETE", path, body=body))
+        except KubeError as exc:
+            if exc.status == 409:
                 return False
             raise
-        return True
+        return gone is not None
 
     def watch(
-        self, path: str, resource_version: str, query: dict[str, str] | None = None
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(type, object) events from `resource_version` on; ends when the server closes it.
-
-        BOOKMARK events are passed through so the caller can advance its resourceVersion.
-        """
-        params = dict(query or {})
-        params.update(
-            {
-                "watch": "true",
-                "resourceVersion": resource_version,
-                "allowWatchBookmarks": "true",
-                "timeoutSeconds": "300",
-            }
+        self,
+        api_version: str,
+        kind: str,
+        resource_version: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        timeout_s: int = WATCH_SECONDS,
+    ) -> Iterator[dict[str, Any]]:
+        """The events ({"type", "object"}) of a cluster-wide collection from
+        `resource_version` on, until the server ends the watch. KubeError(410): the version
+        is too old, list again. Leaving the loop early stops the watch."""
+        if self._closed:
+            raise KubeError(0, CLOSED)
+        events = self._kube.watch(
+            api_version, kind, None, resource_version, timeout_s, labels=labels
         )
-        response = self._http.request(
-            "GET",
-            self._url(path, params),
-            headers=self._headers,
-            preload_content=False,
-            timeout=urllib3.Timeout(connect=5.0, read=330.0),
-        )
+        out: queue.Queue[_Item] = queue.Queue()
+        pump = asyncio.run_coroutine_threadsafe(_pump(events, out), self._loop)
         try:
-            if response.status == 410:
-                raise WatchExpired(path)
-            if response.status >= 400:
-                raise ApiError(response.status, response.read().decode(errors="replace")[:500])
-            buffer = b""
-            for chunk in response.stream(65536, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind = event.get("type", "")
-                    obj = event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            raise WatchExpired(path)
-                        raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
-                    yield kind, obj
+            while True:
+                item = out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            response.release_conn()
+            pump.cancel()
+
+    def close(self) -> None:
+        """Cancel what is in flight (its callers get KubeError(0)), close the session, stop."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(CLOSE_SECONDS)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(CLOSE_SECONDS)
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        others = [task for task in asyncio.all_tasks() if task is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._kube.close()
+
+
+def relisting(stop: threading.Event, what: str, list_and_watch: Callable[[], None]) -> None:
+    """Run `list_and_watch` until `stop` is set: again at once after a 410 (its version is
+    too old), after RETRY_SECONDS after any other failure (the API server may be restarting)."""
+    while not stop.is_set():
+        try:
+            list_and_watch()
+        except KubeError as exc:
+            if exc.status == 410 or stop.is_set():  # stopping: the client was closed
+                continue
+            log.warning("%s watch failed: %s", what, exc)
+            stop.wait(RETRY_SECONDS)
+        except Exception as exc:  # a malformed answer, say: stay up and list again
+            log.warning("%s watch failed: %s", what, exc)
+            stop.wait(RETRY_SECONDS)

@@ -9,10 +9,11 @@ the I/O; nothing here reads a clock, a process or the API.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from edgemodel_operator.timestamps import rfc3339
 
 BACKOFF_INITIAL = 10.0
 BACKOFF_MAX = 300.0
@@ -158,10 +159,6 @@ def decide(
 
 
 # ------------------------------------------------------------------ status
-
-
-def rfc3339(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def pod_phase(

@@ -21,16 +21,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edgemodel_sandbox.runner import (
-    FAKE_NODE_ANNOTATION,
-    PART_OF_LABEL,
-    PART_OF_VALUE,
-    apiproxy,
-    network,
-    plan,
-)
+from edgemodel_operator import labels
+from edgemodel_runtime.logs import add_log_format_argument, configure
+from edgemodel_sandbox.runner import FAKE_NODE_ANNOTATION, apiproxy, network, plan
 from edgemodel_sandbox.runner.ipam import Allocator
-from edgemodel_sandbox.runner.kube import Kube, WatchExpired
+from edgemodel_sandbox.runner.kube import SyncKube, relisting
 from edgemodel_sandbox.runner.provisioner import Provisioner
 from edgemodel_sandbox.runner.supervisor import Context, PodWorker
 
@@ -48,6 +43,8 @@ PASSED_ENV = (
     "VIRTUAL_ENV",
     "EDGEMODEL_FIXTURES_DIR",
 )
+# The pods the runner looks at (it takes those of them scheduled to a kwok node).
+SELECTOR = {labels.PART_OF: labels.PART_OF_VALUE}
 
 
 def find_triton() -> plan.Triton | None:
@@ -75,9 +72,15 @@ def base_env() -> dict[str, str]:
     return env
 
 
+def selector() -> str:
+    """SELECTOR as a label selector."""
+    return ",".join(f"{key}={value}" for key, value in SELECTOR.items())
+
+
 def is_owned_label(pod: dict[str, Any]) -> bool:
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    return bool(labels.get(PART_OF_LABEL) == PART_OF_VALUE)
+    """Whether the pod carries SELECTOR's labels (the watch selects on them too)."""
+    found = (pod.get("metadata") or {}).get("labels") or {}
+    return all(found.get(key) == value for key, value in SELECTOR.items())
 
 
 class Runner:
@@ -121,9 +124,7 @@ class Runner:
         worker.start()
 
     def _list(self) -> str:
-        listing = self._ctx.kube.request(
-            "GET", "/api/v1/pods", query={"labelSelector": f"{PART_OF_LABEL}={PART_OF_VALUE}"}
-        )
+        listing = self._ctx.kube.request("GET", "/api/v1/pods", query={"labelSelector": selector()})
         pods: list[dict[str, Any]] = listing.get("items") or []
         seen = {str(p["metadata"]["uid"]) for p in pods}
         for uid in [u for u in self._workers if u not in seen]:
@@ -141,25 +142,19 @@ class Runner:
         return str(listing["metadata"]["resourceVersion"])
 
     def watch_pods(self) -> None:
+        """List, then watch from the listing's version, until shutdown (relisting as needed)."""
+        relisting(self._ctx.shutdown, "pod", self._list_and_watch)
+
+    def _list_and_watch(self) -> None:
+        version = self._list()
         while not self._ctx.shutdown.is_set():
-            try:
-                version = self._list()
-                while not self._ctx.shutdown.is_set():
-                    for kind, pod in self._ctx.kube.watch(
-                        "/api/v1/pods",
-                        version,
-                        {"labelSelector": f"{PART_OF_LABEL}={PART_OF_VALUE}"},
-                    ):
-                        version = str((pod.get("metadata") or {}).get("resourceVersion") or version)
-                        if kind != "BOOKMARK":
-                            self._dispatch(kind, pod)
-                        if self._ctx.shutdown.is_set():
-                            return
-            except WatchExpired:
-                continue
-            except Exception as exc:  # the API server may be restarting: retry, stay up
-                log.warning("pod watch failed: %s", exc)
-                self._ctx.shutdown.wait(2.0)
+            for event in self._ctx.kube.watch("v1", "Pod", version, labels=SELECTOR):
+                pod = event.get("object") or {}
+                version = str((pod.get("metadata") or {}).get("resourceVersion") or version)
+                if event.get("type") != "BOOKMARK":
+                    self._dispatch(str(event.get("type")), pod)
+                if self._ctx.shutdown.is_set():
+                    return
 
     def stop(self) -> None:
         self._ctx.shutdown.set()
@@ -168,6 +163,43 @@ class Runner:
         self._ctx.stop_all(SHUTDOWN_GRACE)
         for worker in list(self._workers.values()):
             worker.join(0.5)
+
+
+def service_env(
+    pod_network: network.PodNetwork, server: str, stop_proxy: threading.Event
+) -> dict[str, str]:
+    """Where in-cluster clients find the API: where a real cluster puts it, the `kubernetes`
+    Service (proxied into the pod network until `stop_proxy`), else the API server itself."""
+    if pod_network.netns_path and apiproxy.start(pod_network.netns_path, server, stop_proxy):
+        host, port = apiproxy.SERVICE_IP, str(apiproxy.SERVICE_PORT)
+    else:
+        upstream_host, upstream_port = apiproxy.upstream_of(server)
+        host, port = upstream_host, str(upstream_port)
+    return {
+        "KUBERNETES_SERVICE_HOST": host,
+        "KUBERNETES_SERVICE_PORT": port,
+        "KUBERNETES_SERVICE_PORT_HTTPS": port,
+    }
+
+
+def serve(ctx: Context) -> None:
+    """Run the claim and pod watches until SIGTERM or SIGINT; then stop every container."""
+    runner = Runner(ctx)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        del frame
+        log.info("signal %d: stopping every container", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    provisioner = Provisioner(ctx.kube, ctx.state / "pvs", ctx.shutdown)
+    threading.Thread(target=provisioner.run, name="provisioner", daemon=True).start()
+    threading.Thread(target=runner.watch_pods, name="pod watch", daemon=True).start()
+    while not stop.wait(1.0):
+        pass
+    runner.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,66 +211,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dns-timeout", type=float, default=60.0)
     parser.add_argument("--log-level", default="INFO")
+    add_log_format_argument(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_level, args.log_format)
     state: Path = args.state.resolve()
     for sub in ("pods", "nodes", "pvs"):
         (state / sub).mkdir(parents=True, exist_ok=True)
+    kube = SyncKube.from_kubeconfig(args.kubeconfig)
     pod_network = network.claim(state, args.pod_cidr)
-    kube = Kube.from_kubeconfig(args.kubeconfig)
-    # In-cluster clients find the API where a real cluster puts it: the `kubernetes` Service.
     stop_proxy = threading.Event()
-    if pod_network.netns_path and apiproxy.start(pod_network.netns_path, kube.server, stop_proxy):
-        service = (apiproxy.SERVICE_IP, str(apiproxy.SERVICE_PORT))
-    else:
-        host, port = apiproxy.upstream_of(kube.server)
-        service = (host, str(port))
-    env = base_env()
-    env.update(
-        KUBERNETES_SERVICE_HOST=service[0],
-        KUBERNETES_SERVICE_PORT=service[1],
-        KUBERNETES_SERVICE_PORT_HTTPS=service[1],
-    )
-    ctx = Context(
-        kube=kube,
-        ipam=Allocator(ipaddress.IPv4Network(pod_network.cidr)),
-        state=state,
-        python=sys.executable,
-        triton=find_triton(),
-        base_env=env,
-        dns_timeout=args.dns_timeout,
-        netns_path=pod_network.netns_path,
-    )
-    runner = Runner(ctx)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        del frame
-        log.info("signal %d: stopping every container", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    provisioner = Provisioner(ctx.kube, state / "pvs", ctx.shutdown)
-    threading.Thread(target=provisioner.run, name="provisioner", daemon=True).start()
-    threading.Thread(target=runner.watch_pods, name="pod watch", daemon=True).start()
-    log.info(
-        "pod runner up state=%s pods=%s netns=%s triton=%s",
-        state,
-        pod_network.cidr,
-        pod_network.netns,
-        ctx.triton is not None,
-    )
     try:
-        while not stop.wait(1.0):
-            pass
-        runner.stop()
+        ctx = Context(
+            kube=kube,
+            ipam=Allocator(ipaddress.IPv4Network(pod_network.cidr)),
+            state=state,
+            python=sys.executable,
+            triton=find_triton(),
+            base_env={**base_env(), **service_env(pod_network, kube.server, stop_proxy)},
+            dns_timeout=args.dns_timeout,
+            netns_path=pod_network.netns_path,
+        )
+        log.info(
+            "pod runner up state=%s pods=%s netns=%s triton=%s",
+            state,
+            pod_network.cidr,
+            pod_network.netns,
+            ctx.triton is not None,
+        )
+        serve(ctx)
     finally:
         stop_proxy.set()
+        kube.close()
         network.release(pod_network)
     log.info("pod runner stopped")
     return 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from edgemodel_operator import quantity
 from edgemodel_sandbox.runner import dns
 
 RUNTIME_IMAGE_PREFIX = "ghcr.io/edgemodel/runtime"
@@ -215,24 +216,12 @@ def field_value(pod: Mapping[str, Any], path: str, pod_ip: str) -> str:
     raise _ConfigError(f"unsupported fieldRef {path!r}")
 
 
-_QUANTITY_SUFFIX = {
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "Ki": 1024.0,
-    "Mi": 1024.0**2,
-    "Gi": 1024.0**3,
-    "Ti": 1024.0**4,
-}
-
-
 def parse_quantity(text: str) -> float:
-    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(text).strip())
-    if not match or (match.group(2) and match.group(2) not in _QUANTITY_SUFFIX):
-        raise _ConfigError(f"bad quantity {text!r}")
-    return float(match.group(1)) * _QUANTITY_SUFFIX.get(match.group(2), 1.0)
+    """A resource quantity as the operator reads it (`edgemodel_operator.quantity`)."""
+    try:
+        return float(quantity.parse_quantity(str(text)))
+    except ValueError:
+        raise _ConfigError(f"bad quantity {text!r}") from None
 
 
 def resource_value(container: Mapping[str, Any], ref: Mapping[str, Any]) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from edgemodel_sandbox.errors import EdgeModelSandboxError
 from edgemodel_sandbox.runner import network
 
 log = logging.getLogger("edgemodel.runner")
@@ -147,7 +148,7 @@ class Exit:
     message: str
 
 
-class SpawnError(Exception):
+class SpawnError(EdgeModelSandboxError):
     """The container's process could not be started (no such binary, bad folder...)."""
 
 

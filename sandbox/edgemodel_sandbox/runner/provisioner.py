@@ -17,11 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgemodel_operator import labels
+from edgemodel_operator.kube import KubeError
 from edgemodel_sandbox.runner import PROVISIONER_NAME, STORAGE_CLASS
-from edgemodel_sandbox.runner.kube import ApiError, Kube, WatchExpired
+from edgemodel_sandbox.runner.kube import SyncKube, relisting
 
 log = logging.getLogger("edgemodel.runner.provisioner")
 PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 
 
 def storage_class_manifest() -> dict[str, Any]:
@@ -31,7 +34,7 @@ def storage_class_manifest() -> dict[str, Any]:
         "kind": "StorageClass",
         "metadata": {
             "name": STORAGE_CLASS,
-            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            "annotations": {DEFAULT_CLASS: "true"},
         },
         "provisioner": PROVISIONER_NAME,
         "reclaimPolicy": "Delete",
@@ -68,7 +71,7 @@ def volume_manifest(claim: Mapping[str, Any], root: Path) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "annotations": {PROVISIONED_BY: PROVISIONER_NAME},
-            "labels": {"edgemodel.dev/provisioner": "local-path"},
+            "labels": {labels.PROVISIONER: STORAGE_CLASS},
         },
         "spec": {
             "capacity": {"storage": size},
@@ -103,20 +106,14 @@ def should_delete(volume: Mapping[str, Any]) -> bool:
 class Provisioner:
     """Watches claims; makes and removes volumes. Runs on its own thread."""
 
-    def __init__(self, kube: Kube, root: Path, stop: threading.Event) -> None:
+    def __init__(self, kube: SyncKube, root: Path, stop: threading.Event) -> None:
         self._kube = kube
         self._root = root
         self._stop = stop
 
     def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._list_and_watch()
-            except WatchExpired:
-                continue
-            except Exception as exc:  # the API server may be restarting: retry, stay up
-                log.warning("claim watch failed: %s", exc)
-                self._stop.wait(2.0)
+        """List, then watch claims from the listing's version, until stopped."""
+        relisting(self._stop, "claim", self._list_and_watch)
 
     def _list_and_watch(self) -> None:
         listing = self._kube.request("GET", "/api/v1/persistentvolumeclaims")
@@ -125,7 +122,8 @@ class Provisioner:
         self._collect_released()
         version = str(listing["metadata"]["resourceVersion"])
         while not self._stop.is_set():
-            for kind, claim in self._kube.watch("/api/v1/persistentvolumeclaims", version):
+            for event in self._kube.watch("v1", "PersistentVolumeClaim", version):
+                kind, claim = event.get("type"), event.get("object") or {}
                 version = str((claim.get("metadata") or {}).get("resourceVersion") or version)
                 if kind in ("ADDED", "MODIFIED"):
                     self._claim(claim)
@@ -170,7 +168,7 @@ class Provisioner:
         name = str(volume["metadata"]["name"])
         try:
             self._kube.delete(f"/api/v1/persistentvolumes/{name}")
-        except ApiError as exc:
+        except KubeError as exc:
             log.warning("deleting volume %s failed: %s", name, exc)
             return
         path = ((volume.get("spec") or {}).get("hostPath") or {}).get("path")

@@ -10,11 +10,10 @@ runner").
 
 from __future__ import annotations
 
-import calendar
-import time
 from collections.abc import Mapping
 from typing import Any
 
+from edgemodel_operator.timestamps import parse_rfc3339
 from edgemodel_sandbox.runner import lifecycle, plan
 from edgemodel_sandbox.runner.lifecycle import Record, Terminated
 from edgemodel_sandbox.runner.processes import Exit
@@ -24,7 +23,7 @@ def parse_time(text: str | None) -> float | None:
     if not text:
         return None
     try:
-        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+        return parse_rfc3339(text).timestamp()
     except ValueError:
         return None
 

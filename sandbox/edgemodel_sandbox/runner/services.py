@@ -13,9 +13,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from edgemodel_operator import labels
+from edgemodel_operator.kube import KubeError
 from edgemodel_sandbox.runner import dns
 from edgemodel_sandbox.runner.credentials import ApiReader
-from edgemodel_sandbox.runner.kube import ApiError
 
 log = logging.getLogger("edgemodel.runner")
 RETRY_EVERY = 1.0
@@ -70,9 +71,9 @@ class ServiceResolver:
             slices = self._api.request(
                 "GET",
                 f"/apis/discovery.k8s.io/v1/namespaces/{ref.namespace}/endpointslices",
-                query={"labelSelector": f"kubernetes.io/service-name={ref.name}"},
+                query={"labelSelector": f"{labels.SERVICE_NAME}={ref.name}"},
             )
-        except (ApiError, OSError) as exc:
+        except (KubeError, OSError) as exc:
             log.warning("service lookup failed service=%s error=%s", ref.name, exc)
             return None
         return dns.resolve(service, slices.get("items") or [], ref)

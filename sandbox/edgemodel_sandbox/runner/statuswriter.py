@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from edgemodel_operator.kube import KubeError
 from edgemodel_sandbox.runner import lifecycle
-from edgemodel_sandbox.runner.kube import ApiError
 from edgemodel_sandbox.runner.lifecycle import Record
 
 log = logging.getLogger("edgemodel.runner")
 
 
 class StatusSink(Protocol):
-    """The two writes a pod's runner makes (`kube.Kube` is one)."""
+    """The two writes a pod's runner makes (`kube.SyncKube` is one)."""
 
     def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -137,7 +137,7 @@ class StatusWriter:
                 return Written.UNCHANGED
             try:
                 self._sink.merge_patch(self._path + "/status", {"status": status})
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status == 404:
                     return Written.GONE
                 log.warning("status write failed pod=%s: %s", self._who, exc)
@@ -153,7 +153,7 @@ class StatusWriter:
         """Delete the pod for good once its containers stopped; False when the API failed."""
         try:
             self._sink.delete(self._path, deletion_options(self._uid))
-        except (ApiError, OSError) as exc:
+        except (KubeError, OSError) as exc:
             log.warning("confirming deletion failed pod=%s: %s", self._who, exc)
             return False
         return True

@@ -31,7 +31,7 @@ from typing import Any
 from edgemodel_sandbox.runner import dns, lifecycle, plan
 from edgemodel_sandbox.runner.credentials import Objects, PodCredentials
 from edgemodel_sandbox.runner.ipam import Allocator
-from edgemodel_sandbox.runner.kube import Kube
+from edgemodel_sandbox.runner.kube import SyncKube
 from edgemodel_sandbox.runner.lifecycle import Record
 from edgemodel_sandbox.runner.probes import Prober
 from edgemodel_sandbox.runner.processes import Containers, Launch, ProcessTable, SpawnError
@@ -61,7 +61,7 @@ HOST_NETWORK_IP = "127.0.0.1"  # the node's address, as for host-network pods
 class Context:
     """What every worker shares: the API client, the IP pool, folders and the process table."""
 
-    kube: Kube
+    kube: SyncKube
     ipam: Allocator
     state: Path
     python: str

@@ -21,7 +21,7 @@ from edgemodel_sandbox.runner import plan
 
 
 class ObjectGetter(Protocol):
-    """The reads of claims and volumes (`kube.Kube` is one)."""
+    """The reads of claims and volumes (`kube.SyncKube` is one)."""
 
     def get(self, path: str, query: dict[str, str] | None = None) -> dict[str, Any] | None: ...
 

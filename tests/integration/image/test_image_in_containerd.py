@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from edgemodel_sandbox.cluster import free_port
 from edgemodel_sandbox.containerd import Containerd, Mount, shim_socket
 from edgemodel_sandbox.image.build import BuiltImage
 from edgemodel_sandbox.models import ModelFixture, digits_classifier
@@ -40,13 +40,6 @@ pytestmark = [
 
 MODEL_NAME = "digits"
 TIMINGS: dict[str, float] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -9,22 +9,14 @@ may differ later: the promise is "same commit + same cache", docs/architecture.m
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
+from edgemodel_runtime.sources import sha256_file
 from edgemodel_sandbox.image import build
 
 pytestmark = pytest.mark.slow
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import subprocess
 import threading
 import time
@@ -31,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from edgemodel_operator.api import SLO
 from edgemodel_operator.metrics import Outcome, PrometheusClient, QueryResult
+from edgemodel_sandbox.cluster import free_port
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 NS = "prod"
@@ -53,13 +53,6 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(wrapper())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # ------------------------------------------------------------------ the exporter
 
 # One batch per tick and per series: (seconds, code) pairs. For revision r1: 18 fast, 2 slow;
@@ -73,6 +66,11 @@ R1_BATCH = (
     + [(0.004, c) for c in ("400", "404", "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED")]
     + [(0.04, "500"), (0.04, "UNAVAILABLE")]
 )
+# A broken revision under a flood: 2 server errors in 20 accepted requests, and 60 requests shed
+# at the in-flight cap (code SHED, never timed, as the runtime counts them). Shed requests are in
+# neither side of the error rate: 0.1, where counting them would dilute it to 2/80 = 0.025.
+FLOODED_MODEL = "flooded"
+FLOODED_BATCH = [(0.004, "200")] * 18 + [(0.04, "500")] * 2 + [(0.0, "SHED")] * 60
 # r2 and the weird model: all fast and clean: p95 = 0.001 + 0.004 x 0.95 = 4.8 ms, errors 0.
 CLEAN_BATCH = [(0.004, "200")] * 10 + [(0.004, "OK")] * 10
 
@@ -116,6 +114,7 @@ class Exporter:
             (("digits", "r1", "arm"), R1_BATCH),
             (("digits", "r2", "arm"), CLEAN_BATCH),
             ((WEIRD_MODEL, "r1", "arm"), CLEAN_BATCH),
+            ((FLOODED_MODEL, "r1", "arm"), FLOODED_BATCH),
         ]
         # Observed once before the first scrape and never again: the series exists but has no
         # traffic in any window, so histogram_quantile gives NaN and the error rate 0/0.
@@ -123,7 +122,8 @@ class Exporter:
 
     def _observe(self, labels: tuple[str, str, str], batch: list[tuple[float, str]]) -> None:
         for seconds, code in batch:
-            self.duration.labels(*labels).observe(seconds)
+            if code != "SHED":
+                self.duration.labels(*labels).observe(seconds)
             self.requests.labels(*labels, code).inc()
 
     def _feed(self) -> None:
@@ -275,6 +275,12 @@ def test_error_rate_counts_server_errors_only(prometheus: Prometheus) -> None:
     # The whole model, every revision with traffic: 2 errors in 40 requests per tick.
     both = run(client.error_rate(NS, "digits", None, None, WINDOW, SLO_))
     assert both.value == pytest.approx(0.05, abs=0.001)
+
+
+def test_shed_requests_neither_fail_nor_dilute_the_error_rate(prometheus: Prometheus) -> None:
+    client = PrometheusClient(prometheus.url)
+    flooded = run(client.error_rate(NS, FLOODED_MODEL, "r1", "arm", WINDOW, SLO_))
+    assert flooded.outcome is Outcome.FAILED and flooded.value == pytest.approx(0.1, abs=0.001)
 
 
 def test_request_rate(prometheus: Prometheus) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgemodel_sandbox.cluster import free_port
+
 # Every datatype the server must carry, with its ONNX element type and numpy dtype.
 DTYPES: dict[str, tuple[int, type[np.generic]]] = {
     "FP32": (TensorProto.FLOAT, np.float32),
@@ -36,13 +37,6 @@ DTYPES: dict[str, tuple[int, type[np.generic]]] = {
     "UINT8": (TensorProto.UINT8, np.uint8),
     "BOOL": (TensorProto.BOOL, np.bool_),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

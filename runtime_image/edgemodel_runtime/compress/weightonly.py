@@ -1,0 +1,227 @@
+"""Owns block-wise weight-only quantization: the `int4-weight` and `int8-weight` modes.
+
+MatMul weights (constant B inputs) become onnxruntime's MatMulNBits through its own quantizer
+(`onnxruntime.quantization.matmul_nbits_quantizer`, which needs `onnx_ir`): each run of
+`block_size` values along the reduction axis gets its own fp32 scale (and, asymmetric, a zero
+point), the kernel dequantizes on the fly, activations stay fp32. Rounding is to nearest:
+onnxruntime 1.32's calibrated weight-only methods need PyTorch (GPTQ's data loader converts
+through torch, HQQ is written in torch), which the runtime image does not carry.
+
+Embedding Gathers (token ids into a float table) are block-quantized here to
+GatherBlockQuantized with uint8-packed storage, so the graph keeps its opset (onnxruntime's
+quantizer would force opset 21 for Gather, which breaks older graphs' ReduceMean). Their blocks
+run along the hidden (last) axis. GatherBlockQuantized is a CPU kernel, so GPU targets only get
+MatMulNBits. See docs/architecture.md, "Weight-only quantization".
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgemodel_runtime.compress.errors import CompressError
+
+BITS_OF_MODE = {"int4-weight": 4, "int8-weight": 8}
+BLOCK_SIZES = (32, 64, 128)
+DEFAULT_BLOCK_SIZE = BLOCK_SIZES[0]
+MS_DOMAIN = "com.microsoft"
+MIN_WEIGHT_ELEMENTS = 256  # smaller tables are not worth a block op
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightOnlyPlan:
+    """How one weight-only conversion quantizes: bits, blocks, symmetry, which ops."""
+
+    bits: int
+    block_size: int
+    symmetric: bool
+    embeddings: bool  # quantize embedding Gathers too (CPU targets)
+
+
+@dataclass(frozen=True)
+class WeightOnlyStats:
+    """What a weight-only conversion touched (for the report)."""
+
+    matmuls: int
+    embeddings: int
+
+
+def quantize_weight_only(
+    src: Path, out: Path, plan: WeightOnlyPlan, exclude: tuple[str, ...] = ()
+) -> WeightOnlyStats:
+    """Write `src` with its MatMul (and embedding Gather) weights block-quantized to `out`."""
+    model = onnx.load_model(str(src))
+    matmuls = _quantize_matmuls(model, plan, exclude)
+    embeddings = (
+        block_quantize_gathers(model, plan.bits, plan.block_size, plan.symmetric, exclude)
+        if plan.embeddings
+        else []
+    )
+    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    onnx.save_model(model, str(out))
+    return WeightOnlyStats(matmuls=matmuls, embeddings=len(embeddings))
+
+
+def _quantize_matmuls(
+    model: onnx.ModelProto, plan: WeightOnlyPlan, exclude: tuple[str, ...]
+) -> int:
+    """MatMulNBits for every MatMul whose B is a 2-D float initializer; returns how many."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    before = sum(n.op_type == "MatMul" for n in model.graph.node)
+    config = nbits.DefaultWeightOnlyQuantConfig(
+        block_size=plan.block_size,
+        is_symmetric=plan.symmetric,
+        bits=plan.bits,
+        op_types_to_quantize=("MatMul",),
+        quant_axes=(("MatMul", 0),),
+    )
+    quantizer = nbits.MatMulNBitsQuantizer(
+        model,
+        bits=plan.bits,
+        block_size=plan.block_size,
+        is_symmetric=plan.symmetric,
+        nodes_to_exclude=list(exclude),
+        algo_config=config,
+    )
+    quiet = logging.getLogger(nbits.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs every node it skips at INFO
+    try:
+        quantizer.process()
+    finally:
+        quiet.setLevel(level)
+    result = quantizer.model.model
+    if result is not model:
+        model.CopyFrom(result)
+    after = sum(n.op_type == "MatMul" for n in model.graph.node)
+    return before - after
+
+
+def quantize_blocks(
+    values: np.ndarray, bits: int, block_size: int, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Block-quantize a [rows, cols] table along its last axis (pure).
+
+    Returns (levels uint8 [rows, cols] in 0..2**bits-1, scales float32 [rows, blocks], zero
+    points uint8 [rows, blocks] or None when symmetric: the zero point is then 2**(bits-1)).
+    `cols` must be a multiple of `block_size`.
+    """
+    rows, cols = values.shape
+    if cols % block_size:
+        raise ValueError(f"{cols} columns are not a multiple of block size {block_size}")
+    top = (1 << bits) - 1
+    blocks = values.astype(np.float32).reshape(rows, cols // block_size, block_size)
+    if symmetric:
+        middle = 1 << (bits - 1)
+        scales = np.abs(blocks).max(axis=2) / (middle - 1 if bits > 1 else 1)
+        scales[scales == 0] = 1.0
+        levels = np.clip(np.round(blocks / scales[..., None]) + middle, 0, top)
+        return levels.reshape(rows, cols).astype(np.uint8), scales.astype(np.float32), None
+    low = np.minimum(blocks.min(axis=2), 0.0)
+    high = np.maximum(blocks.max(axis=2), 0.0)
+    scales = (high - low) / top
+    scales[scales == 0] = 1.0
+    zeros = np.clip(np.round(-low / scales), 0, top)
+    levels = np.clip(np.round(blocks / scales[..., None]) + zeros[..., None], 0, top)
+    return (
+        levels.reshape(rows, cols).astype(np.uint8),
+        scales.astype(np.float32),
+        zeros.astype(np.uint8),
+    )
+
+
+def pack(levels: np.ndarray, bits: int) -> np.ndarray:
+    """Pack uint8 levels two per byte (4 bits, low nibble first) along the last axis (pure)."""
+    if bits == 8:
+        return levels.astype(np.uint8)
+    if levels.shape[-1] % 2:
+        levels = np.concatenate([levels, np.zeros((*levels.shape[:-1], 1), np.uint8)], axis=-1)
+    return (levels[..., 0::2] | (levels[..., 1::2] << 4)).astype(np.uint8)
+
+
+def block_quantize_gathers(
+    model: onnx.ModelProto, bits: int, block_size: int, symmetric: bool, exclude: tuple[str, ...]
+) -> list[str]:
+    """Embedding Gathers -> GatherBlockQuantized.
+
+    An embedding Gather reads a 2-D float initializer (read by nothing else) at indices that
+    are a graph input (token ids); tables looked up by computed indices (rotary cos/sin
+    tables at positions) keep full precision. A table whose hidden size is not a multiple of
+    `block_size` is left as it is. Returns the nodes converted.
+    """
+    if bits not in (4, 8):
+        raise CompressError(f"embedding tables take 4 or 8 bits, not {bits}")
+    initializers = {init.name: init for init in model.graph.initializer}
+    graph_inputs = {value.name for value in model.graph.input}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    converted: list[str] = []
+    dropped: set[str] = set()
+    added: list[onnx.TensorProto] = []
+    for index, node in enumerate(model.graph.node):
+        table = initializers.get(node.input[0]) if node.op_type == "Gather" else None
+        if (
+            table is None
+            or node.name in exclude
+            or node.input[1] not in graph_inputs
+            or readers.get(table.name, 0) != 1
+            or table.data_type != onnx.TensorProto.FLOAT
+            or len(table.dims) != 2
+            or table.dims[1] % block_size
+            or table.dims[0] * table.dims[1] < MIN_WEIGHT_ELEMENTS
+            or any(a.name == "axis" and a.i != 0 for a in node.attribute)
+        ):
+            continue
+        replacement, tensors = _gather_node(node, table, bits, block_size, symmetric)
+        model.graph.node[index].CopyFrom(replacement)
+        added.extend(tensors)
+        dropped.add(table.name)
+        converted.append(node.name)
+    kept = [init for init in model.graph.initializer if init.name not in dropped]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*kept, *added])
+    return converted
+
+
+def _gather_node(
+    node: onnx.NodeProto,
+    table: onnx.TensorProto,
+    bits: int,
+    block_size: int,
+    symmetric: bool,
+) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    levels, scales, zeros = quantize_blocks(
+        numpy_helper.to_array(table), bits, block_size, symmetric
+    )
+    base = f"{table.name}_q{bits}"
+    tensors = [
+        numpy_helper.from_array(pack(levels, bits), base),
+        numpy_helper.from_array(scales, f"{base}_scale"),
+    ]
+    inputs = [base, node.input[1], f"{base}_scale"]
+    if zeros is not None:
+        tensors.append(numpy_helper.from_array(pack(zeros, bits), f"{base}_zero_point"))
+        inputs.append(f"{base}_zero_point")
+    replacement = helper.make_node(
+        "GatherBlockQuantized",
+        inputs,
+        list(node.output),
+        name=node.name,
+        domain=MS_DOMAIN,
+        gather_axis=0,
+        quantize_axis=1,
+        block_size=block_size,
+        bits=bits,
+    )
+    return replacement, tensors
