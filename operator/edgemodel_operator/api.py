@@ -25,7 +25,8 @@ VERSION = "v1alpha1"
 PLURAL = "edgemodels"
 KIND = "EdgeModel"
 
-Quantization = Literal["dynamic-int8", "static-int8", "fp16", "none"]
+Quantization = Literal["dynamic-int8", "static-int8", "fp16", "none", "int4-weight", "int8-weight"]
+WEIGHT_ONLY_QUANTIZATION = ("int4-weight", "int8-weight")
 Arch = Literal["amd64", "arm64"]
 Accelerator = Literal["none", "nvidia-gpu"]
 Runtime = Literal["onnxruntime", "triton"]
@@ -134,6 +135,9 @@ class Compression:
     pruning: Pruning | None = _f("pruning", None)
     accuracy_gate: AccuracyGate | None = _f("accuracyGate", None)
     embedding_bits: Literal[4, 8] | None = _f("embeddingBits", None)
+    # int4-weight / int8-weight only: values per quantization block, and no zero points
+    block_size: Literal[32, 64, 128] | None = _f("blockSize", None)
+    symmetric: bool | None = _f("symmetric", None)
 
 
 @dataclass(frozen=True)
@@ -407,6 +411,11 @@ def _check_compression(comp: Compression) -> None:
     if comp.embedding_bits == 4 and comp.quantization not in ("dynamic-int8", "static-int8"):
         raise SpecError(
             "spec.compression.embeddingBits", "4 needs quantization dynamic-int8 or static-int8"
+        )
+    blocks = comp.block_size is not None or comp.symmetric is not None
+    if blocks and comp.quantization not in WEIGHT_ONLY_QUANTIZATION:
+        raise SpecError(
+            "spec.compression.blockSize", "blockSize and symmetric need int4-weight or int8-weight"
         )
 
 

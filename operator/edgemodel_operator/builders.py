@@ -234,6 +234,10 @@ def compress_args(
     cpu_int8 = plan.variant != "gpu" and plan.mode in ("dynamic-int8", "static-int8")
     if comp.embedding_bits is not None and cpu_int8:
         args += ["--embedding-bits", str(comp.embedding_bits)]
+    if comp.block_size is not None:
+        args += ["--block-size", str(comp.block_size)]
+    if comp.symmetric:
+        args += ["--symmetric"]
     gate = comp.accuracy_gate
     if gate is not None:
         args += ["--eval", paths["evaluation"], "--eval-sha256", gate.evaluation.sha256]

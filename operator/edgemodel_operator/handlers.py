@@ -37,7 +37,7 @@ from edgemodel_operator import (
     providers,
     telemetry,
 )
-from edgemodel_operator.api import SpecError, parse_spec
+from edgemodel_operator.api import EdgeModelSpec, SpecError, parse_spec
 from edgemodel_operator.cache import (
     DELETED,
     OWNED_KINDS,
@@ -107,9 +107,27 @@ class Runtime:
     pod_signals: PodSignals = field(default_factory=PodSignals)
     observe_by_list: bool = field(default_factory=_observe_by_list)
     _prometheus: dict[str, metrics.PrometheusClient] = field(default_factory=dict)
+    _specs: dict[Key, tuple[str, int, EdgeModelSpec]] = field(default_factory=dict)
     # One HTTP session for every Prometheus query and artifact-record lookup (opened on first
     # use, closed on cleanup): a reconcile opens no connection pool of its own.
     _http: aiohttp.ClientSession | None = None
+
+    def spec_of(self, key: Key, uid: str, generation: int, raw: dict[str, Any]) -> EdgeModelSpec:
+        """The parsed spec, parsed once per generation: the API server bumps
+        metadata.generation on every change of the spec (never for status), so a pass at the
+        same uid and generation reads the same spec (SpecError for an invalid one, never kept).
+        """
+        kept = self._specs.get(key)
+        if kept is not None and kept[:2] == (uid, generation):
+            return kept[2]
+        spec = parse_spec(raw)
+        self._specs[key] = (uid, generation, spec)
+        return spec
+
+    def forget(self, key: Key) -> None:
+        """Drops what is kept for a deleted EdgeModel."""
+        self._specs.pop(key, None)
+        self.unplaceable.discard(key)
 
     def http_session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
@@ -216,7 +234,7 @@ async def edgemodel_event(
     if type == DELETED:
         runtime.queue.forget(key)
         telemetry.forget(*key)
-        runtime.unplaceable.discard(key)
+        runtime.forget(key)
         return
     runtime.queue.add(key)
 
@@ -358,7 +376,7 @@ async def reconcile(runtime: Runtime, key: Key) -> float | None:
     generation = int(meta.get("generation", 1))
     status = body.get("status") or {}
     try:
-        spec = parse_spec(body.get("spec") or {})
+        spec = runtime.spec_of(key, meta["uid"], generation, body.get("spec") or {})
     except SpecError as exc:
         await _invalid_spec(kube, body, status, str(exc), generation)
         return None
@@ -400,15 +418,17 @@ async def _write(
     namespace, name = key
     meta, status = body["metadata"], body.get("status") or {}
     generation = int(meta.get("generation", 1))
-    # Writes of different objects go out together (a model's first pass makes a dozen);
-    # deletions and Events follow, in the order decided.
+    # Writes of different objects and the pass's Events go out together (a model's first
+    # pass makes seven: one round trip, not seven); deletions follow, in the order decided.
     applies = [a for a in actions if isinstance(a, Apply)]
+    events = [a for a in actions if isinstance(a, Event)]
     known = None if runtime.observe_by_list else runtime.owned
-    conflicts = [
-        c for c in await asyncio.gather(*(_apply_owned(kube, a, known) for a in applies)) if c
-    ]
+    results = await asyncio.gather(
+        *(_apply_owned(kube, a, known) for a in applies), *(_apply(kube, body, e) for e in events)
+    )
+    conflicts = [c for c in results[: len(applies)] if c]
     for action in actions:
-        if isinstance(action, (Delete, Event)):
+        if isinstance(action, Delete):
             await _apply(kube, body, action)
     if conflicts:
         new_status = ownership_conflict_status(new_status, conflicts, _now(), generation)

@@ -10,6 +10,9 @@ by bench/operator (docs/architecture.md, "Reconcile cost"):
   nodes, 900 pods and 900 Deployments watched, that was the largest single cost of the
   operator's event loop. `NoDiffBase` keeps nothing instead; it is safe only because no
   handler diffs (`tune` is the one place that installs it).
+- Watches of the owned kinds carry a label selector (managed-by the operator): objects of
+  other owners never reach the operator at all. An object that loses the label leaves the
+  selection, which the API server reports as a deletion, so it leaves the cache as before.
 - Synchronous handlers run in kopf's thread pool; the operator's handlers are `async` (they
   only touch in-memory structures), so they run on the event loop with no thread hop and
   the work queue and caches are only ever touched from the loop's thread.
@@ -23,6 +26,19 @@ from typing import Any
 
 import kopf
 
+from edgemodel_operator import labels
+
+# The owned kinds (cache.OWNED_KINDS), as (group, version, plural): watched with a server-side
+# label selector, so the API server sends only the operator's own Jobs, Deployments, Services
+# and pods, not every pod of the cluster (an operator watching clusterwide would otherwise
+# decode and index each of them on every change).
+OWNED_RESOURCES = (
+    ("batch", "v1", "jobs"),
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "pods"),
+)
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in labels.MANAGED.items())
 # Watches: a server-side timeout below the client's, so the server ends streams cleanly.
 WATCH_SERVER_TIMEOUT_S = 300
 WATCH_CLIENT_TIMEOUT_S = 330
@@ -57,3 +73,5 @@ def tune(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
     settings.networking.request_timeout = REQUEST_TIMEOUT_S
     settings.persistence.diffbase_storage = NoDiffBase()
+    for resource in OWNED_RESOURCES:
+        settings.watching.label_selectors[resource] = MANAGED_SELECTOR

@@ -76,19 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"int8 modes: {DEFAULT_EMBEDDING_BITS} (default) or 4 for embedding tables in 4-bit "
         "blocks (CPU targets)",
     )
-    parser.add_argument(
-        "--block-size",
-        type=int,
-        choices=BLOCK_SIZES,
-        help="int4-weight/int8-weight: values per quantization block "
-        f"(default {DEFAULT_BLOCK_SIZE})",
-    )
-    parser.add_argument(
-        "--symmetric",
-        action="store_true",
-        default=None,
-        help="int4-weight/int8-weight: symmetric blocks, no zero points (default asymmetric)",
-    )
+    _add_weight_only_arguments(parser)
     parser.add_argument(
         "--sha256", metavar="HEX", help="expected sha256 of SOURCE, checked before any work"
     )
@@ -122,6 +110,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_SEARCH_BUDGET_S:g})",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def _add_weight_only_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        choices=BLOCK_SIZES,
+        help="int4-weight/int8-weight: values per quantization block "
+        f"(default {DEFAULT_BLOCK_SIZE})",
+    )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        default=None,
+        help="int4-weight/int8-weight: symmetric blocks, no zero points (default asymmetric)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

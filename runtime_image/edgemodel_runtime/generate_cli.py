@@ -59,8 +59,20 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         help="none (token ids only), bytes (UTF-8 byte tokens), or a JSON file "
         '{"type": "bytes", "offset": N}',
     )
-    parser.add_argument("--ttft-slo-ms", type=float, default=None)
-    parser.add_argument("--itl-slo-ms", type=float, default=None)
+    parser.add_argument(
+        "--ttft-slo-ms",
+        type=float,
+        default=None,
+        help="time-to-first-token SLO, a histogram bucket boundary (default: "
+        "$EDGEMODEL_TTFT_SLO_MS or 500)",
+    )
+    parser.add_argument(
+        "--itl-slo-ms",
+        type=float,
+        default=None,
+        help="inter-token latency SLO, a histogram bucket boundary (default: "
+        "$EDGEMODEL_ITL_SLO_MS or 100)",
+    )
 
 
 def _slo_s(flag: float | None, variable: str, default_s: float) -> float:

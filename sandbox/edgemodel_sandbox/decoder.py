@@ -124,11 +124,14 @@ def bigram_embeddings(cfg: DecoderConfig, train: np.ndarray) -> np.ndarray:
     # converge on some of these matrices).
     eigenvalues, vectors = np.linalg.eigh(log_probs @ log_probs.T)
     order = np.argsort(eigenvalues)[::-1][: cfg.hidden]
-    embed = vectors[:, order] * np.clip(eigenvalues[order], 0.0, None) ** 0.25
+    leading = vectors[:, order] * np.clip(eigenvalues[order], 0.0, None) ** 0.25
+    # A hidden size above the vocabulary gets small random channels beyond the spectrum.
     rng = np.random.default_rng(cfg.seed + 2)
-    embed += 1e-3 * rng.standard_normal(embed.shape)
+    embed = 1e-3 * rng.standard_normal((cfg.vocab_size, cfg.hidden))
+    embed[:, : leading.shape[1]] += leading
     embed /= np.sqrt(np.mean(embed**2, axis=1, keepdims=True))
-    return embed.astype(np.float32)
+    table: np.ndarray = embed.astype(np.float32)
+    return table
 
 
 def layer_weights(cfg: DecoderConfig, embed: np.ndarray) -> dict[str, np.ndarray]:
@@ -137,7 +140,8 @@ def layer_weights(cfg: DecoderConfig, embed: np.ndarray) -> dict[str, np.ndarray
     h, kv = cfg.hidden, cfg.kv_heads * cfg.head_dim
 
     def dense(n_in: int, n_out: int, gain: float = 1.0) -> np.ndarray:
-        return (rng.standard_normal((n_in, n_out)) * gain / np.sqrt(n_in)).astype(np.float32)
+        values: np.ndarray = rng.standard_normal((n_in, n_out)) * gain / np.sqrt(n_in)
+        return values.astype(np.float32)
 
     w: dict[str, np.ndarray] = {"embed": embed}
     for i in range(cfg.layers):
@@ -243,8 +247,8 @@ def _io(cfg: DecoderConfig) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueI
     outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "seq", cfg.vocab_size])]
     for i in range(cfg.layers):
         for kind in ("key", "value"):
-            past = ["batch", cfg.kv_heads, "past", cfg.head_dim]
-            present = ["batch", cfg.kv_heads, "total", cfg.head_dim]
+            past: list[str | int | None] = ["batch", cfg.kv_heads, "past", cfg.head_dim]
+            present: list[str | int | None] = ["batch", cfg.kv_heads, "total", cfg.head_dim]
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32, past))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32, present))
     return inputs, outputs

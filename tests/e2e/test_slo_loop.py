@@ -295,7 +295,7 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
         kubectl(cluster), namespace, f"{name}-cpu", name, batch(seeded), workers=4, pause_s=0.01
     ).start()
     try:
-        time.sleep(5)
+        # (The stable revision's traffic builds its baseline while the canary compresses.)
         patch = {
             "spec": {
                 "model": {
@@ -333,7 +333,21 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
             on_fail=describe_for(cluster, namespace, name, operator),
         )
         took = time.monotonic() - started
-        time.sleep(5)  # the client keeps going through the canary's removal
+
+        def canary_left() -> list[str]:
+            """The canary's Deployments and runtime pods still in the namespace."""
+            runtime = f"edgemodel.dev/name={name},app.kubernetes.io/component=runtime"
+            out = cluster.kubectl(
+                "get", "deploy,pods", "-n", namespace, "-l", runtime, "-o", "json"
+            )
+            return [
+                item["metadata"]["name"]
+                for item in json.loads(out.stdout)["items"]
+                if item["metadata"]["labels"].get("edgemodel.dev/revision") != stable
+            ]
+
+        # The client keeps going until the canary's last pod is gone.
+        wait_for("only the stable revision left", lambda: not canary_left(), 60)
     finally:
         load.stop()
     status = body["status"]
@@ -342,25 +356,6 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
     assert took <= (2 + 1) * INTERVAL + 20, took
     assert load.failed == 0, load.errors[:5]
     assert load.ok > 100
-    wait_for(
-        "only stable Deployments left",
-        lambda: all(
-            d["metadata"]["labels"]["edgemodel.dev/revision"] == stable
-            for d in json.loads(
-                cluster.kubectl(
-                    "get",
-                    "deploy",
-                    "-n",
-                    namespace,
-                    "-l",
-                    f"edgemodel.dev/name={name}",
-                    "-o",
-                    "json",
-                ).stdout
-            )["items"]
-        ),
-        60,
-    )
     assert "RolledBack" in [e["reason"] for e in events(cluster, namespace, name)]
     assert condition(get_em(cluster, namespace, name), "Progressing")["reason"] == "RolledBack"
 

@@ -152,22 +152,52 @@ def test_one_block_per_column_under_outlier_channels_is_refused(
     assert not any((tmp_path / "large").glob("*/model.onnx"))  # nothing to deploy
 
 
-def test_gpu_artifacts_keep_embedding_tables_out_of_cpu_only_kernels(
-    decoder: Path, tmp_path: Path
+@pytest.mark.parametrize(("mode", "min_agreement"), [("dynamic-int8", 0.9), ("fp16", 0.99)])
+def test_the_other_modes_judge_a_decoder_by_its_next_tokens(
+    decoder: Path, tmp_path: Path, mode: str, min_agreement: float
 ) -> None:
     outcome = compress(
         Request(
             source=str(decoder / "model.onnx"),
             output=tmp_path,
-            mode="int4-weight",
-            target="gpu",
+            mode=mode,
             evaluation=decoder / "evaluation.npz",
             search_budget_s=0,
             measure_latency=False,
         )
     )
     assert outcome.passed, outcome.report["gate"]
-    ops = _ops(outcome.directory / "model.onnx")
+    accuracy = outcome.report["accuracy"]
+    assert accuracy["kind"] == "language-model" and accuracy["agreement"] >= min_agreement
+    assert outcome.report["gate"]["min_task_metric"] == pytest.approx(1 / 1.10)
+
+
+def _int4_for(decoder: Path, out: Path, target: str) -> Path:
+    outcome = compress(
+        Request(
+            source=str(decoder / "model.onnx"),
+            output=out,
+            mode="int4-weight",
+            target=target,
+            evaluation=decoder / "evaluation.npz",
+            search_budget_s=0,
+            measure_latency=False,
+        )
+    )
+    assert outcome.passed, outcome.report["gate"]
+    return outcome.directory / "model.onnx"
+
+
+def test_one_int4_artifact_serves_both_cpu_architectures(decoder: Path, tmp_path: Path) -> None:
+    amd64 = _int4_for(decoder, tmp_path, "amd64")
+    arm64 = _int4_for(decoder, tmp_path, "arm64")
+    assert amd64 != arm64 and amd64.read_bytes() == arm64.read_bytes()
+
+
+def test_gpu_artifacts_keep_embedding_tables_out_of_cpu_only_kernels(
+    decoder: Path, tmp_path: Path
+) -> None:
+    ops = _ops(_int4_for(decoder, tmp_path, "gpu"))
     assert ops["MatMulNBits"] == 15 and ops["GatherBlockQuantized"] == 0
 
 

@@ -1,8 +1,9 @@
 """Block-wise weight-only quantization (`int4-weight`, `int8-weight`): the request and the math.
 
-The settings a weight-only request resolves to, the block quantizer's rounding and packing
-(pure numpy), and which Gathers count as embedding tables: token-id lookups are quantized,
-tables looked up at computed positions (rotary cos/sin) are not.
+The EdgeModel fields reaching the compression Job, the settings a request resolves to, the
+block quantizer's rounding and packing (pure numpy), and which Gathers count as embedding
+tables: token-id lookups are quantized, tables looked up at computed positions (rotary cos/sin)
+are not.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgemodel_operator import builders
+from edgemodel_operator.api import parse_spec
+from edgemodel_operator.settings import Settings
 from edgemodel_runtime.compress.errors import CompressError
 from edgemodel_runtime.compress.settings import artifact_key, resolve
 from edgemodel_runtime.compress.weightonly import (
@@ -22,6 +26,21 @@ from edgemodel_runtime.compress.weightonly import (
     pack,
     quantize_blocks,
 )
+
+
+def test_block_fields_reach_the_compression_job_for_every_target() -> None:
+    spec = parse_spec(
+        {
+            "model": {"uri": "https://x/m.onnx", "sha256": "3" * 64},
+            "targets": [{"name": "cpu", "arch": "arm64"}],
+            "compression": {"quantization": "int4-weight", "blockSize": 64, "symmetric": True},
+        }
+    )
+    for variant in ("arm64", "amd64", "gpu"):
+        job = builders.compression_job("m", "ns", "uid", spec, "r1", variant, Settings())
+        args = list(job["spec"]["template"]["spec"]["initContainers"][0]["args"])
+        assert args[args.index("--mode") + 1] == "int4-weight"
+        assert args[args.index("--block-size") + 1] == "64" and "--symmetric" in args
 
 
 def _resolve(**kwargs: object) -> object:

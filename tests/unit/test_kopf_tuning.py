@@ -13,7 +13,7 @@ import inspect
 
 import kopf
 
-from edgemodel_operator import handlers
+from edgemodel_operator import handlers, labels
 from edgemodel_operator.kopf_tuning import NoDiffBase, tune
 
 BODY = kopf.Body({"metadata": {"name": "digits", "labels": {"a": "b"}}, "spec": {"x": [1, 2]}})
@@ -33,6 +33,26 @@ def test_tune_installs_it_with_the_operators_timeouts() -> None:
     assert settings.watching.server_timeout is not None
     assert settings.watching.client_timeout is not None
     assert settings.watching.server_timeout < settings.watching.client_timeout
+
+
+def test_owned_kinds_are_watched_with_the_managed_by_selector_and_edgemodels_without() -> None:
+    settings = kopf.OperatorSettings()
+    tune(settings)
+    selectors = settings.watching.label_selectors
+    for group, version, plural in [
+        ("batch", "v1", "jobs"),
+        ("apps", "v1", "deployments"),
+        ("", "v1", "services"),
+        ("", "v1", "pods"),
+    ]:
+        resource = kopf.Resource(group, version, plural)
+        assert selectors.collect(resource) == [f"{labels.MANAGED_BY}={labels.MANAGER}"]
+    for resource in [
+        kopf.Resource(labels.GROUP, labels.VERSION, labels.PLURAL),
+        kopf.Resource("", "v1", "nodes"),
+        kopf.Resource("apps", "v1", "replicasets"),
+    ]:
+        assert selectors.collect(resource) == []
 
 
 def _registered() -> list[object]:

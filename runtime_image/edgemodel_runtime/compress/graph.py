@@ -109,8 +109,21 @@ INT8_COMPUTE_OPS = frozenset(
 
 
 def int8_compute_ops(model: onnx.ModelProto) -> int:
-    """How many nodes compute on int8 activations (0: the graph computes in float)."""
-    return sum(1 for node in model.graph.node if node.op_type in INT8_COMPUTE_OPS)
+    """How many nodes compute on int8 activations (0: the graph computes in float).
+
+    Subgraphs count: silero-vad's DynamicQuantizeLSTM cells sit inside If branches.
+    """
+
+    def count(graph_proto: onnx.GraphProto) -> int:
+        total = 0
+        for node in graph_proto.node:
+            total += node.op_type in INT8_COMPUTE_OPS
+            for attribute in node.attribute:
+                subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
+                total += sum(count(sub) for sub in [*subgraphs, *attribute.graphs])
+        return total
+
+    return count(model.graph)
 
 
 def optimize_basic(src: Path, dst: Path) -> None:

@@ -762,14 +762,17 @@ def _gate_section(
 def _kept_section(
     chosen: search.Attempt, prepared: quantize.Prepared, search_log: search.SearchLog
 ) -> list[dict[str, Any]]:
-    op_of = dict(prepared.candidates)
-    sens_of = {s.node: s.relative_error for s in search_log.sensitivities}
+    weight_only = chosen.variant.weight_only
+    op_of = dict(prepared.weight_candidates if weight_only else prepared.candidates)
+    ranked = search_log.weight_sensitivities if weight_only else search_log.sensitivities
+    sens_of = {s.node: s.relative_error for s in ranked}
     return [
         {
             "node": node,
             "op_type": op_of.get(node, "?"),
-            "reason": "accuracy search: most sensitive nodes kept in float"
-            + (" (fp32 weights)" if chosen.variant.weight_only else ""),
+            # mixed precision: kept weights are stored fp16 and computed in fp32 (see mixed)
+            "reason": "accuracy search: among the most sensitive nodes, kept out of int8 "
+            "(weights stored fp16, computed in fp32)",
             "sensitivity_relative_error": sens_of.get(node),
         }
         for node in chosen.variant.nodes_to_exclude
@@ -793,6 +796,10 @@ def _search_section(settings: Settings, search_log: search.SearchLog) -> dict[st
         "sensitivity": [
             {"node": s.node, "op_type": s.op_type, "relative_error": s.relative_error}
             for s in search_log.sensitivities
+        ],
+        "weight_only_sensitivity": [
+            {"node": s.node, "op_type": s.op_type, "relative_error": s.relative_error}
+            for s in search_log.weight_sensitivities
         ],
         "budget_s": settings.search_budget_s,
         "budget_exhausted": search_log.budget_exhausted,

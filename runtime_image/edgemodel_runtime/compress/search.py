@@ -52,6 +52,8 @@ class SearchLog:
 
     attempts: list[Attempt] = field(default_factory=list)
     sensitivities: list[Sensitivity] = field(default_factory=list)
+    # weight-only int8: the error when only that node's weight is stored int8
+    weight_sensitivities: list[Sensitivity] = field(default_factory=list)
     budget_exhausted: bool = False
     elapsed_s: float = 0.0
 
@@ -230,6 +232,7 @@ def weight_only_search(
             break
         measured.append(Sensitivity(node, op_of[node], sensitivity(node)))
     measured.sort(key=lambda s: s.relative_error, reverse=True)
+    log.weight_sensitivities = measured
     for excluded in exclusion_plan(measured, len(candidates)):
         if clock() - start >= budget_s:
             log.budget_exhausted = True

@@ -145,7 +145,8 @@ def pack(levels: np.ndarray, bits: int) -> np.ndarray:
         return levels.astype(np.uint8)
     if levels.shape[-1] % 2:
         levels = np.concatenate([levels, np.zeros((*levels.shape[:-1], 1), np.uint8)], axis=-1)
-    return (levels[..., 0::2] | (levels[..., 1::2] << 4)).astype(np.uint8)
+    packed: np.ndarray = (levels[..., 0::2] | (levels[..., 1::2] << 4)).astype(np.uint8)
+    return packed
 
 
 def block_quantize_gathers(

@@ -145,7 +145,8 @@ class Batch:
 
     def keep(self, ids: Sequence[int]) -> Batch:
         """Only the rows of `ids` (in this batch's order), without padding no row needs."""
-        rows = [index for index, seq in enumerate(self.ids) if seq in set(ids)]
+        wanted = set(ids)
+        rows = [index for index, seq in enumerate(self.ids) if seq in wanted]
         mask = self.mask[rows]
         used = np.flatnonzero(mask.any(axis=0))
         start = int(used[0]) if used.size else mask.shape[1]
@@ -234,12 +235,11 @@ class DecoderModel:
     def check_padding(self) -> bool:
         """Whether a row's logits inside a left-padded batch equal its logits alone."""
         short, long = [1, 2], [3, 4, 5, 6]
-        alone, solo = self.prefill(0, short)
+        _, solo = self.prefill(0, short)
         _, other = self.prefill(1, long)
-        together = other.join(solo)
+        together = other.join(solo)  # the short row is left-padded by two
         alone_next, _ = self.decode(solo, [7])
         batched_next, _ = self.decode(together, [8, 7])
-        del alone
         return bool(np.allclose(alone_next[0], batched_next[1], atol=PADDING_TOLERANCE))
 
     def warm_up(self, batch: int = 1, runs: int = 3) -> float:

@@ -100,6 +100,21 @@ INVALID: list[tuple[str, Mutation, str]] = [
         "spec.compression.embeddingBits",
     ),
     (
+        "block-size-unknown",
+        _both(_set("compression.quantization", "int4-weight"), _set("compression.blockSize", 48)),
+        "spec.compression.blockSize",
+    ),
+    (
+        "block-size-with-dynamic-int8",
+        _set("compression.blockSize", 64),
+        "spec.compression.blockSize",
+    ),
+    (
+        "symmetric-with-fp16",
+        _both(_set("compression.quantization", "fp16"), _set("compression.symmetric", True)),
+        "spec.compression.blockSize",
+    ),
+    (
         "calibration-bad-digest",
         _set("compression.calibration", {"uri": "https://x/c.npz", "sha256": "zz"}),
         "spec.compression.calibration.sha256",
@@ -224,6 +239,25 @@ INVALID: list[tuple[str, Mutation, str]] = [
         _set("rollout", {"errorLimit": 1001}),
         "spec.rollout.errorLimit",
     ),
+    (
+        "token-slo-without-generative",
+        _set("slo", {"latencyP95Ms": 9000, "timeToFirstTokenP95Ms": 300}),
+        "spec.slo",
+    ),
+    (
+        "token-slo-generative-false",
+        _both(
+            _set("slo", {"latencyP95Ms": 9000, "interTokenP95Ms": 40}),
+            _set("serving", {"generative": False}),
+        ),
+        "spec.slo",
+    ),
+    (
+        "serving-max-sequences-zero",
+        _set("serving", {"maxSequences": 0}),
+        "spec.serving.maxSequences",
+    ),
+    ("serving-tokenizer-unknown", _set("serving", {"tokenizer": "bpe"}), "spec.serving.tokenizer"),
     ("paused-not-boolean", _set("paused", "yes"), "spec.paused"),
     ("unknown-field", _set("replicas", 3), "spec.replicas"),
 ]
@@ -357,6 +391,41 @@ def test_every_valid_variant_is_accepted(
     assert result.returncode == 0, result.stderr
     parsed = parse_spec(manifest["spec"])
     assert parsed.targets[1].gpu and parsed.targets[0].replicas.upper == 1000
+
+
+@pytest.mark.parametrize("quantization", ["int4-weight", "int8-weight"])
+def test_weight_only_quantization_takes_block_size_and_symmetry(
+    cluster: Cluster, crd: dict[str, Any], namespace: str, quantization: str
+) -> None:
+    manifest = minimal(f"blocks-{quantization}")
+    manifest["spec"]["compression"] = {
+        "quantization": quantization,
+        "blockSize": 128,
+        "symmetric": True,
+        "accuracyGate": copy.deepcopy(GATE),
+    }
+    result = _apply(cluster, namespace, manifest)
+    assert result.returncode == 0, result.stderr
+    compression = parse_spec(manifest["spec"]).compression
+    assert (compression.block_size, compression.symmetric) == (128, True)
+
+
+def test_a_generative_model_with_token_slos_is_accepted(
+    cluster: Cluster, crd: dict[str, Any], namespace: str
+) -> None:
+    manifest = minimal("lm")
+    manifest["spec"].update(
+        {
+            "serving": {"generative": True, "tokenizer": "bytes", "maxSequences": 4},
+            "slo": {"latencyP95Ms": 30000, "timeToFirstTokenP95Ms": 400, "interTokenP95Ms": 50},
+            "autoscaling": {"enabled": True},
+        }
+    )
+    result = _apply(cluster, namespace, manifest, dry_run=False)
+    assert result.returncode == 0, result.stderr
+    parsed = parse_spec(manifest["spec"])
+    assert parsed.generative and parsed.slo is not None
+    assert parsed.slo.time_to_first_token_p95_ms == 400
 
 
 def test_kubectl_get_shows_the_printer_columns(

@@ -112,6 +112,31 @@ def test_the_recurrent_model_keeps_its_frame_decisions_as_a_stream(
     assert np.mean((compressed > 0.5) == speech) >= 0.99
 
 
+def test_fp16_converts_the_recurrent_model_inside_its_if_branches(
+    zoo_entry: Entry, tmp_path: Path
+) -> None:
+    """silero-vad's whole network sits inside If branches (one per sample rate): the fp16
+    converter's Casts around the ops kept fp32 there must land in the right branch."""
+    entry = zoo_entry("silero-vad")
+    outcome = compress_zoo(entry, tmp_path, mode="fp16", measure_latency=False)
+    report = outcome.report
+    assert outcome.passed, report["gate"]["reasons"]
+    assert report["accuracy"]["agreement"] >= 0.995
+    assert report["sizes"]["ratio"] <= 0.52
+    artifact = onnx.load_model(str(outcome.directory / "model.onnx"))
+    onnx.checker.check_model(artifact)
+    branches = [a.g for n in artifact.graph.node if n.op_type == "If" for a in n.attribute]
+    weights = [
+        a.t
+        for g in branches
+        for n in g.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value" and len(a.t.dims) >= 2
+    ] + [i for g in branches for i in g.initializer if len(i.dims) >= 2]
+    assert weights and {w.data_type for w in weights} == {onnx.TensorProto.FLOAT16}
+
+
 def test_the_cli_takes_the_output_kind_and_prints_the_task_metric(
     zoo_entry: Entry, run_compress: CliRunner, tmp_path: Path
 ) -> None:

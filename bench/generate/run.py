@@ -1,0 +1,245 @@
+"""Benchmark a generative model side by side in one run: compression, decoding, serving.
+
+One decoder, the sandbox's Llama-shaped fixture at the benchmark size (`edgemodel_sandbox.decoder`,
+~130 M parameters, byte tokens; built here on first use and cached), three artifacts:
+
+  fp32          the model as built
+  int8-weight   `edgemodel compress --mode int8-weight` (MatMulNBits, 8 bits, blocks of 32)
+  int4-weight   `edgemodel compress --mode int4-weight` (MatMulNBits, 4 bits, blocks of 32)
+
+Per artifact: size, next-token top-1 agreement with fp32 on held-out sequences (the language
+model gate's own figure), time to first token for a 128-token prompt (prefill, batch 1), and
+decode tokens/s at batch 1, from a plain onnxruntime greedy loop over the KV cache ("the engine",
+no server: bench/serve/generate.py's `engine_row`). Then the int4 artifact behind
+`edgemodel serve --generative` (bench/serve/generate.py's `server_row`: aiohttp clients reading
+`/generate_stream` events): one stream at a time vs 8 concurrent streams (iteration-level
+batching), total tokens/s; and the server's overhead per token against the engine's step time
+(inter-token p50, one stream, the same model and thread count). One intra-op thread everywhere;
+client, server and engine share this machine's cores. Targets (issue 14) are printed beside the
+figures. Usage:
+
+    .venv/bin/python bench/generate/run.py [--duration 8] [--size bench|small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edgemodel_runtime.compress import Request, compress
+from edgemodel_sandbox.decoder import DecoderConfig, ensure_decoder
+
+# ~134 M parameters (12 layers x 11.2 M, 537 MB fp32); fewer fitting windows than the test size
+# so the closed-form LM head is fitted in a couple of minutes on 2 cores.
+BENCH = DecoderConfig(
+    hidden=1024,
+    layers=12,
+    heads=16,
+    kv_heads=4,
+    intermediate=2816,
+    train_sequences=64,
+    eval_sequences=16,
+)
+SMALL = DecoderConfig()  # the test size: checks the script in seconds
+PROMPT = 128  # tokens of the time-to-first-token prompt
+DECODE_TOKENS = 32  # new tokens per engine generation
+SERVE_PROMPT = 32  # the serving rows: short prompts, longer outputs (decode-bound, as chat is)
+SERVE_TOKENS = 64
+STREAMS = 8
+
+
+def serve_bench() -> ModuleType:
+    """bench/serve/generate.py, imported by path (bench/ is scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "serve" / "generate.py"
+    spec = importlib.util.spec_from_file_location("bench_serve_generate", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+SERVE = serve_bench()
+
+
+@dataclass
+class Artifact:
+    """One model of the table and its figures."""
+
+    name: str
+    path: Path
+    seconds: float  # to build (fp32) or compress
+    size: int
+    agreement: float = 1.0
+    perplexity: float = 0.0
+    perplexity_fp32: float = 0.0  # the gate's figure for the original, on the same sequences
+    ttft_ms: float = 0.0
+    decode_tps: float = 0.0
+    step_ms: float = 0.0
+
+
+def compressed(folder: Path, work: Path, mode: str) -> Artifact:
+    """`mode` through the real `edgemodel compress` pipeline, judged by the LM gate."""
+    started = time.monotonic()
+    outcome = compress(
+        Request(
+            source=str(folder / "model.onnx"),
+            output=work / mode,
+            mode=mode,
+            target="amd64",
+            evaluation=folder / "evaluation.npz",
+            measure_latency=False,
+            search_budget_s=0,
+        )
+    )
+    accuracy = outcome.report["accuracy"]
+    if not outcome.passed:
+        print(f"  {mode}: the gate refused it: {outcome.report['gate']['reasons']}")
+    path = outcome.directory / "model.onnx"
+    return Artifact(
+        mode,
+        path,
+        time.monotonic() - started,
+        path.stat().st_size,
+        agreement=float(accuracy["agreement"]),
+        perplexity=float(accuracy["perplexity_compressed"]),
+        perplexity_fp32=float(accuracy["perplexity_original"]),
+    )
+
+
+def measure_engine(
+    artifact: Artifact, cfg: DecoderConfig, prompt: list[int], duration: float
+) -> None:
+    """TTFT of the 128-token prompt and decode tokens/s at batch 1, from the engine alone."""
+    row = SERVE.engine_row(artifact.path, cfg, prompt, DECODE_TOKENS, duration)
+    artifact.ttft_ms = float(np.median(row.ttft)) * 1000
+    artifact.step_ms = float(np.median(row.itl)) * 1000
+    artifact.decode_tps = 1000 / artifact.step_ms
+
+
+def serve_rows(model: Path, prompt: list[int], duration: float) -> dict[int, Any]:
+    """Total tokens/s of `edgemodel serve --generative` at 1 and STREAMS concurrent streams."""
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="edgemodel-bench-generate-") as work:
+        for concurrency in (1, STREAMS):
+            process, port = SERVE.start_server(model, concurrency, Path(work) / "serve.log")
+            try:
+                rows[concurrency] = asyncio.run(
+                    SERVE.server_row(port, prompt, SERVE_TOKENS, concurrency, duration)
+                )
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+    return rows
+
+
+def print_artifacts(artifacts: list[Artifact], cfg: DecoderConfig, parameters: int) -> None:
+    fp32 = artifacts[0]
+    print(
+        f"\n## Llama-shaped decoder {cfg.layers}x{cfg.hidden} ({parameters / 1e6:.0f} M "
+        f"parameters, byte tokens); batch 1, 1 intra-op thread\n"
+    )
+    print(
+        "| artifact | MB | size x fp32 | next-token agreement | perplexity "
+        f"| TTFT {PROMPT}-token prompt ms | decode tokens/s | decode x fp32 | made in s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for a in artifacts:
+        print(
+            f"| {a.name} | {a.size / 1e6:.1f} | {a.size / fp32.size:.3f} | {a.agreement:.4f} "
+            f"| {a.perplexity:.2f} | {a.ttft_ms:.0f} | {a.decode_tps:.1f} "
+            f"| {a.decode_tps / fp32.decode_tps:.2f} | {a.seconds:.0f} |"
+        )
+
+
+def print_serving(engine: Any, rows: dict[int, Any]) -> None:
+    print(
+        f"\n## int4-weight served: prompt {SERVE_PROMPT} tokens, {SERVE_TOKENS} new tokens, "
+        "greedy (client-side times)\n"
+    )
+    print("| mode | streams | tokens/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for row in [engine, rows[1], rows[STREAMS]]:
+        print(
+            f"| {row.mode} | {row.concurrency} | {row.rate:.1f} | {SERVE.pct(row.ttft, 50)} "
+            f"| {SERVE.pct(row.ttft, 95)} | {SERVE.pct(row.itl, 50)} | {SERVE.pct(row.itl, 95)} |"
+        )
+
+
+def targets(artifacts: dict[str, Artifact], engine: Any, rows: dict[int, Any]) -> None:
+    """The issue's targets beside the measured figures."""
+    fp32, int4 = artifacts["fp32"], artifacts["int4-weight"]
+    engine_step = float(np.median(engine.itl))
+    served_step = float(np.median(rows[1].itl))
+    overhead = (served_step - engine_step) / engine_step
+    checks = [
+        ("int4 artifact size", f"{int4.size / fp32.size:.3f}x fp32", "<= 0.30x",
+         int4.size / fp32.size <= 0.30),
+        ("int4 decode tokens/s, batch 1", f"{int4.decode_tps / fp32.decode_tps:.2f}x fp32",
+         ">= 1.8x", int4.decode_tps / fp32.decode_tps >= 1.8),
+        ("int4 next-token agreement", f"{int4.agreement:.1%}", ">= 95 %", int4.agreement >= 0.95),
+        ("int8 next-token agreement", f"{artifacts['int8-weight'].agreement:.1%}", ">= 95 %",
+         artifacts["int8-weight"].agreement >= 0.95),
+        (f"{STREAMS} streams vs one at a time", f"{rows[STREAMS].rate / rows[1].rate:.2f}x",
+         ">= 3x", rows[STREAMS].rate >= 3 * rows[1].rate),
+        ("server overhead per token", f"{overhead:+.1%} of the engine's {engine_step * 1e3:.2f} "
+         f"ms step", "<= 5 %", overhead <= 0.05),
+    ]  # fmt: skip
+    print("\n## Targets (issue 14)\n")
+    print("| target | measured | wanted | met |")
+    print("|---|---|---|---|")
+    for name, measured, wanted, met in checks:
+        print(f"| {name} | {measured} | {wanted} | {'yes' if met else 'NO'} |")
+
+
+def prompt_of(folder: Path, length: int) -> list[int]:
+    ids = np.load(folder / "evaluation.npz")["input_ids"]
+    return [int(t) for t in ids[0, :length]]
+
+
+def run(cfg: DecoderConfig, duration: float) -> None:
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    started = time.monotonic()
+    folder = ensure_decoder(cfg)
+    parameters = int(json.loads((folder / "decoder.json").read_text())["parameters"])
+    model = folder / "model.onnx"
+    artifacts = [Artifact("fp32", model, time.monotonic() - started, model.stat().st_size)]
+    with tempfile.TemporaryDirectory(prefix="edgemodel-bench-generate-") as tmp:
+        for mode in ("int8-weight", "int4-weight"):
+            artifacts.append(compressed(folder, Path(tmp), mode))
+        artifacts[0].perplexity = artifacts[1].perplexity_fp32
+        for artifact in artifacts:
+            measure_engine(artifact, cfg, prompt_of(folder, PROMPT), duration)
+        print_artifacts(artifacts, cfg, parameters)
+        short = prompt_of(folder, SERVE_PROMPT)
+        engine = SERVE.engine_row(artifacts[-1].path, cfg, short, SERVE_TOKENS, duration)
+        rows = serve_rows(artifacts[-1].path, short, duration)
+    print_serving(engine, rows)
+    targets({a.name: a for a in artifacts}, engine, rows)
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"total {time.monotonic() - started:.0f} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured row")
+    parser.add_argument("--size", choices=("bench", "small"), default="bench")
+    args = parser.parse_args()
+    run(BENCH if args.size == "bench" else SMALL, args.duration)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
