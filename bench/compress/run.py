@@ -6,10 +6,13 @@ on-the-wire (zstd-10) ratios against fp32, p50 latency at batch 1 with 2 intra-o
 see runner.p50_latency_ms), and accuracy
 figures against fp32 on the fixture's evaluation set. Targets are checked and printed.
 
+Then a language model (lm_table.py): the generated Llama-shaped decoder in fp32, int8-weight
+and int4-weight (size, prefill and decode-step latency, next-token agreement, perplexity).
+
 Then the model zoo (zoo_table.py): real pretrained models with their task metrics, our modes
 beside onnxruntime's default quantize_dynamic / quantize_static, targets checked.
 
-Run: .venv/bin/python bench/compress/run.py [--layers N] [--runs N] [--no-zoo]
+Run: .venv/bin/python bench/compress/run.py [--layers N] [--runs N] [--no-zoo] [--no-lm]
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--no-zoo", action="store_true", help="skip the model zoo tables")
+    parser.add_argument("--no-lm", action="store_true", help="skip the language-model table")
     parser.add_argument("--zoo-size", choices=["small", "large"], default="large")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -161,6 +165,10 @@ def main() -> int:
         drop = r[rows[2].name]["accuracy_drop"]
         print()
         ok &= check(f"static-int8 top-1 accuracy drop {drop:.2f} points <= 0.5", drop <= 0.5)
+    if not args.no_lm:
+        import lm_table  # beside this script
+
+        ok &= lm_table.run(args.runs)
     if not args.no_zoo:
         import zoo_table  # beside this script
 

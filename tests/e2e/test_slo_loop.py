@@ -283,14 +283,15 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
     cluster.kubectl(
         "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(name, seeded, 15.0))
     )
+    # The slower revision's 135 MB model is uploaded while the first one compresses and deploys.
+    wide = wide_classifier(4096, 3)
+    wide_sha = _upload(store_url, wide.model, store_token)
     stable = wait_for(
         "Ready",
         ready(cluster, namespace, name),
         300,
         on_fail=describe_for(cluster, namespace, name, operator),
     )["status"]["stableRevision"]
-    wide = wide_classifier(4096, 3)
-    wide_sha = _upload(store_url, wide.model, store_token)
     load = Load(
         kubectl(cluster), namespace, f"{name}-cpu", name, batch(seeded), workers=4, pause_s=0.01
     ).start()
@@ -335,7 +336,7 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
         took = time.monotonic() - started
 
         def canary_left() -> list[str]:
-            """The canary's Deployments and runtime pods still in the namespace."""
+            """The canary's Deployments, and its runtime pods not yet terminating."""
             runtime = f"edgemodel.dev/name={name},app.kubernetes.io/component=runtime"
             out = cluster.kubectl(
                 "get", "deploy,pods", "-n", namespace, "-l", runtime, "-o", "json"
@@ -344,10 +345,13 @@ def test_slower_revision_is_rolled_back_without_a_failed_request(
                 item["metadata"]["name"]
                 for item in json.loads(out.stdout)["items"]
                 if item["metadata"]["labels"].get("edgemodel.dev/revision") != stable
+                and not item["metadata"].get("deletionTimestamp")
             ]
 
-        # The client keeps going until the canary's last pod is gone.
+        # The client keeps going until the canary's Deployment is gone and its pods are leaving
+        # the Service (they still serve for the runtime's shutdown delay meanwhile).
         wait_for("only the stable revision left", lambda: not canary_left(), 60)
+        time.sleep(1)
     finally:
         load.stop()
     status = body["status"]

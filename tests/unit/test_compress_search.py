@@ -5,11 +5,15 @@ from __future__ import annotations
 from edgemodel_runtime.compress.gate import Figures
 from edgemodel_runtime.compress.quantize import Variant
 from edgemodel_runtime.compress.search import (
+    MIXED_MAX_FRACTION,
+    PROBE_SHARE,
     Attempt,
+    SearchLog,
     Sensitivity,
     exclusion_plan,
     method_order,
     run_search,
+    weight_only_search,
 )
 
 
@@ -120,3 +124,38 @@ def test_zero_budget_means_no_search() -> None:
         budget_s=0,
     )
     assert chosen is first and log.attempts == [first]
+
+
+def test_weight_only_probes_leave_half_the_budget_to_the_plan() -> None:
+    """Probing stops at PROBE_SHARE of the budget; the plan then keeps the most sensitive of
+    the probed nodes out of int8 until the gate passes."""
+    candidates = [(f"w{i}", "Conv") for i in range(30)]
+    sensitivity = {f"w{i}": float(i % 7) for i in range(30)}  # w6 and w13 are the worst probed
+    tried: list[Variant] = []
+
+    def attempt(variant: Variant) -> Attempt:
+        tried.append(variant)
+        ok = {"w6", "w13"} <= set(variant.nodes_to_exclude)
+        return attempt_of(variant, 0.995 if ok else 0.9)
+
+    log = SearchLog()
+    first = attempt_of(Variant(weight_only=True), 0.9)
+    chosen = weight_only_search(
+        first,
+        candidates=candidates,
+        attempt=attempt,
+        sensitivity=sensitivity.__getitem__,
+        budget_s=20 / PROBE_SHARE,
+        clock=iter(range(1000)).__next__,  # one tick per probe
+        log=log,
+    )
+    assert len(log.weight_sensitivities) < len(candidates)  # probing stopped early
+    assert log.budget_exhausted
+    assert chosen.passed and set(chosen.variant.nodes_to_exclude) >= {"w6", "w13"}
+    assert all(v.weight_only for v in tried)
+    assert log.attempts[0] is first and log.attempts[-1] is chosen
+
+
+def test_weight_only_plans_may_keep_most_nodes_because_they_stay_compressed() -> None:
+    plan = exclusion_plan(ranked(10), 10, MIXED_MAX_FRACTION)
+    assert [len(p) for p in plan] == [1, 2, 4, 8, 9]  # fp16 weights: never all ten

@@ -450,6 +450,7 @@ def _weight_only(prepared: Prepared, out: Path, settings: Settings, variant: Var
         block_size=settings.block_size,
         symmetric=bool(settings.symmetric),
         embeddings=settings.target != "gpu",
+        accuracy_level=None if settings.target == "gpu" else weightonly.CPU_ACCURACY_LEVEL,
     )
     weightonly.quantize_weight_only(prepared.path, out, plan, exclude=exclude)
 

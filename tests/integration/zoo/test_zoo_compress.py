@@ -20,10 +20,11 @@ import numpy as np
 import onnx
 import pytest
 
-from edgemodel_runtime.compress import Request, compress, tasks
+from edgemodel_runtime.compress import Request, compress, quantize, tasks
 from edgemodel_runtime.compress.inputs import input_specs
 from edgemodel_runtime.compress.runner import make_session, run_all
 from edgemodel_runtime.compress.search import LATENCY_TOLERANCE
+from edgemodel_runtime.compress.settings import resolve
 from edgemodel_sandbox import zoo
 from tests.integration.conftest import CliRunner
 
@@ -110,6 +111,58 @@ def test_the_recurrent_model_keeps_its_frame_decisions_as_a_stream(
     speech = original > 0.5
     assert 0.2 < speech.mean() < 0.95  # the audio has both speech and silence
     assert np.mean((compressed > 0.5) == speech) >= 0.99
+
+
+def test_the_recognizers_kept_convolutions_get_fp16_weights(
+    zoo_entry: Entry, tmp_path: Path
+) -> None:
+    """Mixed precision on the PP-OCRv4 recognizer: weight-only int8 with its convolutions
+    (where the sensitive nodes are: each pointwise one alone changes lines) kept out of int8.
+    Their weights are stored fp16 and computed in fp32: the artifact lands between all-int8
+    and all-fp32 in size and follows the original's posteriors more closely than all-int8."""
+    entry = zoo_entry("ppocr-rec")
+    original = onnx.load_model(str(entry.model))
+    specs = input_specs(original)
+    settings = resolve(
+        mode="dynamic-int8",
+        target="amd64",
+        calibration_sha256=None,
+        calibration_method=None,
+        evaluation_sha256=None,
+        prune_sparsity=None,
+        max_accuracy_drop=None,
+        min_agreement=None,
+        search_budget_s=0,
+    )
+    prepared = quantize.prepare(original, settings, tmp_path, "ppocr-rec")
+    convolutions = tuple(n for n, op in prepared.weight_candidates if op == "Conv")
+    data = dict(np.load(entry.evaluation))
+    first = original.graph.output[0].name
+    reference = run_all(make_session(entry.model), data, specs)[first]
+
+    def build(kept: tuple[str, ...]) -> tuple[int, float, onnx.ModelProto]:
+        out = tmp_path / f"kept-{len(kept)}.onnx"
+        variant = quantize.Variant(nodes_to_exclude=kept, weight_only=True)
+        quantize.convert(
+            prepared,
+            out,
+            settings=settings,
+            variant=variant,
+            calibration=None,
+            specs=specs,
+            workdir=tmp_path,
+        )
+        got = run_all(make_session(out), data, specs)[first]
+        error = float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
+        return out.stat().st_size, error, onnx.load_model(str(out))
+
+    int8_size, int8_error, _ = build(())
+    mixed_size, mixed_error, artifact = build(convolutions)
+    assert len(convolutions) >= 20
+    assert int8_size < mixed_size < 0.5 * entry.model.stat().st_size
+    assert mixed_error < 0.5 * int8_error
+    fp16 = [i for i in artifact.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16) >= len(convolutions) // 2  # depthwise 3x3 weights may be under the floor
 
 
 def test_fp16_converts_the_recurrent_model_inside_its_if_branches(
