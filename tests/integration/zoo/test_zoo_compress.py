@@ -212,3 +212,20 @@ def test_the_cli_takes_the_output_kind_and_prints_the_task_metric(
         entry.model, "--output", tmp_path / "t", "--eval", entry.evaluation, "--output-kind", "x"
     )
     assert refused.returncode == 2 and "invalid choice: 'x'" in refused.stderr
+
+
+def test_pre_processing_writes_nothing_into_the_current_directory(
+    zoo_entry: Entry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Symbolic shape inference gives up on the recognizer, and onnxruntime then saves its
+    half-inferred model (sym_shape_infer_temp.onnx + a <uuid>.data) in the current directory:
+    pre-processing runs in the work directory instead."""
+    entry = zoo_entry("ppocr-rec")
+    cwd, work = tmp_path / "cwd", tmp_path / "work"
+    cwd.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(cwd)
+    how = quantize.preprocess(entry.model, work / "prepared.onnx")
+    assert how == "quant_pre_process(skip_symbolic_shape)"  # the full one failed
+    assert list(cwd.iterdir()) == []
+    assert (work / "prepared.onnx").exists()
