@@ -245,6 +245,7 @@ def _group_of(item: pytest.Item) -> str:
     return f"integration:{path.as_posix()}"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into scopes
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups = {id(item): _group_of(item) for item in items}
 

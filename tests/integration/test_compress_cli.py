@@ -163,9 +163,12 @@ def test_search_keeps_the_sensitive_layer_in_float(run_compress: CliRunner, tmp_
     report = report_of(result.stdout)
     kept = report["kept_in_float"]
     assert isinstance(kept, list) and [k["node"] for k in kept] == ["mm1"]
-    assert kept[0]["sensitivity_relative_error"] > 0.5
+    # The kept node's figure is its sensitivity in the chosen candidate (int8 kernels or
+    # weight-only int8, whichever passed smaller); with int8 activations it is the outlier.
+    assert kept[0]["sensitivity_relative_error"] > 0.1
     sensitivity = report["search"]["sensitivity"]
     assert sensitivity[0]["node"] == "mm1"
+    assert sensitivity[0]["relative_error"] > 0.5
     assert report["accuracy"]["agreement"] >= 0.95
 
 

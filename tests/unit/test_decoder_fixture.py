@@ -97,3 +97,18 @@ def test_the_same_config_builds_the_same_bytes(tiny: Path, tmp_path: Path) -> No
 def test_impossible_shapes_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="heads=6 is not a multiple of kv_heads=4"):
         DecoderConfig(heads=6, kv_heads=4).validate()
+
+
+def test_the_generative_example_names_the_default_decoder_by_digest() -> None:
+    """examples/generative-edgemodel.yaml works as it is once the demo uploaded the decoder."""
+    import yaml
+
+    from edgemodel_runtime.sources import sha256_file
+
+    root = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((root / "examples" / "generative-edgemodel.yaml").read_text())["spec"]
+    folder = ensure_decoder()
+    assert spec["model"]["sha256"] == sha256_file(folder / "model.onnx")
+    evaluation = spec["compression"]["accuracyGate"]["evaluation"]
+    assert evaluation["sha256"] == sha256_file(folder / "evaluation.npz")
+    assert all(s["uri"].endswith(s["sha256"]) for s in (spec["model"], evaluation))

@@ -48,14 +48,28 @@ def _run(cluster: Cluster, scenario: Callable[[Kube], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def _service(namespace: str, uid: str = "uid-of-digits") -> dict[str, Any]:
+@pytest.fixture
+def owner(cluster: Cluster, namespace: str) -> str:
+    """The uid of an object that exists, to own the Services: with an owner uid that names
+    nothing, the garbage collector deletes the Service as soon as it can resolve the owner's
+    kind (once any test installed the CRD), racing the test's reads."""
+    cluster.kubectl("create", "configmap", "digits-owner", "-n", namespace)
+    found = cluster.kubectl("get", "configmap", "digits-owner", "-n", namespace, "-o", "json")
+    uid: str = json.loads(found.stdout)["metadata"]["uid"]
+    return uid
+
+
+def _service(namespace: str, uid: str) -> dict[str, Any]:
     spec = parse_spec(
         {
             "model": {"uri": "https://models.example.com/digits.onnx", "sha256": "3" * 64},
             "targets": [{"name": "arm", "arch": "arm64"}],
         }
     )
-    return builders.target_service("digits", namespace, uid, spec.targets[0])
+    service = builders.target_service("digits", namespace, uid, spec.targets[0])
+    reference = service["metadata"]["ownerReferences"][0]
+    reference.update(apiVersion="v1", kind="ConfigMap", name="digits-owner")
+    return service
 
 
 def _get(cluster: Cluster, namespace: str) -> dict[str, Any]:
@@ -64,21 +78,23 @@ def _get(cluster: Cluster, namespace: str) -> dict[str, Any]:
     return result
 
 
-def test_a_new_object_is_created_by_one_request(cluster: Cluster, namespace: str) -> None:
+def test_a_new_object_is_created_by_one_request(
+    cluster: Cluster, namespace: str, owner: str
+) -> None:
     async def scenario(kube: Kube) -> int:
         with counting() as calls:
-            await kube.apply(_service(namespace), absent=True)
+            await kube.apply(_service(namespace, owner), absent=True)
         return calls[0]
 
     assert _run(cluster, scenario) == 1
     created = _get(cluster, namespace)
-    assert created["metadata"]["ownerReferences"][0]["uid"] == "uid-of-digits"
+    assert created["metadata"]["ownerReferences"][0]["uid"] == owner
     # The precondition's impossible version is not kept: the object has a real one.
     assert int(created["metadata"]["resourceVersion"]) < 2**63
 
 
 def test_an_unowned_object_the_cache_missed_is_not_taken_over(
-    cluster: Cluster, namespace: str
+    cluster: Cluster, namespace: str, owner: str
 ) -> None:
     cluster.kubectl(
         "create", "service", "clusterip", "digits-arm", "--tcp=5432:5432", "-n", namespace
@@ -87,7 +103,7 @@ def test_an_unowned_object_the_cache_missed_is_not_taken_over(
 
     async def scenario(kube: Kube) -> OwnershipConflict:
         with pytest.raises(OwnershipConflict) as refused:
-            await kube.apply(_service(namespace), absent=True)  # "the name is free"
+            await kube.apply(_service(namespace, owner), absent=True)  # "the name is free"
         return refused.value
 
     conflict = _run(cluster, scenario)
@@ -98,10 +114,12 @@ def test_an_unowned_object_the_cache_missed_is_not_taken_over(
     assert [p["port"] for p in after["spec"]["ports"]] == [5432]
 
 
-def test_our_own_object_the_cache_missed_is_still_updated(cluster: Cluster, namespace: str) -> None:
+def test_our_own_object_the_cache_missed_is_still_updated(
+    cluster: Cluster, namespace: str, owner: str
+) -> None:
     async def scenario(kube: Kube) -> int:
-        await kube.apply(_service(namespace))
-        changed = _service(namespace)
+        await kube.apply(_service(namespace, owner))
+        changed = _service(namespace, owner)
         changed["metadata"]["labels"]["extra"] = "yes"
         with counting() as calls:
             await kube.apply(changed, absent=True)
