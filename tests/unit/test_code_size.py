@@ -1,9 +1,10 @@
-"""Specification of the size rule: no function of the shipped code is over 80 lines.
+"""Specification of the size rule: no function outside tests is over 80 lines.
 
 ruff's size rules (too many branches, statements, returns: pyproject.toml) bound a function's
-complexity but not its length; this walks operator/, runtime_image/ and sandbox/ with `ast`
-so that a long function of flat code (a builder returning one big dict) is split as well.
-Tests and bench/ are exempt (docs/architecture.md, code size).
+complexity but not its length; this walks operator/, runtime_image/, sandbox/ and bench/ with
+`ast` so that a long function of flat code (a builder returning one big dict) is split as well.
+Only tests are exempt; bench/ keeps ruff's branch and statement limits off, not this one
+(docs/architecture.md, "Code size").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("operator", "runtime_image", "sandbox")
+PACKAGES = ("operator", "runtime_image", "sandbox", "bench")
 MAX_LINES = 80
 
 
