@@ -23,10 +23,12 @@ import json
 import logging
 import random
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -159,18 +161,23 @@ class Credentials:
     certificate_path: str | None = None
     private_key_path: str | None = None
     insecure: bool = False
+    # A client certificate given inline (kubeconfig `client-certificate-data` /
+    # `client-key-data`, PEM or base64 of PEM): loaded through private temporary files.
+    certificate_data: bytes | None = None
+    private_key_data: bytes | None = None
 
     @classmethod
     def from_kopf(cls, info: Any) -> Credentials:
-        ca_data = info.ca_data
         return cls(
             server=info.server,
             token=info.token,
             ca_path=info.ca_path,
-            ca_data=ca_data.encode() if isinstance(ca_data, str) else ca_data,
+            ca_data=_as_bytes(info.ca_data),
             certificate_path=info.certificate_path,
             private_key_path=info.private_key_path,
             insecure=bool(info.insecure),
+            certificate_data=_as_bytes(getattr(info, "certificate_data", None)),
+            private_key_data=_as_bytes(getattr(info, "private_key_data", None)),
         )
 
     def ssl_context(self) -> ssl.SSLContext | bool:
@@ -180,15 +187,31 @@ class Credentials:
             return False
         context = ssl.create_default_context(cafile=self.ca_path)
         if self.ca_data:
-            pem = (
-                self.ca_data
-                if self.ca_data.lstrip().startswith(b"-----")
-                else base64.b64decode(self.ca_data)
-            )
-            context.load_verify_locations(cadata=pem.decode())
-        if self.certificate_path and self.private_key_path:
+            context.load_verify_locations(cadata=_pem(self.ca_data).decode())
+        if self.certificate_data and self.private_key_data:
+            _load_inline_chain(context, _pem(self.certificate_data), _pem(self.private_key_data))
+        elif self.certificate_path and self.private_key_path:
             context.load_cert_chain(self.certificate_path, self.private_key_path)
         return context
+
+
+def _as_bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _pem(data: bytes) -> bytes:
+    """PEM as given, or decoded from base64 (kubeconfigs carry base64 of PEM)."""
+    return data if data.lstrip().startswith(b"-----") else base64.b64decode(data)
+
+
+def _load_inline_chain(context: ssl.SSLContext, certificate: bytes, key: bytes) -> None:
+    """ssl loads a certificate chain only from files: private ones, gone once it is loaded."""
+    with tempfile.TemporaryDirectory(prefix="edgemodel-tls-") as directory:
+        certificate_file, key_file = Path(directory) / "tls.crt", Path(directory) / "tls.key"
+        certificate_file.write_bytes(certificate)
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(key)
+        context.load_cert_chain(str(certificate_file), str(key_file))
 
 
 def resource_path(
