@@ -131,7 +131,7 @@ def target_rows(obj: Mapping[str, Any]) -> list[list[str]]:
                 str(seen.get("accelerator") or declared.get("accelerator") or "none"),
                 f"{_number(ready if ready is not None else (0 if desired is not None else None))}"
                 f"/{_number(desired)}",
-                latency_vs_slo(seen.get("p95LatencyMs"), slo),
+                latency_vs_slo(seen.get("p95LatencyMs"), seen.get("latencySloMs", slo)),
                 str(seen.get("revision") or NONE),
                 _scale(seen),
             ]

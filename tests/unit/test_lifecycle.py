@@ -534,6 +534,8 @@ def test_autoscaler_scales_a_stable_target_up_with_a_reason() -> None:
     assert row["lastScaleDecision"].startswith("up to") and "p95" in row["lastScaleReason"]
     assert state.rollout["scalers"]["arm"]["lastScaleUpAt"] == NOW.timestamp()
     assert state.p95_latency_ms == 60.0
+    # Each target's row says which SLO line its p95 was held to (`edgemodel status` shows it).
+    assert (row["p95LatencyMs"], row["latencySloMs"]) == (60.0, 20.0)
 
 
 def test_post_promotion_guard_rolls_back_to_the_previous_artifact() -> None:

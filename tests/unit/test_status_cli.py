@@ -106,6 +106,17 @@ def test_per_target_rows() -> None:
     ]
 
 
+def test_a_generative_target_is_shown_against_its_token_slo() -> None:
+    """The row's SLO is the one its p95 was held to (status `latencySloMs`): for a generative
+    model the token objective furthest over its line, not the whole-request latencyP95Ms."""
+    generative = copy.deepcopy(READY)
+    generative["spec"]["slo"] = {"latencyP95Ms": 60000, "timeToFirstTokenP95Ms": 250}
+    row = generative["status"]["targets"][1]
+    row.update(p95LatencyMs=312.5, latencySloMs=250)
+    assert target_rows(generative)[1][4] == "312.5/250ms OVER"
+    assert target_rows(generative)[0][4] == "31.2/60000ms"  # an older status: the spec's line
+
+
 def test_full_report() -> None:
     text = format_status(READY)
     lines = text.splitlines()

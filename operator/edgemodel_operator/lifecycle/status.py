@@ -276,6 +276,8 @@ class _Rows:
         p95 = self.observed.p95.get(target.name)
         if p95 is not None and p95.has_value:
             row["p95LatencyMs"] = round(float(p95.value or 0.0), 3)
+            if p95.threshold is not None:  # which SLO: a generative model's token objective
+                row["latencySloMs"] = float(p95.threshold)
         errors = self.observed.errors.get(target.name)
         if errors is not None and errors.has_value:
             row["errorRate"] = round(float(errors.value or 0.0), 5)
