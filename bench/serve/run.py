@@ -447,6 +447,10 @@ def print_targets(rows: list[Row]) -> None:
 UNCAPPED = str(1 << 30)  # an in-flight cap no benchmark reaches
 
 
+# (system, protocol, batching, concurrency) -> (latencies, seconds, errors, server CPU seconds)
+Cells = dict[tuple[str, str, str, int], tuple[list[float], float, int, float]]
+
+
 def cap_compare(
     fixture_model: Path,
     x: np.ndarray,
@@ -465,7 +469,7 @@ def cap_compare(
     if baseline_src is not None:
         variants.append(("baseline", (), {**os.environ, "PYTHONPATH": str(baseline_src)}))
     targets: list[Target] = []
-    cells: dict[tuple[str, str, str, int], tuple[list[float], float, int, float]] = {}
+    cells: Cells = {}
     with contextlib.ExitStack() as stack:
         for max_batch, label in ((0, "off"), (32, "on")):
             for name, extra, variant_env in variants:
@@ -483,14 +487,7 @@ def cap_compare(
                 ordered = targets if round_index % 2 == 0 else targets[::-1]
                 for target in ordered:
                     for protocol in ("HTTP", "gRPC"):
-                        key = (target.system, protocol, target.batching, concurrency)
-                        cpu_before = cpu_seconds(target.pid)
-                        lat, elapsed, errors = measure(
-                            target, protocol, concurrency, duration / rounds, x
-                        )
-                        cpu = cpu_seconds(target.pid) - cpu_before
-                        old = cells.get(key, ([], 0.0, 0, 0.0))
-                        cells[key] = (old[0] + lat, old[1] + elapsed, old[2] + errors, old[3] + cpu)
+                        _measure_cell(cells, target, protocol, concurrency, duration / rounds, x)
             print(f"round {round_index + 1}/{rounds} done", flush=True)
     return [
         summarize(system, protocol, batching, concurrency, lat, elapsed, errors, cpu)
@@ -590,23 +587,28 @@ def _start_triton(stack: contextlib.ExitStack[Any], model: Path, work: Path) -> 
     return targets
 
 
+def _measure_cell(
+    cells: Cells, target: Target, protocol: str, concurrency: int, seconds: float, x: np.ndarray
+) -> None:
+    """One timed run of one (target, protocol, concurrency) cell, added to its totals."""
+    key = (target.system, protocol, target.batching, concurrency)
+    cpu_before = cpu_seconds(target.pid)
+    lat, elapsed, errors = measure(target, protocol, concurrency, seconds, x)
+    cpu = cpu_seconds(target.pid) - cpu_before
+    old = cells.get(key, ([], 0.0, 0, 0.0))
+    cells[key] = (old[0] + lat, old[1] + elapsed, old[2] + errors, old[3] + cpu)
+
+
 def _measure_rounds(
     targets: list[Target], concurrencies: list[int], rounds: int, duration: float, x: np.ndarray
 ) -> list[Row]:
     """Every (target, protocol, concurrency) cell, interleaved round by round, summarized."""
-    cells: dict[tuple[str, str, str, int], tuple[list[float], float, int, float]] = {}
+    cells: Cells = {}
     for round_index in range(rounds):
         for concurrency in concurrencies:
             for target in targets:
                 for protocol in ("HTTP", "gRPC"):
-                    key = (target.system, protocol, target.batching, concurrency)
-                    cpu_before = cpu_seconds(target.pid)
-                    lat, elapsed, errors = measure(
-                        target, protocol, concurrency, duration / rounds, x
-                    )
-                    cpu = cpu_seconds(target.pid) - cpu_before
-                    old = cells.get(key, ([], 0.0, 0, 0.0))
-                    cells[key] = (old[0] + lat, old[1] + elapsed, old[2] + errors, old[3] + cpu)
+                    _measure_cell(cells, target, protocol, concurrency, duration / rounds, x)
         print(f"round {round_index + 1}/{rounds} done", flush=True)
     return [
         summarize(system, protocol, batching, concurrency, lat, elapsed, errors, cpu)

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import queue
 import ssl
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
@@ -189,15 +188,13 @@ class SyncKube:
     def _with_certificate(cls, config: Kubeconfig, attempts: int | None) -> SyncKube:
         if config.certificate_data is None or config.key_data is None:
             return cls(config.credentials, attempts)
-        # The certificate is loaded while the client is built; the files go right after.
-        with tempfile.TemporaryDirectory(prefix="edgemodel-runner-") as directory:
-            certificate, key = Path(directory) / "client.crt", Path(directory) / "client.key"
-            certificate.write_bytes(config.certificate_data)
-            key.write_bytes(config.key_data)
-            credentials = dataclasses.replace(
-                config.credentials, certificate_path=str(certificate), private_key_path=str(key)
-            )
-            return cls(credentials, attempts)
+        # The operator's client loads an inline certificate itself (kube.Credentials).
+        credentials = dataclasses.replace(
+            config.credentials,
+            certificate_data=config.certificate_data,
+            private_key_data=config.key_data,
+        )
+        return cls(credentials, attempts)
 
     @property
     def server(self) -> str:
