@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,10 +74,9 @@ class Load:
             self._refresh()
         self._stop.set()
 
-    def _work(self, index: int) -> None:
-        import tritonclient.http as httpclient
-
-        clients: dict[str, Any] = {}
+    def _turns(self, index: int) -> Iterator[tuple[int, str]]:
+        """A worker's (turn, endpoint) round robin over the ready endpoints, from `index` on,
+        until stopped; it waits while there are none. Subclasses' workers loop over it too."""
         turn = index
         while not self._stop.is_set():
             with self._lock:
@@ -85,8 +84,14 @@ class Load:
             if not endpoints:
                 time.sleep(0.1)
                 continue
-            address = endpoints[turn % len(endpoints)]
+            yield turn, endpoints[turn % len(endpoints)]
             turn += 1
+
+    def _work(self, index: int) -> None:
+        import tritonclient.http as httpclient
+
+        clients: dict[str, Any] = {}
+        for _, address in self._turns(index):
             client = clients.get(address)
             if client is None:
                 client = clients[address] = httpclient.InferenceServerClient(

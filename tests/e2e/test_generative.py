@@ -167,15 +167,7 @@ class Streams(Load):
     prompt: list[int] = field(default_factory=list)
 
     def _work(self, index: int) -> None:
-        turn = index
-        while not self._stop.is_set():
-            with self._lock:
-                endpoints = list(self._endpoints)
-            if not endpoints:
-                time.sleep(0.1)
-                continue
-            address = endpoints[turn % len(endpoints)]
-            turn += 1
+        for _, address in self._turns(index):
             try:
                 documents = stream(address, self.model, self.prompt, 4)
                 if documents[-1].get("finish_reason") != "length" or len(documents) != 4:

@@ -135,16 +135,9 @@ class Abuse(Load):
     replies: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def _work(self, index: int) -> None:
-        turn = index
-        while not self._stop.is_set():
-            with self._lock:
-                endpoints = list(self._endpoints)
-            if not endpoints:
-                time.sleep(0.1)
-                continue
-            host, port = endpoints[turn % len(endpoints)].rsplit(":", 1)
+        for turn, address in self._turns(index):
+            host, port = address.rsplit(":", 1)
             kind = ABUSES[turn % len(ABUSES)][0]
-            turn += 1
             try:
                 got = self._send(host, int(port), kind)
             except OSError as exc:  # a pod going away mid-rollout: not the server's answer
