@@ -33,8 +33,10 @@ MASK = "attention_mask"
 POSITIONS = "position_ids"
 PAST_PREFIX = "past_key_values."
 # Top-1 agreement over every position, near-ties included: a small byte-level model has many
-# positions where two next bytes are almost equally likely, and any rounding flips them.
-DEFAULT_MIN_AGREEMENT = 0.70
+# positions where two next bytes are almost equally likely, and any rounding flips them. The
+# fixture decoders' int4 artifacts (8-bit ends, see weightonly) agree on 0.90-0.96 of positions
+# at block sizes 32-128; a decoder with outlier channels drops to 0.55-0.73.
+DEFAULT_MIN_AGREEMENT = 0.85
 MAX_PERPLEXITY_INCREASE = 0.10  # the compressed model's perplexity may be at most 10 % higher
 MIN_PERPLEXITY_RATIO = 1.0 / (1.0 + MAX_PERPLEXITY_INCREASE)
 BATCH = 8

@@ -25,7 +25,17 @@ import numpy as np
 import onnx
 
 from edgemodel_runtime import __version__
-from edgemodel_runtime.compress import cpu, graph, inputs, lm_gate, quantize, runner, search, tasks
+from edgemodel_runtime.compress import (
+    cpu,
+    graph,
+    inputs,
+    lm_gate,
+    quantize,
+    runner,
+    search,
+    tasks,
+    weightonly,
+)
 from edgemodel_runtime.compress.errors import CompressError, FailureKind, one_line
 from edgemodel_runtime.compress.gate import Figures, compare, verdict
 from edgemodel_runtime.compress.report import SCHEMA, dumps, ratio, tool_versions, zstd_size
@@ -607,6 +617,7 @@ def _build(
     chosen = result.chosen
     artifact: Path = chosen.artifact
     artifact_section = _artifact_section(artifact, chosen.passed)
+    block_bits = _block_bits_section(settings, artifact)
     if chosen.passed:
         artifact.rename(staged / MODEL_FILE)
     return _report(
@@ -617,6 +628,7 @@ def _build(
         key=key,
         input_bytes=source.stat().st_size,
         artifact=artifact_section,
+        block_bits=block_bits,
         elapsed_s=round(clock() - started, 3),
     )
 
@@ -644,6 +656,7 @@ def _report(
     key: str,
     input_bytes: int,
     artifact: dict[str, Any],
+    block_bits: dict[str, Any] | None,
     elapsed_s: float,
 ) -> dict[str, Any]:
     chosen, prepared = result.chosen, result.prepared
@@ -671,6 +684,7 @@ def _report(
         "latency": result.latency,
         "kept_in_float": _kept_section(chosen, prepared, result.search_log),
         "activations": _activations_section(settings, result),
+        "block_bits": block_bits,
         "candidates": result.candidates,
         "search": _search_section(settings, result.search_log),
         "elapsed_s": elapsed_s,
@@ -692,6 +706,18 @@ def _activations_section(settings: Settings, result: _Result) -> dict[str, Any]:
         + (result.notes.get(id(chosen)) or "")
         if chosen.variant.weight_only
         else "int8 kernels where the quantizer placed them; other weights stored int8",
+    }
+
+
+def _block_bits_section(settings: Settings, artifact: Path) -> dict[str, Any] | None:
+    """Weight-only modes: which nodes hold how many bits (the ends of a 4-bit model keep 8;
+    see weightonly)."""
+    if settings.mode not in WEIGHT_ONLY_MODES or not Path(artifact).is_file():
+        return None
+    found = weightonly.block_bits(onnx.load_model(str(artifact), load_external_data=False))
+    return {
+        "counts": {bits: len(names) for bits, names in sorted(found.items())},
+        "eight_bit_ends": found.get("8", []) if settings.mode == "int4-weight" else [],
     }
 
 
@@ -786,7 +812,7 @@ def _search_section(settings: Settings, search_log: search.SearchLog) -> dict[st
     return {
         "attempts": [
             {
-                "recipe": a.variant.recipe,
+                "recipe": settings.mode if settings.mode in WEIGHT_ONLY_MODES else a.variant.recipe,
                 "calibration_method": a.variant.calibration_method,
                 "kept_in_float": list(a.variant.nodes_to_exclude),
                 "agreement": None if a.figures is None else a.figures.agreement,

@@ -253,7 +253,7 @@ def canonical_json(value: Any) -> str:
 
 # Bumped whenever the same settings start producing a different artifact (a new graph
 # rewrite, a changed fusion), so a store never hands back what an older recipe made.
-RECIPE = 3
+RECIPE = 4  # 4: the ends of a 4-bit model keep 8 bits (weightonly)
 
 
 def artifact_key(input_sha256: str, settings: Settings, tool_version: str) -> str:
