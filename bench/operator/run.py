@@ -106,32 +106,6 @@ def edgemodel(name: str, body_spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class BenchSandbox(Sandbox):
-    """The sandbox with a quieter simulated fleet: each kwok node renews its lease every
-    `lease_s` / 4 seconds instead of every 10 s (the kubelet's default, the sandbox's own), and
-    the node controller waits long enough not to call a node lost meanwhile.
-
-    With 1000 nodes the 10 s renewals are about 80 writes a second, which keep kube-apiserver
-    and etcd at about a third of a core with no model at all: on 2 shared cores that, not the
-    operator, decided how long a bulk run took. Nodes still register, become Ready and carry
-    their labels, taints and capacity as before; only the heartbeat is slower.
-    """
-
-    lease_s = 40
-
-    def _kwok_args(self, kwok_pods: bool) -> list[str]:
-        args = super()._kwok_args(kwok_pods)
-        kept = [a for a in args if not a.startswith("--node-lease-duration-seconds=")]
-        return [*kept, f"--node-lease-duration-seconds={self.lease_s}"]
-
-    def _controller_manager_args(self, credentials: pki.PKI) -> list[str]:
-        grace = max(50, 2 * self.lease_s)
-        return [
-            *super()._controller_manager_args(credentials),
-            f"--node-monitor-grace-period={grace}s",
-        ]
-
-
 # ------------------------------------------------------------------ the API client
 
 
@@ -901,8 +875,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgemodel-bench-operator-"))
-    sandbox = BenchSandbox(args.sandbox or work / "sandbox")
-    sandbox.lease_s = args.node_lease_seconds
+    sandbox = Sandbox(args.sandbox or work / "sandbox", node_lease_seconds=args.node_lease_seconds)
     started = time.monotonic()
     try:
         fixture = digits_classifier()
