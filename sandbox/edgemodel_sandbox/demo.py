@@ -69,24 +69,45 @@ def _store_address(sandbox: Sandbox) -> str | None:
     return None
 
 
-# What the chart grants the store's account (charts/edgemodel/templates/rbac.yaml): the
-# sandbox runs the operator without the chart, so it grants the same itself.
-STORE_RBAC = f"""
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{name: edgemodel-artifact-store}}
-rules:
-  - {{apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}}
-  - {{apiGroups: [""], resources: [pods], verbs: [get]}}
-  - {{apiGroups: [batch], resources: [jobs], verbs: [get]}}
-  - {{apiGroups: [edgemodel.dev], resources: [edgemodels], verbs: [list]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: edgemodel-artifact-store}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edgemodel-artifact-store}}
-subjects: [{{kind: ServiceAccount, name: {STORE[1]}, namespace: {STORE[0]}}}]
-"""
+CHART_RBAC = REPO / "charts" / "edgemodel" / "templates" / "rbac.yaml"
+STORE_ROLE = "edgemodel-artifact-store"
+
+
+def chart_store_rules(rbac: Path = CHART_RBAC) -> list[dict[str, Any]]:
+    """The artifact store's ClusterRole rules as the chart grants them: read from the chart's
+    template (its rules are plain YAML), so the chart stays their one source."""
+    for document in rbac.read_text().split("\n---\n"):
+        if "kind: ClusterRole\n" in document and "-artifact-store\n" in document:
+            rules: list[dict[str, Any]] = yaml.safe_load(document[document.index("rules:") :])[
+                "rules"
+            ]
+            return rules
+    raise SandboxError(f"{rbac}: no artifact-store ClusterRole")
+
+
+def store_rbac(namespace: str, account: str, name: str = STORE_ROLE) -> list[dict[str, Any]]:
+    """What the chart grants the store's account (TokenReview for authenticated writes, the
+    writer pod's Job, EdgeModels): the sandbox and the e2e tests run the operator without the
+    chart, and its own store has no other grant (pure but for reading the chart)."""
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": chart_store_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
 
 
 def _store_token(sandbox: Sandbox) -> str:
@@ -298,7 +319,7 @@ def run_demo(sandbox: Sandbox, nodes: int, real_node: bool = False) -> int:
     print(_kubectl(sandbox, "apply", "--server-side", "--force-conflicts", "-f", str(CRD)).strip())
     _kubectl(sandbox, "wait", "--for=condition=Established", "crd/edgemodels.edgemodel.dev")
 
-    _kubectl(sandbox, "apply", "-f", "-", stdin=STORE_RBAC)
+    _kubectl(sandbox, "apply", "-f", "-", stdin=yaml.safe_dump_all(store_rbac(*STORE)))
 
     _step("the operator")
     fresh = _start_operator(sandbox, state, real_node)

@@ -100,10 +100,12 @@ def operator(
 ) -> Iterator[Operator]:
     # The operator runs its own artifact store here (no chart): grant its account what the
     # chart would (TokenReview for authenticated writes), as the sandbox demo does.
-    from edgemodel_sandbox.demo import STORE_RBAC
+    import yaml
+
+    from edgemodel_sandbox.demo import store_rbac
 
     cluster.kubectl("create", "namespace", STORE_NS, check=False)
-    cluster.kubectl("apply", "-f", "-", input=STORE_RBAC)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(store_rbac(STORE_NS, STORE_SVC)))
     op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edgemodel_sandbox.demo import store_rbac
 from tests.conftest import Cluster
 from tests.integration.artifacts.support import ArtifactServer
 
@@ -42,25 +43,8 @@ def store_account(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[
     name = f"artifact-store-{namespace}"
     _apply(cluster, {"apiVersion": "v1", "kind": "ServiceAccount",
                      "metadata": {"name": "store", "namespace": namespace}})  # fmt: skip
-    chart = Path(__file__).parents[3] / "charts/edgemodel/templates/rbac.yaml"
-    assert "tokenreviews" in chart.read_text()  # the rules below are the chart's
-    _apply(cluster, {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": [
-            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
-             "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
-            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
-            {"apiGroups": ["edgemodel.dev"], "resources": ["edgemodels"], "verbs": ["list"]},
-        ],
-    })  # fmt: skip
-    _apply(cluster, {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": "store", "namespace": namespace}],
-    })  # fmt: skip
+    for item in store_rbac(namespace, "store", name=name):  # the chart's rules
+        _apply(cluster, item)
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
     cluster_entry = next(
