@@ -4,7 +4,8 @@
 # (docs/architecture.md, "Images without Docker" and "A real node"): mmdebstrap + arch-test (Debian base
 # filesystems), skopeo and umoci (OCI tooling), containerd + runc, the CNI plugins, iptables and
 # conntrack (kube-proxy), qemu-user-static + binfmt-support (arm64 images on amd64); espeak-ng and
-# sox make the speech the compression zoo feeds its VAD model. Go >= 1.26 must already be on PATH:
+# sox make the speech the compression zoo feeds its VAD model, fonts-dejavu-core the text lines its
+# OCR models read. Go >= 1.26 must already be on PATH:
 # the control plane is built with it from the Go module proxy. Idempotent and quick when done.
 set -euo pipefail
 
@@ -16,7 +17,7 @@ wanted=(
   "containerd containerd" "runc runc" "/usr/lib/cni/bridge containernetworking-plugins"
   "iptables iptables" "conntrack conntrack"
   "qemu-aarch64-static qemu-user-static" "update-binfmts binfmt-support"
-  "espeak-ng espeak-ng" "sox sox"
+  "espeak-ng espeak-ng" "sox sox" "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf fonts-dejavu-core"
 )
 for entry in "${wanted[@]}"; do
   cmd=${entry% *} pkg=${entry#* }

@@ -2,9 +2,11 @@
 
 The generated Llama-shaped decoder (edgemodel_sandbox.decoder, bench size: 4 layers, hidden
 512, 12.1 M parameters, byte tokens) compressed by `edgemodel compress` in the weight-only modes,
-each judged by the language-model gate on held-out text. Per artifact: size and wire ratio
-against fp32, p50 latency at batch 1 (2 intra-op threads) of a 128-token prompt (prefill) and of
-one decode step with a 128-token KV cache, next-token agreement with fp32 and perplexity.
+each judged by the language-model gate on held-out text; with calibration windows the run also
+builds a GPTQ candidate and the row says which rounding the gate kept. Per artifact: size and
+wire ratio against fp32, p50 latency at batch 1 (2 intra-op threads) of a 128-token prompt
+(prefill) and of one decode step with a 128-token KV cache, next-token agreement with fp32 and
+perplexity.
 
 Run: .venv/bin/python bench/compress/lm_table.py [--runs N]  (run.py runs it too)
 """
@@ -57,6 +59,8 @@ def _ours(folder: Path, work: Path, label: str, **request: object) -> Row:
     if not outcome.passed:
         print(f"{label} failed the gate: {outcome.report['gate']['reasons']}")
     path = outcome.directory / ("model.onnx" if outcome.passed else "report.json")
+    if request.get("calibration") is not None:  # which rounding the gate kept (rtn or gptq)
+        label = f"{label}: {outcome.report['effective']['weight_method']}"
     return Row(label, path, time.monotonic() - start)
 
 
@@ -134,6 +138,13 @@ def run(runs: int) -> bool:
             Row("fp32", folder / "model.onnx", built),
             _ours(folder, work, "int8-weight (block 32)", mode="int8-weight"),
             _ours(folder, work, "int4-weight (block 32)", mode="int4-weight"),
+            _ours(
+                folder,
+                work,
+                "int4-weight (block 32) + calibration",
+                mode="int4-weight",
+                calibration=folder / "calibration.npz",
+            ),
             _ours(folder, work, "int4-weight (block 128)", mode="int4-weight", block_size=128),
         ]
         if any(r.path.name != "model.onnx" for r in rows):

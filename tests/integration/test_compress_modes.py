@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper, numpy_helper
 
 from edgemodel_runtime.compress import Request, compress
 from edgemodel_sandbox.models import ModelFixture
@@ -154,3 +156,60 @@ def test_target_picks_the_mode_when_none_is_given(
     assert (settings["mode"], settings["activation_type"]) == (mode, activation)
     assert outcome.report["accuracy"] is None  # no --eval: nothing to gate, still passes
     assert outcome.passed
+
+
+def _outside_fp16_classifier(folder: Path) -> tuple[Path, Path]:
+    """A classifier with class priors past fp16's range (65504): fp16 clamps both large ones
+    to 65504 and the inputs decide between them, where fp32 keeps their 10-logit gap; the
+    other weights fit fp16."""
+    rng = np.random.default_rng(3)
+    prior = np.zeros(10, np.float32)
+    prior[:2] = (70000.0, 69990.0)
+    weights = {
+        "w": (rng.standard_normal((512, 10)) / 2).astype(np.float32),
+        "prior": prior,
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w"], ["scores"]),
+            helper.make_node("Add", ["scores", "prior"], ["logits"]),
+        ],
+        "outside_fp16",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 512])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    model = folder / "model.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    evaluation = folder / "evaluation.npz"
+    np.savez(evaluation, input=rng.standard_normal((200, 512)).astype(np.float32))
+    return model, evaluation
+
+
+def test_fp16_that_loses_the_gate_falls_back_to_fp16_weights_computed_in_fp32(
+    tmp_path: Path,
+) -> None:
+    model, evaluation = _outside_fp16_classifier(tmp_path)
+    outcome = compress(
+        Request(
+            source=str(model),
+            output=tmp_path / "store",
+            mode="fp16",
+            evaluation=evaluation,
+            search_budget_s=30,
+            measure_latency=False,
+        )
+    )
+    report = outcome.report
+    assert outcome.passed, report["gate"]
+    candidates = {c["recipe"]: c for c in report["candidates"]}
+    # Full fp16 clamps the priors and is refused with its figure; the fallback keeps the one
+    # weight fp16 cannot hold in fp32 and gives fp32's answers.
+    assert candidates["fp16"]["passed"] is False and candidates["fp16"]["agreement"] < 0.99
+    fallback = candidates["fp16 weights, fp32 compute"]
+    assert fallback["chosen"] and fallback["agreement"] >= 0.99 and fallback["size_ratio"] <= 0.52
+    assert report["activations"]["fp16_compute"] is False
+    artifact = onnx.load_model(str(outcome.directory / "model.onnx"))
+    stored = sorted(i.data_type for i in artifact.graph.initializer)
+    assert stored == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16]  # prior, w
+    assert [n.op_type for n in artifact.graph.node] == ["Cast", "MatMul", "Add"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgemodel_runtime.compress.calibration import PER_TENSOR
 from edgemodel_runtime.compress.gate import Figures
 from edgemodel_runtime.compress.quantize import Variant
 from edgemodel_runtime.compress.search import (
@@ -12,8 +13,12 @@ from edgemodel_runtime.compress.search import (
     Sensitivity,
     exclusion_plan,
     method_order,
+    qoperator_faster,
+    qoperator_note,
     run_search,
+    wants_qoperator,
     weight_only_search,
+    with_per_tensor,
 )
 
 
@@ -90,6 +95,54 @@ def test_other_calibration_methods_are_tried_first() -> None:
     )
     assert chosen.variant == Variant("percentile") and len(log.attempts) == 3
     assert log.sensitivities == []  # never needed
+
+
+def test_the_per_tensor_method_comes_after_the_whole_graph_methods() -> None:
+    """Static int8: when no single method passes, each activation gets its range from the
+    method that quantizes it best, before any node is kept in float."""
+    tried: list[str | None] = []
+
+    def attempt(variant: Variant) -> Attempt:
+        tried.append(variant.calibration_method)
+        return attempt_of(variant, 0.995 if variant.calibration_method == PER_TENSOR else 0.9)
+
+    chosen, log = run_search(
+        attempt_of(Variant("minmax"), 0.9),
+        candidates=CANDIDATES,
+        methods=["minmax", "entropy", "percentile"],
+        attempt=attempt,
+        sensitivity=SENSITIVITY.__getitem__,
+        budget_s=100,
+        clock=iter(range(1000)).__next__,
+    )
+    assert tried == ["entropy", "percentile", PER_TENSOR]
+    assert chosen.variant == Variant(PER_TENSOR) and log.sensitivities == []
+    assert with_per_tensor([None]) == [None]  # dynamic int8 calibrates nothing
+    assert with_per_tensor(["minmax", PER_TENSOR]) == ["minmax", PER_TENSOR]
+
+
+def test_a_qoperator_twin_is_tried_only_for_a_passing_static_pick_on_amd64() -> None:
+    passing = attempt_of(Variant("minmax"), 0.995)
+    assert wants_qoperator("static-int8", "amd64", passing)
+    assert not wants_qoperator("static-int8", "arm64", passing)  # not timed here: QDQ rule
+    assert not wants_qoperator("static-int8", "gpu", passing)
+    assert not wants_qoperator("dynamic-int8", "amd64", passing)
+    assert not wants_qoperator("static-int8", "amd64", attempt_of(Variant("minmax"), 0.9))
+    weight_only = attempt_of(Variant(weight_only=True), 0.995)
+    assert not wants_qoperator("static-int8", "amd64", weight_only)
+    twin = attempt_of(Variant("minmax", qoperator=True), 0.995)
+    assert not wants_qoperator("static-int8", "amd64", twin)
+
+
+def test_qoperator_replaces_qdq_only_when_measurably_faster() -> None:
+    assert qoperator_faster(0.60, 0.50)
+    assert not qoperator_faster(0.53, 0.56)  # YOLOv8n on amd64: QDQ fused, QOperator slower
+    assert not qoperator_faster(0.60, 0.59)  # within the noise tolerance
+    assert not qoperator_faster(None, 0.5) and not qoperator_faster(0.5, None)
+    assert qoperator_note(0.53, 0.56, False) == (
+        "QOperator 0.56x vs QDQ 0.53x fp32 latency: not measurably faster (>5%), QDQ kept"
+    )
+    assert qoperator_note(0.6, 0.5, True).endswith("QOperator measurably faster on this CPU")
 
 
 def test_budget_stops_the_search_and_the_best_attempt_is_reported() -> None:

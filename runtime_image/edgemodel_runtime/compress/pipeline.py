@@ -12,12 +12,13 @@ without model.onnx (see store), so nothing can deploy it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from edgemodel_runtime.compress import (
     weightonly,
 )
 from edgemodel_runtime.compress.errors import CompressError, FailureKind, one_line
-from edgemodel_runtime.compress.gate import Figures, compare, verdict
+from edgemodel_runtime.compress.gate import Figures, compare, score, verdict
 from edgemodel_runtime.compress.report import SCHEMA, dumps, ratio, tool_versions, zstd_size
 from edgemodel_runtime.compress.settings import (
     CALIBRATION_METHODS,
@@ -97,7 +98,7 @@ def _settings(request: Request) -> Settings:
         mode=request.mode,
         target=request.target,
         calibration_sha256=inputs.digest_of(request.calibration, "--calibration")
-        if request.mode == "static-int8"
+        if request.mode == "static-int8" or request.mode in WEIGHT_ONLY_MODES
         else None,
         calibration_method=request.calibration_method,
         evaluation_sha256=inputs.digest_of(request.evaluation, "--eval"),
@@ -176,12 +177,19 @@ def _weight_only_base_is_smaller(prepared: quantize.Prepared) -> bool:
 
 def _recipe(mode: str, attempt: search.Attempt) -> str:
     """What a candidate is, by its content: int8 kernels only when some op computes in int8."""
+    if mode == "fp16" and attempt.variant.weight_only:
+        return "fp16 weights, fp32 compute"
     if mode not in ("dynamic-int8", "static-int8"):
         return mode
     if attempt.variant.weight_only:
         return "weight-only int8"
     ops = graph.int8_compute_ops(onnx.load_model(str(attempt.artifact), load_external_data=False))
-    return f"int8 kernels ({ops} int8 ops)" if ops else "weight-only int8 (no int8 kernel placed)"
+    layout = ", QOperator" if attempt.variant.qoperator else ""
+    return (
+        f"int8 kernels ({ops} int8 ops{layout})"
+        if ops
+        else "weight-only int8 (no int8 kernel placed)"
+    )
 
 
 def _check_judgeable(
@@ -242,9 +250,9 @@ class _Data:
 
     def latency_feed(self) -> dict[str, np.ndarray]:
         """One batch-1 request for the latency comparison."""
-        if self.decoder is not None and self.evaluation is not None:
-            return lm_gate.feeds(self.decoder, self.evaluation[lm_gate.IDS][:1])
         rows = self.evaluation if self.evaluation is not None else self.calibration
+        if self.decoder is not None and rows is not None:  # token windows (weight-only)
+            return lm_gate.feeds(self.decoder, rows[lm_gate.IDS][:1])
         return runner.sample_feed(rows, self.specs)
 
 
@@ -261,8 +269,11 @@ def _load_data(request: Request, settings: Settings, model: onnx.ModelProto, lab
         inputs.check_arrays(calibration, specs, "--calibration", allow_labels=True)
         calibration.pop(inputs.LABELS_KEY, None)
     decoder = _decoder(model, settings, label)
+    if settings.mode in WEIGHT_ONLY_MODES and request.calibration is not None:
+        calibration = _weight_only_calibration(request.calibration, specs, decoder is not None)
     if decoder is not None:
-        return _language_model_data(request, specs, float_outputs, decoder)
+        data = _language_model_data(request, specs, float_outputs, decoder)
+        return replace(data, calibration=calibration)
     evaluation: dict[str, np.ndarray] | None = None
     labels: np.ndarray | None = None
     if request.evaluation is not None:
@@ -274,6 +285,30 @@ def _load_data(request: Request, settings: Settings, model: onnx.ModelProto, lab
                 f"{label}: no floating-point output to compare for the accuracy gate"
             )
     return _Data(specs, float_outputs, calibration, evaluation, labels, settings.output_kind)
+
+
+def _weight_only_calibration(
+    path: Path, specs: list[inputs.InputSpec], language_model: bool
+) -> dict[str, np.ndarray]:
+    """--calibration of a weight-only mode, the activations GPTQ rounds for: a language
+    model's token windows (`input_ids` int [N, L]), any other model's input rows."""
+    arrays = inputs.load_arrays(path, "--calibration")
+    if not language_model:
+        inputs.check_arrays(arrays, specs, "--calibration", allow_labels=True)
+        arrays.pop(inputs.LABELS_KEY, None)
+        return arrays
+    ids = arrays.get(lm_gate.IDS)
+    if set(arrays) != {lm_gate.IDS} or ids is None:
+        raise CompressError(
+            f"--calibration: a language model's calibration data is {lm_gate.IDS!r} [N, L] "
+            f"only, not {sorted(arrays)}"
+        )
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise CompressError(
+            f"--calibration: {lm_gate.IDS!r} must be integer token ids [N, L], got "
+            f"{ids.dtype} {list(ids.shape)}"
+        )
+    return {lm_gate.IDS: ids.astype(np.int64)}
 
 
 def _decoder(
@@ -308,6 +343,37 @@ def _language_model_data(
     prompts, targets = lm_gate.split_sequences(inputs.load_arrays(request.evaluation, "--eval"))
     evaluation = {lm_gate.IDS: prompts}
     return _Data(specs, float_outputs, None, evaluation, targets, lm_gate.KIND, decoder)
+
+
+def better_method(
+    rtn: search.Attempt, calibrated: search.Attempt
+) -> tuple[search.Attempt, search.Attempt]:
+    """(better, other) of a round-to-nearest and a GPTQ candidate by the gate (pure): the
+    one that passes, else the higher score (agreement first); round to nearest at a tie.
+    Without evaluation data nothing is judged: GPTQ, which minimises each MatMul's output
+    error on the calibration data the request gave for it."""
+    if rtn.figures is None and calibrated.figures is None:
+        return calibrated, rtn
+    if rtn.passed != calibrated.passed:
+        return (rtn, calibrated) if rtn.passed else (calibrated, rtn)
+    if score(calibrated.figures) > score(rtn.figures):
+        return calibrated, rtn
+    return rtn, calibrated
+
+
+def _shown(attempt: search.Attempt) -> str:
+    figures = attempt.figures
+    return "n/a" if figures is None or figures.agreement is None else f"{figures.agreement:.4f}"
+
+
+def _statistics_rows(data: _Data) -> dict[str, np.ndarray] | None:
+    """Rows for the int8 Conv bias correction's input means (quantize.Prepared.statistics):
+    the calibration set, else the first evaluation rows; none for a language model."""
+    if data.decoder is not None:
+        return None
+    if data.calibration is not None:
+        return data.calibration
+    return None if data.evaluation is None else _first_rows(data.evaluation)
 
 
 def _first_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -349,6 +415,8 @@ class _Run:
         self.timings: dict[int, tuple[float, float, float]] = {}  # fp32 p50, p50, paired ratio
         self.same: dict[int, bool] = {}  # runs the original's kernels (graph.runs_as_original)
         self.recipes: dict[int, str] = {}
+        self.format_notes: dict[int, str] = {}  # QDQ vs QOperator (see qoperator)
+        self.method_notes: dict[int, str] = {}  # weight-only: rtn vs gptq (see weight_method)
         # Sensitivity only ranks nodes: a few rows rank them as well as many, at a fraction of
         # the cost (46 probes x 64 OCR lines did not fit a 120 s budget).
         self.probe_rows: dict[str, np.ndarray] | None = None
@@ -470,21 +538,18 @@ class _Run:
         slower than fp32 on this CPU, or when the graph weight-only int8 starts from is
         smaller (the int8 kernels start from the pre-processed graph, which can hold more
         weights: silero-vad's 1.4x). Never with a zero budget: that asks for no search."""
-        return (
-            self.int8
-            and self.data.evaluation is not None
-            and self.settings.search_budget_s > 0
-            and (
-                not chosen.passed
-                or self.slow(chosen)
-                or _weight_only_base_is_smaller(self.prepared)
-            )
+        if self.data.evaluation is None or self.settings.search_budget_s <= 0:
+            return False
+        if self.settings.mode == "fp16":  # fp16 storage with fp32 compute, when fp16 loses
+            return not chosen.passed
+        return self.int8 and (
+            not chosen.passed or self.slow(chosen) or _weight_only_base_is_smaller(self.prepared)
         )
 
     def weight_only(self, search_log: search.SearchLog) -> search.Attempt:
         """Weight-only int8, searched for the weights to keep fp32 when it fails the gate."""
         light = self.attempt(quantize.Variant(weight_only=True))
-        if light.passed or light.figures is None:
+        if light.passed or light.figures is None or self.settings.mode == "fp16":
             search_log.attempts.append(light)
             return light
         return search.weight_only_search(
@@ -497,13 +562,54 @@ class _Run:
             log=search_log,
         )
 
+    def qoperator(
+        self, chosen: search.Attempt, search_log: search.SearchLog, feed: dict[str, np.ndarray]
+    ) -> list[search.Attempt]:
+        """The QOperator twin of a passing static-int8 pick, when measurably faster on amd64
+        (search.wants_qoperator, search.qoperator_faster); it is logged either way."""
+        if not search.wants_qoperator(self.settings.mode, self.settings.target, chosen):
+            return []
+        twin = self.attempt(dataclasses.replace(chosen.variant, qoperator=True))
+        search_log.attempts.append(twin)
+        if not twin.passed:
+            return []
+        self.time_it(twin, feed)
+        qdq, qop = (
+            self.timings[id(a)][2] if id(a) in self.timings else None for a in (chosen, twin)
+        )
+        faster = search.qoperator_faster(qdq, qop)
+        self.format_notes[id(twin)] = search.qoperator_note(qdq, qop, faster)
+        return [twin] if faster else []
+
+    def wants_gptq(self) -> bool:
+        """A weight-only mode given calibration data: GPTQ's activations."""
+        return self.settings.mode in WEIGHT_ONLY_MODES and self.data.calibration is not None
+
+    def weight_method(self, rtn: search.Attempt, search_log: search.SearchLog) -> search.Attempt:
+        """Weight-only modes with calibration data: GPTQ beside round to nearest (with the
+        nodes the search kept in float), and the better one goes to the pick (better_method)."""
+        calibrated = self.attempt(replace(rtn.variant, weight_method="gptq"))
+        search_log.attempts.append(calibrated)
+        better, other = better_method(rtn, calibrated)
+        self.method_notes[id(other)] = (
+            f"{other.variant.weight_method}: not as good as {better.variant.weight_method} "
+            f"by the gate (agreement {_shown(other)} vs {_shown(better)})"
+            if better.figures is not None
+            else "rtn: no evaluation data to judge by; gptq minimises the output error on "
+            "the calibration data"
+        )
+        return better
+
     def choose(self) -> tuple[search.Attempt, search.SearchLog, dict[int, str]]:
         """Search, time, maybe try weight-only int8, then pick (see the module docstring)."""
         chosen, search_log = self.accuracy_search()
+        if self.wants_gptq():
+            chosen = self.weight_method(chosen, search_log)
         data = self.data
         feed = data.latency_feed()
         pool: list[search.Attempt] = [chosen]
         self.time_it(chosen, feed)
+        pool.extend(self.qoperator(chosen, search_log, feed))
         if self.wants_weight_only(chosen):
             light = self.weight_only(search_log)
             pool.append(light)
@@ -515,7 +621,13 @@ class _Run:
             latency_ratio=lambda a: self.timings[id(a)][2] if id(a) in self.timings else None,
             runs_as_original=lambda a: self.same.get(id(a), False),
         )
+        for key, note in [*self.format_notes.items(), *self.method_notes.items()]:
+            notes[key] = f"{notes[key]}; {note}" if key in notes else note
         return chosen, search_log, notes
+
+    def weight_method_of(self, a: search.Attempt) -> str | None:
+        """How a weight-only candidate rounded its weights: "rtn" or "gptq" (None otherwise)."""
+        return a.variant.weight_method if self.settings.mode in WEIGHT_ONLY_MODES else None
 
     def recipe_of(self, a: search.Attempt) -> str:
         if id(a) not in self.recipes:
@@ -546,6 +658,7 @@ class _Run:
         return [
             {
                 "recipe": self.recipe_of(a),
+                "weight_method": self.weight_method_of(a),
                 "calibration_method": a.variant.calibration_method,
                 "kept_in_float": len(a.variant.nodes_to_exclude),
                 "bytes": Path(a.artifact).stat().st_size,
@@ -602,6 +715,7 @@ def _build(
             reference = data.outputs(source, data.evaluation)
             _check_judgeable(reference, data.float_outputs, data.labels, data.kind, label)
         prepared = quantize.prepare(model, settings, work, label)
+        prepared.statistics = _statistics_rows(data)
         del model
         run = _Run(
             request,
@@ -700,6 +814,16 @@ def _activations_section(settings: Settings, result: _Result) -> dict[str, Any]:
             "(MatMulNBits, GatherBlockQuantized); on CPU targets MatMulNBits quantizes "
             "activation blocks to int8 on the fly (accuracy_level 4)",
         }
+    if settings.mode == "fp16":
+        fp32 = chosen.variant.weight_only
+        return {
+            "int8": False,
+            "fp16_compute": not fp32,
+            "reason": "fp16 weights, fp32 compute: full fp16 failed the gate; "
+            + (result.notes.get(id(chosen)) or "")
+            if fp32
+            else "fp16 weights and ops, inputs and outputs fp32 (keep_io_types)",
+        }
     return {
         "int8": not chosen.variant.weight_only,
         "reason": "weight-only int8: every op computes in fp32 from int8-stored weights; "
@@ -754,6 +878,9 @@ def _effective_section(settings: Settings, result: _Result) -> dict[str, Any]:
         "candidate_nodes": len(prepared.candidates),
         "embedding_tables_4bit": list(prepared.embeddings),
         "recipe": result.recipe,
+        "weight_method": chosen.variant.weight_method
+        if settings.mode in WEIGHT_ONLY_MODES
+        else None,
         "reduce_range": settings.reduce_range,
         "output_kind": None if chosen.figures is None else chosen.figures.kind,
     }
@@ -813,6 +940,9 @@ def _search_section(settings: Settings, search_log: search.SearchLog) -> dict[st
         "attempts": [
             {
                 "recipe": settings.mode if settings.mode in WEIGHT_ONLY_MODES else a.variant.recipe,
+                "weight_method": a.variant.weight_method
+                if settings.mode in WEIGHT_ONLY_MODES
+                else None,
                 "calibration_method": a.variant.calibration_method,
                 "kept_in_float": list(a.variant.nodes_to_exclude),
                 "agreement": None if a.figures is None else a.figures.agreement,

@@ -30,7 +30,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgemodel_runtime.compress import graph, mixed, subgraphs, weightonly
+from edgemodel_runtime.compress import (
+    biascorrect,
+    gptq,
+    graph,
+    lm_gate,
+    mixed,
+    subgraphs,
+    weightonly,
+)
+from edgemodel_runtime.compress.calibration import PER_TENSOR, per_tensor_cache
 from edgemodel_runtime.compress.errors import CompressError, FailureKind, one_line
 from edgemodel_runtime.compress.inputs import InputSpec
 from edgemodel_runtime.compress.pruning import PruneStats, prune_model
@@ -85,10 +94,17 @@ class Variant:
     # computed in fp32 (graph.store_weights_int8): the candidate when int8 kernels lose
     # accuracy or run slower than fp32 on this CPU.
     weight_only: bool = False
+    # static int8: QOperator (QLinearConv, QLinearMatMul ...) instead of QDQ, the candidate
+    # for a target arch where onnxruntime runs it faster (see search.wants_qoperator).
+    qoperator: bool = False
+    # int4-weight / int8-weight: "rtn" (round to nearest) or "gptq" (from calibration data)
+    weight_method: str = "rtn"
 
     @property
     def recipe(self) -> str:
-        return "weight-only int8" if self.weight_only else "int8 kernels"
+        if self.weight_only:
+            return "weight-only int8"
+        return "int8 kernels (QOperator)" if self.qoperator else "int8 kernels"
 
 
 @dataclass
@@ -106,6 +122,11 @@ class Prepared:
     unprocessed: Path | None = None
     weight_candidates: list[tuple[str, str]] = field(default_factory=list)
     embeddings: list[str] = field(default_factory=list)  # Gathers whose tables go 4-bit
+    # int8 modes: rows whose fp32 activations give the Conv input means for bias correction
+    # of int8-stored weights (see biascorrect; the caller sets them), and the means per source
+    # graph, computed once a run.
+    statistics: dict[str, np.ndarray] | None = None
+    conv_means: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def op_types(settings: Settings) -> tuple[str, ...]:
@@ -284,8 +305,10 @@ def convert(
     """Write one candidate artifact for `variant` to `out`."""
     try:
         selection = _selection(variant, prepared.embeddings)
+        source = prepared.path
         if variant.weight_only and settings.mode in ("dynamic-int8", "static-int8"):
-            out.write_bytes((prepared.unprocessed or prepared.path).read_bytes())
+            source = prepared.unprocessed or prepared.path
+            out.write_bytes(source.read_bytes())
         elif settings.mode == "dynamic-int8":
             _dynamic(prepared.path, out, settings, selection)
         elif settings.mode == "static-int8":
@@ -301,7 +324,8 @@ def convert(
                 workdir=workdir,
             )
         elif settings.mode in WEIGHT_ONLY_MODES:
-            _weight_only(prepared, out, settings, variant)
+            hessians = _hessians(prepared, variant, calibration, specs)
+            _weight_only(prepared, out, settings, variant, hessians)
         elif settings.mode == "fp16":
             _fp16(prepared.path, out, variant)
         else:
@@ -313,6 +337,7 @@ def convert(
                 embeddings=prepared.embeddings,
                 keep=frozenset(variant.nodes_to_exclude),
                 weights=variant.only_node is None,
+                means=_conv_means(prepared, source, specs) if variant.only_node is None else None,
             )
         elif settings.mode == "fp16":
             _compact(out)
@@ -325,8 +350,41 @@ def convert(
         ) from None
 
 
+# Rows whose activations give the Conv input means (see biascorrect).
+BIAS_ROWS = 16
+
+
+def _conv_means(
+    prepared: Prepared, source: Path, specs: list[InputSpec]
+) -> dict[str, np.ndarray] | None:
+    """Mean input per channel of `source`'s biased Convs, once per source graph and run."""
+    if prepared.statistics is None:
+        return None
+    key = str(source)
+    if key not in prepared.conv_means:
+        model = onnx.load_model(str(source), load_external_data=False)
+        names = sorted({n.input[0] for n in biascorrect.biased_convs(model)})
+        means: dict[str, np.ndarray] = {}
+        if names:
+            reader = _Reader(prepared.statistics, specs, uniform=False)
+            feeds: list[dict[str, np.ndarray]] = []
+            rows = 0
+            while rows < BIAS_ROWS and (feed := reader.get_next()) is not None:
+                feeds.append(feed)
+                rows += int(next(iter(feed.values())).shape[0]) if feed else 1
+            means = biascorrect.input_means(source, names, feeds)
+        prepared.conv_means[key] = means
+    return prepared.conv_means[key]
+
+
 def _finish_int8(
-    path: Path, *, cpu: bool, embeddings: list[str], keep: frozenset[str], weights: bool
+    path: Path,
+    *,
+    cpu: bool,
+    embeddings: list[str],
+    keep: frozenset[str],
+    weights: bool,
+    means: dict[str, np.ndarray] | None = None,
 ) -> None:
     model = onnx.load_model(str(path))
     # The quantizer left these Gathers float (see _selection): their tables go 4-bit from the
@@ -340,7 +398,10 @@ def _finish_int8(
         # cells, subgraph constants) are stored int8 and computed in fp32; the nodes the
         # accuracy search keeps in float get fp16-stored weights, still computed in fp32
         # (mixed precision, see mixed).
+        originals = biascorrect.conv_weights(model) if means else {}
         graph.store_weights_int8(model, keep=keep)
+        if means:  # the mean shift int8 rounding gives each Conv's output, out of its bias
+            biascorrect.correct_conv_biases(model, originals, means)
         mixed.store_kept_weights_fp16(model, keep)
     graph.ensure_domains(model)
     graph.compact_names(model)
@@ -420,11 +481,14 @@ def _static(
     # Ranges depend only on the prepared graph, the data and the method: calibrate once per
     # method and let every search attempt reuse them.
     cache = workdir / f"calibration-{method}.json"
+    if method == PER_TENSOR:
+        _per_tensor_cache(src, cache, settings, calibration_arrays=calibration, specs=specs)
+        method = "minmax"  # the merged cache is a MinMax one (see calibration)
     quantize_static(
         str(src),
         str(out),
         _Reader(calibration, specs, uniform=method != "minmax"),
-        quant_format=QuantFormat.QDQ,
+        quant_format=QuantFormat.QOperator if variant.qoperator else QuantFormat.QDQ,
         op_types_to_quantize=list(STATIC_OP_TYPES),
         per_channel=settings.per_channel,
         reduce_range=settings.reduce_range,
@@ -439,8 +503,87 @@ def _static(
     )
 
 
-def _weight_only(prepared: Prepared, out: Path, settings: Settings, variant: Variant) -> None:
-    """int4-weight / int8-weight: block-wise MatMulNBits and GatherBlockQuantized (weightonly)."""
+# Calibration rows whose activations are sampled to choose each tensor's method.
+PER_TENSOR_ROWS = 4
+
+
+def _per_tensor_cache(
+    src: Path,
+    cache: Path,
+    settings: Settings,
+    *,
+    calibration_arrays: dict[str, np.ndarray],
+    specs: list[InputSpec],
+) -> None:
+    """Write the per-tensor calibration cache (see calibration) from the three methods'."""
+    if cache.exists():
+        return
+    caches: dict[str, Path] = {}
+    for method in ("minmax", "entropy", "percentile"):
+        caches[method] = cache.with_name(f"calibration-{method}.json")
+        if not caches[method].exists():  # calibrate it: the quantized model is thrown away
+            scratch = cache.with_name(f"scratch-{method}.onnx")
+            _static(
+                src,
+                scratch,
+                settings=settings,
+                variant=Variant(calibration_method=method),
+                selection={"nodes_to_quantize": None, "nodes_to_exclude": None},
+                calibration=calibration_arrays,
+                specs=specs,
+                workdir=cache.parent,
+            )
+            scratch.unlink(missing_ok=True)
+    reader = _Reader(calibration_arrays, specs, uniform=False)
+    feeds: list[dict[str, np.ndarray]] = []
+    while len(feeds) < PER_TENSOR_ROWS and (feed := reader.get_next()) is not None:
+        feeds.append(feed)
+    choices = per_tensor_cache(src, caches, feeds, cache)
+    chosen = [c.method for c in choices.values()]
+    log.info("per-tensor calibration: %s", {m: chosen.count(m) for m in caches})
+
+
+def _hessians(
+    prepared: Prepared,
+    variant: Variant,
+    calibration: dict[str, np.ndarray] | None,
+    specs: list[InputSpec],
+) -> dict[str, np.ndarray] | None:
+    """GPTQ's Hessians of the prepared graph's weight MatMul inputs over the calibration data
+    (a run converts one GPTQ candidate); None for round to nearest."""
+    if variant.weight_method != "gptq":
+        return None
+    if calibration is None:
+        raise CompressError("the GPTQ weight method needs --calibration data")
+    model = onnx.load_model(str(prepared.path))
+    names = [node.input[0] for node, _ in weightonly.weight_matmuls(model)]
+    return gptq.collect_hessians(model, names, _calibration_feeds(model, calibration, specs))
+
+
+def _calibration_feeds(
+    model: onnx.ModelProto, calibration: dict[str, np.ndarray], specs: list[InputSpec]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds over the calibration rows: a language model's token windows as prompts with an
+    empty KV cache (lm_gate), any other model's rows as static int8 reads them."""
+    decoder = lm_gate.decoder_interface(model) if set(calibration) == {lm_gate.IDS} else None
+    if decoder is not None:
+        ids = calibration[lm_gate.IDS]
+        for start in range(0, len(ids), lm_gate.BATCH):
+            yield lm_gate.feeds(decoder, ids[start : start + lm_gate.BATCH])
+        return
+    reader = _Reader(calibration, specs, uniform=False)
+    yield from iter(reader.get_next, None)
+
+
+def _weight_only(
+    prepared: Prepared,
+    out: Path,
+    settings: Settings,
+    variant: Variant,
+    hessians: dict[str, np.ndarray] | None = None,
+) -> None:
+    """int4-weight / int8-weight: block-wise MatMulNBits and GatherBlockQuantized (weightonly),
+    rounded by GPTQ where `hessians` are given."""
     exclude = variant.nodes_to_exclude
     if variant.only_node is not None:
         exclude = tuple(name for name, _ in prepared.candidates if name != variant.only_node)
@@ -452,13 +595,20 @@ def _weight_only(prepared: Prepared, out: Path, settings: Settings, variant: Var
         embeddings=settings.target != "gpu",
         accuracy_level=None if settings.target == "gpu" else weightonly.CPU_ACCURACY_LEVEL,
     )
-    weightonly.quantize_weight_only(prepared.path, out, plan, exclude=exclude)
+    weightonly.quantize_weight_only(prepared.path, out, plan, exclude=exclude, hessians=hessians)
 
 
 def _fp16(src: Path, out: Path, variant: Variant) -> None:
     from onnxruntime.transformers import float16
 
     model = onnx.load_model(str(src))
+    if variant.weight_only:
+        # fp16 storage, fp32 compute: every weight of the main graph as fp16 + Cast, which
+        # onnxruntime folds back to fp32 at load (see mixed): half the bytes, fp32's numerics
+        # but for each weight's rounding to fp16. The fallback when full fp16 fails the gate.
+        mixed.store_kept_weights_fp16(model, frozenset(n.name for n in model.graph.node))
+        onnx.save_model(model, str(out))
+        return
     if variant.only_node is not None:
         blocked_nodes = [n.name for n in model.graph.node if n.name != variant.only_node]
     else:

@@ -1,7 +1,8 @@
 """Owns the accuracy-driven search run when the first conversion fails the gate.
 
 Strategy, cheapest first, always inside the time budget:
-1. (static-int8) the other calibration methods, unchanged otherwise;
+1. (static-int8) the other calibration methods, unchanged otherwise, then the per-tensor
+   method (each activation's range from the method that quantizes it best, see calibration);
 2. per-node sensitivity: quantize one candidate node at a time and measure the relative output
    error on the evaluation set (the error that node alone introduces);
 3. keep the most sensitive nodes in float, 1, 2, 4, ... of them (never more than half of the
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgemodel_runtime.compress.calibration import PER_TENSOR
 from edgemodel_runtime.compress.gate import Figures, score
 from edgemodel_runtime.compress.quantize import Variant
 
@@ -83,6 +85,14 @@ def method_order(current: str | None, methods: tuple[str, ...]) -> list[str | No
     return [current, *(m for m in methods if m != current)]
 
 
+def with_per_tensor(methods: list[str | None]) -> list[str | None]:
+    """The calibration methods to try, the per-tensor choice last when there is a choice
+    (static int8: several methods; dynamic int8 calibrates nothing) (pure)."""
+    if len(methods) < 2 or PER_TENSOR in methods:
+        return methods
+    return [*methods, PER_TENSOR]
+
+
 def run_search(
     first: Attempt,
     *,
@@ -117,6 +127,7 @@ def run_search(
 
     if first.passed or budget_s <= 0:
         return finish()
+    methods = with_per_tensor(methods)
     for method in methods[1:]:
         if out_of_time():
             return finish()
@@ -256,3 +267,35 @@ def weight_only_search(
         if score(result.figures) > score(best.figures):
             best = result
     return best
+
+
+def wants_qoperator(mode: str, target: str | None, chosen: Attempt) -> bool:
+    """Try the QOperator twin of a passing static-int8 candidate (pure).
+
+    Only on amd64, where this CPU can time it: QDQ is the rule, and onnxruntime's CPU
+    provider fuses QDQ units into the same QLinear kernels, so QOperator wins only where a
+    fusion is missed. arm64 is not timed here (qemu times the emulator) and keeps QDQ;
+    gpu providers run QDQ.
+    """
+    return (
+        mode == "static-int8"
+        and target == "amd64"
+        and chosen.passed
+        and not chosen.variant.weight_only
+        and not chosen.variant.qoperator
+    )
+
+
+def qoperator_faster(qdq_ratio: float | None, qoperator_ratio: float | None) -> bool:
+    """QOperator replaces QDQ only when measurably faster: beyond LATENCY_TOLERANCE (pure)."""
+    if qdq_ratio is None or qoperator_ratio is None:
+        return False
+    return qoperator_ratio < qdq_ratio * (1 - LATENCY_TOLERANCE)
+
+
+def qoperator_note(qdq_ratio: float | None, qoperator_ratio: float | None, faster: bool) -> str:
+    """The report's word on the QOperator twin (pure)."""
+    figures = f"QOperator {qoperator_ratio or 0:.2f}x vs QDQ {qdq_ratio or 0:.2f}x fp32 latency"
+    if faster:
+        return f"{figures}: QOperator measurably faster on this CPU"
+    return f"{figures}: not measurably faster (>{LATENCY_TOLERANCE:.0%}), QDQ kept"

@@ -18,7 +18,8 @@ machine that compresses, see `cpu`) amd64 int8 uses 7-bit weights (`reduce_range
 
 Weight-only modes (`int4-weight`, `int8-weight`): MatMul weights and embedding tables stored
 in blocks of `block_size` (32, 64 or 128; default 32) values with their own scale, symmetric or
-asymmetric (default: asymmetric), computed in fp32 (see weightonly). The same artifact serves
+asymmetric (default: asymmetric), computed in fp32 (see weightonly); with calibration data the
+run also builds a GPTQ candidate (see gptq), so its digest is in the key. The same artifact serves
 amd64 and arm64; for `gpu` only MatMul weights are block-quantized (MatMulNBits has a CUDA
 kernel, GatherBlockQuantized does not).
 
@@ -174,8 +175,13 @@ def _check_gate_figures(
 def _calibration(
     mode: str, calibration_sha256: str | None, calibration_method: str | None
 ) -> tuple[str | None, str | None]:
-    """The calibration digest and method static int8 uses; nothing for the other modes, so an
-    unused calibration file stays out of the key."""
+    """The calibration digest and method static int8 uses; the weight-only modes keep the
+    digest when given (it adds the GPTQ candidate, see weightonly) and take no method;
+    nothing for the other modes, so an unused calibration file stays out of the key."""
+    if mode in WEIGHT_ONLY_MODES:
+        if calibration_method is not None:
+            raise CompressError(f"--calibration-method applies to static-int8, not --mode {mode}")
+        return calibration_sha256, None
     if mode != "static-int8":
         return None, None
     if calibration_sha256 is None:

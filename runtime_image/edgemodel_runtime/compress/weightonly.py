@@ -6,9 +6,10 @@ MatMul weights (constant B inputs) become onnxruntime's MatMulNBits through its 
 point), the kernel dequantizes on the fly. CPU artifacts set accuracy_level 4: the kernel
 quantizes each block of activations to int8 and uses int8 dot products (without it the 8-bit
 kernel was 4.3x slower than fp32 per decode step on the bench decoder, with it 0.49x; same
-agreement). Rounding is to nearest:
-onnxruntime 1.32's calibrated weight-only methods need PyTorch (GPTQ's data loader converts
-through torch, HQQ is written in torch), which the runtime image does not carry.
+agreement). Rounding is to nearest by default. With calibration data the MatMuls are also
+rounded by GPTQ (compress.gptq, numpy: onnxruntime 1.32's GPTQ and HQQ need PyTorch, which the
+runtime image does not carry) onto the same grid, written as the same MatMulNBits nodes
+(`gptq_matmuls`); the pipeline gates both and keeps the better.
 
 Embedding Gathers (token ids into a float table) are block-quantized here to
 GatherBlockQuantized with uint8-packed storage, so the graph keeps its opset (onnxruntime's
@@ -30,11 +31,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgemodel_runtime.compress import gptq
 from edgemodel_runtime.compress.errors import CompressError
 
 BITS_OF_MODE = {"int4-weight": 4, "int8-weight": 8}
@@ -70,12 +73,24 @@ class WeightOnlyStats:
 
 
 def quantize_weight_only(
-    src: Path, out: Path, plan: WeightOnlyPlan, exclude: tuple[str, ...] = ()
+    src: Path,
+    out: Path,
+    plan: WeightOnlyPlan,
+    exclude: tuple[str, ...] = (),
+    hessians: dict[str, np.ndarray] | None = None,
 ) -> WeightOnlyStats:
-    """Write `src` with its MatMul (and embedding Gather) weights block-quantized to `out`."""
+    """Write `src` with its MatMul (and embedding Gather) weights block-quantized to `out`.
+
+    With `hessians` (activation name -> H = 2 XᵀX from calibration data, see gptq) the MatMuls
+    reading those activations are rounded by GPTQ instead of to nearest, on the same grid."""
     model = onnx.load_model(str(src))
     heads = output_projections(model) if plan.bits < EDGE_BITS else ()
-    matmuls = _quantize_matmuls(model, plan, (*exclude, *heads))
+    matmuls = 0
+    if hessians:
+        # GPU targets keep the head in float (see the module docstring)
+        skip = (*exclude, *heads) if plan.accuracy_level is None else exclude
+        matmuls += gptq_matmuls(model, plan, hessians, skip, heads)
+    matmuls += _quantize_matmuls(model, plan, (*exclude, *heads))
     ends: list[str] = []
     if heads and plan.accuracy_level is not None:  # CPU: the head at 8 bits; GPU: in float
         others = tuple(n.name for n in model.graph.node if n.name not in heads)
@@ -117,6 +132,104 @@ def block_bits(model: onnx.ModelProto) -> dict[str, list[str]]:
             bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
             found.setdefault(str(bits), []).append(node.name)
     return found
+
+
+def weight_matmuls(
+    model: onnx.ModelProto, exclude: tuple[str, ...] = ()
+) -> list[tuple[onnx.NodeProto, onnx.TensorProto]]:
+    """The MatMuls whose B is a 2-D float initializer (not a graph input), with it (pure)."""
+    graph_inputs = {value.name for value in model.graph.input}
+    initializers = {
+        init.name: init
+        for init in model.graph.initializer
+        if init.data_type == onnx.TensorProto.FLOAT
+        and len(init.dims) == 2
+        and init.name not in graph_inputs
+    }
+    return [
+        (node, initializers[node.input[1]])
+        for node in model.graph.node
+        if node.op_type == "MatMul"
+        and len(node.input) == 2
+        and node.input[1] in initializers
+        and node.name not in exclude
+    ]
+
+
+def gptq_matmuls(
+    model: onnx.ModelProto,
+    plan: WeightOnlyPlan,
+    hessians: dict[str, np.ndarray],
+    exclude: tuple[str, ...],
+    heads: tuple[str, ...],
+) -> int:
+    """MatMulNBits rounded by GPTQ for each weight MatMul whose activation has a Hessian (the
+    `heads` at EDGE_BITS); named, laid out and attributed as onnxruntime's quantizer writes
+    its own. Returns how many."""
+    converted: dict[str, onnx.NodeProto] = {}
+    added: list[onnx.TensorProto] = []
+    factors: dict[str, gptq.Factor] = {}  # q/k/v (gate/up) read one activation: factor it once
+    for node, weight in weight_matmuls(model, exclude):
+        hessian = hessians.get(node.input[0])
+        if hessian is None:
+            continue
+        if node.input[0] not in factors:
+            factors[node.input[0]] = gptq.factorize(hessian, plan.block_size)
+        bits = EDGE_BITS if node.name in heads else plan.bits
+        blocks = gptq.gptq(
+            numpy_helper.to_array(weight),
+            hessian,
+            bits=bits,
+            block_size=plan.block_size,
+            symmetric=plan.symmetric,
+            factor=factors[node.input[0]],
+        )
+        replacement, tensors = _nbits_node(node, weight, blocks, plan.accuracy_level)
+        converted[node.output[0]] = replacement
+        added.extend(tensors)
+    nodes = [
+        converted.get(n.output[0], n) if n.op_type == "MatMul" else n for n in model.graph.node
+    ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    read = {name for n in model.graph.node for name in n.input}
+    kept = [init for init in model.graph.initializer if init.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*kept, *added])
+    return len(converted)
+
+
+def _nbits_node(
+    node: onnx.NodeProto,
+    weight: onnx.TensorProto,
+    blocks: gptq.Blocks,
+    accuracy_level: int | None,
+) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    packed, scales, zeros = gptq.pack_blocks(blocks)
+    bits = blocks.bits
+    tensors = [
+        numpy_helper.from_array(packed, f"{weight.name}_Q{bits}"),
+        numpy_helper.from_array(scales, f"{weight.name}_scales"),
+    ]
+    if zeros is not None:
+        tensors.append(numpy_helper.from_array(zeros, f"{weight.name}_zero_points"))
+    attributes: dict[str, Any] = {
+        "K": int(weight.dims[0]),
+        "N": int(weight.dims[1]),
+        "bits": bits,
+        "block_size": blocks.block_size,
+    }
+    if accuracy_level:
+        attributes["accuracy_level"] = accuracy_level
+    replacement = helper.make_node(
+        "MatMulNBits",
+        [node.input[0], *(t.name for t in tensors)],
+        list(node.output),
+        name=f"{node.name}_Q{bits}" if node.name else "",
+        domain=MS_DOMAIN,
+        **attributes,
+    )
+    return replacement, tensors
 
 
 def _quantize_matmuls(
