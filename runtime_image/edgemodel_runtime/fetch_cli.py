@@ -4,7 +4,8 @@
    (an edge site cut off from the cluster still restarts its pods).
 2. Otherwise download from `--server` (`/v1/artifacts/<sha256>`) or `--uri`, verify, and put it
    in the cache, retrying with backoff until `--timeout-s`.
-3. Lay it out in `--dest`: plain (`model.onnx`) or a Triton model repository.
+3. Lay it out in `--dest`: plain (`model.onnx`, or `--file-name`: the runtime pod fetches a
+   generative model's tokenizer.json this way too) or a Triton model repository.
 4. Keep the node cache within `--cache-max-bytes`: least-recently-used entries go first, never
    the one just fetched (see `artifacts.cache`).
 
@@ -41,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", required=True, type=Path, metavar="DIR", help="node cache dir")
     parser.add_argument("--layout", choices=("plain", "triton"), default="plain")
     parser.add_argument("--model-name", default="model", metavar="N", help="Triton model name")
+    parser.add_argument(
+        "--file-name",
+        default=None,
+        metavar="NAME",
+        help="plain layout: the file's name in --dest (default model.onnx)",
+    )
     parser.add_argument(
         "--max-batch-size",
         type=int,
@@ -110,6 +117,8 @@ def _validated(args: argparse.Namespace) -> tuple[str, str | None]:
             uri = args.uri
         if args.layout == "triton":
             node_cache.validate_model_name(args.model_name)
+        if args.file_name is not None:
+            _check_file_name(args.file_name, args.layout)
         if args.instance_count < 1:
             raise ValueError("--instance-count must be at least 1")
         if args.max_batch_size is not None and args.max_batch_size < 0:
@@ -119,6 +128,13 @@ def _validated(args: argparse.Namespace) -> tuple[str, str | None]:
     except ValueError as exc:  # SourceError is a ValueError
         raise _Failed(EXIT_BAD_INPUT, str(exc)) from None
     return sha256, uri
+
+
+def _check_file_name(name: str, layout: str) -> None:
+    if layout != "plain":
+        raise ValueError("--file-name needs --layout plain")
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"--file-name {name!r} must be a plain file name")
 
 
 def _obtain(
@@ -167,7 +183,7 @@ def _place(cached: Path, args: argparse.Namespace) -> Path:
 
     try:
         if args.layout == "plain":
-            return node_cache.layout_plain(cached, args.dest)
+            return node_cache.layout_plain(cached, args.dest, args.file_name)
         return _layout_triton(cached, args)
     except ValueError as exc:  # TritonConfigError, or an ONNX file onnx cannot parse
         raise _Failed(EXIT_BAD_INPUT, str(exc)) from None

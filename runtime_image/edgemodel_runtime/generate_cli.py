@@ -56,8 +56,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer",
         default="none",
-        help="none (token ids only), bytes (UTF-8 byte tokens), or a JSON file "
-        '{"type": "bytes", "offset": N}',
+        help="none (token ids only), bytes (UTF-8 byte tokens), or the path of a Hugging Face "
+        'tokenizer.json (or of a JSON file {"type": "bytes", "offset": N})',
     )
     parser.add_argument(
         "--ttft-slo-ms",

@@ -17,8 +17,11 @@ Debian system ships), the layers are seeded random with small residual branches,
 head is fitted in closed form (ridge regression onto each position's bigram log-probability
 row), so perplexity and next-token agreement on the held-out evaluation sequences measure
 something (14.3 against 32 for token frequencies at the default size). Tokens are bytes: id =
-byte value. Everything is deterministic for a given config and corpus, written under the user
-cache (never the repository), and reused. See docs/architecture.md, "Language models".
+byte value, and ``tokenizer.json`` beside the model is that vocabulary as a Hugging Face
+tokenizer made with `tokenizers` (byte-level BPE without merges: id = byte value, a ByteLevel
+decoder, so text round-trips). Everything is deterministic for a given config and corpus,
+written under the user cache (never the repository), and reused. See docs/architecture.md,
+"Language models".
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from edgemodel_sandbox.models import _save_npz, cache_dir
 
@@ -44,6 +48,8 @@ CORPUS_DIRS = (Path("/usr/share/common-licenses"),)
 MASK_VALUE = -1e9
 BRANCH_GAIN = 0.2  # residual branches stay small beside the embedding, which carries the bigram
 RIDGE = 0.01
+BYTE_VALUES = 256
+TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,40 @@ def _fit_lm_head(cfg: DecoderConfig, weights: dict[str, np.ndarray], train: np.n
     weights["lm_head"] = np.linalg.solve(gram, hidden.T @ rows).astype(np.float32)
 
 
+def _byte_to_char() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte: the alphabet of a ByteLevel tokenizer."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(BYTE_VALUES) if b not in printable]
+    mapping = {b: chr(b) for b in printable}
+    mapping.update({b: chr(BYTE_VALUES + n) for n, b in enumerate(others)})
+    return mapping
+
+
+def byte_tokenizer_json() -> str:
+    """The fixture's vocabulary as a Hugging Face tokenizer.json: token id = byte value.
+
+    A byte-level BPE with the 256 byte symbols and no merges, ByteLevel pre-tokenizer (no
+    prefix space, no regex split) and decoder: `encode(text).ids` is `list(text.encode())` and
+    `decode(ids)` gives the text back. Deterministic (ids in order, no merges).
+    """
+    vocab = {char: byte for byte, char in _byte_to_char().items()}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer.to_str(pretty=True) + "\n"
+
+
+def _ensure_tokenizer(directory: Path) -> None:
+    """Writes tokenizer.json into a fixture folder that lacks it (folders made before it)."""
+    path = directory / TOKENIZER_FILE
+    if path.is_file():
+        return
+    staging = path.with_name(f".{TOKENIZER_FILE}.{os.getpid()}.tmp")
+    staging.write_text(byte_tokenizer_json())
+    os.replace(staging, path)
+
+
 def _write(directory: Path, cfg: DecoderConfig) -> None:
     text = corpus_bytes()
     train, evaluation = _sequences(text, cfg)
@@ -374,6 +414,7 @@ def _write(directory: Path, cfg: DecoderConfig) -> None:
         "corpus_sha256": hashlib.sha256(text).hexdigest(),
         "parameters": int(sum(v.size for v in weights.values())),
     }
+    _ensure_tokenizer(directory)
     (directory / "decoder.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -382,18 +423,21 @@ def ensure_decoder(config: DecoderConfig | None = None, directory: Path | None =
 
     It holds `model.onnx`, `evaluation.npz` / `calibration.npz` (key `input_ids`, int64
     [N, L] byte-token windows of held-out / training text; evaluation windows are
-    `sequence_length + 1` long so every position has a next token) and `decoder.json` (config,
-    parameter count). Safe to call from concurrent processes.
+    `sequence_length + 1` long so every position has a next token), `tokenizer.json` (the byte
+    vocabulary, `byte_tokenizer_json`) and `decoder.json` (config, parameter count). Safe to
+    call from concurrent processes.
     """
     cfg = config or DecoderConfig()
     cfg.validate()
     target = directory or cache_dir() / cfg.tag()
     if (target / "decoder.json").is_file():
+        _ensure_tokenizer(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with (target.parent / f".{target.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "decoder.json").is_file():
+            _ensure_tokenizer(target)
             return target
         staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         shutil.rmtree(staging, ignore_errors=True)

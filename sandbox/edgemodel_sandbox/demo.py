@@ -16,7 +16,7 @@ import yaml
 
 from edgemodel_runtime.artifacts.client import ClientError, upload_artifact
 from edgemodel_sandbox.cluster import Sandbox, SandboxError, State
-from edgemodel_sandbox.decoder import ensure_decoder
+from edgemodel_sandbox.decoder import TOKENIZER_FILE, ensure_decoder
 from edgemodel_sandbox.files import sha256_file
 from edgemodel_sandbox.models import digits_classifier
 from edgemodel_sandbox.tools import Tools, tools_dir
@@ -265,10 +265,10 @@ def _upload_fixture(sandbox: Sandbox) -> tuple[str, str]:
     model_sha = _upload(address, fixture.model, token)
     eval_sha = _upload(address, fixture.evaluation, token)
     print(f"model {model_sha[:12]}  evaluation {eval_sha[:12]}  (store at {address})")
-    # examples/generative-edgemodel.yaml names the sandbox decoder and its evaluation sequences
-    # by digest: uploaded too, so `kubectl apply -f examples/` finds every model it names.
+    # examples/generative-edgemodel.yaml names the sandbox decoder, its evaluation sequences and
+    # its tokenizer.json by digest: uploaded too, so `kubectl apply -f examples/` finds them all.
     decoder = ensure_decoder()
-    for name in ("model.onnx", "evaluation.npz"):
+    for name in ("model.onnx", "evaluation.npz", TOKENIZER_FILE):
         _upload(address, decoder / name, token)
     return model_sha, eval_sha
 

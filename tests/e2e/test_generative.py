@@ -6,7 +6,9 @@
    Ready;
 2. tokens stream through each target's Service (its ready endpoints, as kube-proxy would pick
    them) as server-sent events, and equal a plain onnxruntime greedy loop on the very artifact
-   the store holds;
+   the store holds; a text prompt goes through the decoder's tokenizer.json, which each pod
+   fetched by digest beside the model (`serving.tokenizer: file`), and the streamed text is its
+   decode of those tokens;
 3. a new revision whose time to first token is far over `slo.timeToFirstTokenP95Ms` (a decoder
    with 28x the compute per token: its prefill of the prompt alone takes longer than the SLO) is
    rolled back by the canary analysis of that token histogram, while streaming clients see no
@@ -32,8 +34,9 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from tokenizers import Tokenizer
 
-from edgemodel_sandbox.decoder import DecoderConfig, build_decoder, ensure_decoder
+from edgemodel_sandbox.decoder import TOKENIZER_FILE, DecoderConfig, build_decoder, ensure_decoder
 from edgemodel_sandbox.load import Load
 from tests.conftest import ROOT, Cluster
 from tests.e2e.conftest import (
@@ -58,6 +61,7 @@ INTERVAL = 5  # the API's minimum analysisIntervalSeconds
 TTFT_SLO_MS = 25.0
 PROMPT_TOKENS = 128
 NEW_TOKENS = 16
+TEXT_PROMPT = "Permission is hereby granted, free of charge, to any person — «"
 TARGETS = ("arm64-cpu", "amd64-cpu")
 # The slow revision: the same layout and byte vocabulary, 4 layers of 3 M parameters that all
 # read the first layer's weights: 28x the stable decoder's compute per token in a 13 MB file
@@ -72,6 +76,7 @@ class Decoders:
     config: DecoderConfig
     model: tuple[str, str]  # uri, sha256
     evaluation: tuple[str, str]
+    tokenizer: tuple[str, str]
     slow: tuple[str, str]
     prompt: list[int]
 
@@ -109,6 +114,7 @@ def decoders(store_url: str, store_token: str, tmp_path_factory: pytest.TempPath
         DecoderConfig(**json.loads((folder / "decoder.json").read_text())["config"]),
         stored(folder / "model.onnx"),
         stored(folder / "evaluation.npz"),
+        stored(folder / TOKENIZER_FILE),
         stored(slow),
         [int(t) for t in evaluation[0, :PROMPT_TOKENS]],
     )
@@ -125,6 +131,8 @@ def manifest(name: str, decoders: Decoders) -> dict[str, Any]:
     spec["model"] = dict(zip(("uri", "sha256"), decoders.model, strict=True))
     gate = spec["compression"]["accuracyGate"]
     gate["evaluation"] = dict(zip(("uri", "sha256"), decoders.evaluation, strict=True))
+    assert spec["serving"]["tokenizer"] == "file"
+    spec["serving"]["tokenizerFile"] = dict(zip(("uri", "sha256"), decoders.tokenizer, strict=True))
     # The inter-token line far away: the rollback below is the time to first token's.
     spec["slo"] |= {"timeToFirstTokenP95Ms": TTFT_SLO_MS, "interTokenP95Ms": 1000}
     del spec["autoscaling"]
@@ -139,10 +147,14 @@ def manifest(name: str, decoders: Decoders) -> dict[str, Any]:
     return body
 
 
-def stream(address: str, model: str, prompt: list[int], max_tokens: int) -> list[dict[str, Any]]:
-    """One generation over `/generate_stream`: the server-sent events' documents, in order."""
+def stream(
+    address: str, model: str, prompt: list[int] | str, max_tokens: int
+) -> list[dict[str, Any]]:
+    """One generation over `/generate_stream` (token ids, or text through the pod's tokenizer):
+    the server-sent events' documents, in order."""
     host, port = address.rsplit(":", 1)
-    body = json.dumps({"input_ids": prompt, "parameters": {"max_tokens": max_tokens}})
+    field = "text_input" if isinstance(prompt, str) else "input_ids"
+    body = json.dumps({field: prompt, "parameters": {"max_tokens": max_tokens}})
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         connection.request("POST", f"/v2/models/{model}/generate_stream", body=body)
@@ -234,10 +246,13 @@ def node_arch(cluster: Cluster, node: str) -> str:
     return str(labels["labels"]["kubernetes.io/arch"])
 
 
-def stream_checks(
-    cluster: Cluster, ns: str, name: str, decoders: Decoders, expected: list[int]
-) -> None:
-    """Each target on a node of its arch, streaming through its Service `expected`."""
+def stream_checks(cluster: Cluster, ns: str, name: str, decoders: Decoders, artifact: Path) -> None:
+    """Each target on a node of its arch, streaming through its Service what a greedy loop on
+    `artifact` gives, for token ids and for TEXT_PROMPT through the fixture's tokenizer.json."""
+    expected = greedy_reference(artifact, decoders.prompt, NEW_TOKENS, decoders.config)
+    tokenizer = Tokenizer.from_file(str(ensure_decoder() / TOKENIZER_FILE))
+    prompt = tokenizer.encode(TEXT_PROMPT).ids
+    from_text = greedy_reference(artifact, prompt, NEW_TOKENS, decoders.config)
     selector = f"edgemodel.dev/name={name},app.kubernetes.io/component=runtime"
     pods = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout
     placed = {
@@ -253,6 +268,9 @@ def stream_checks(
         assert documents[-1]["finish_reason"] == "length"
         text = "".join(d["text_output"] for d in documents)
         assert text == bytes(expected).decode("utf-8", errors="replace")
+        documents = stream(address, name, TEXT_PROMPT, NEW_TOKENS)
+        assert [d["output_ids"][0] for d in documents] == from_text, target
+        assert "".join(d["text_output"] for d in documents) == tokenizer.decode(from_text)
 
 
 def roll_out_slow(
@@ -314,8 +332,8 @@ def test_generative_model_streams_on_arm64_and_amd64_and_a_slow_canary_is_rolled
         assert record["ratio"] <= 0.30, record
     (digest,) = {record["artifactDigest"] for record in records.values()}
     artifact = fetch_artifact(store_url, digest, tmp_path / "int4.onnx")
+    stream_checks(cluster, ns, name, decoders, artifact)
     expected = greedy_reference(artifact, decoders.prompt, NEW_TOKENS, decoders.config)
-    stream_checks(cluster, ns, name, decoders, expected)
 
     status, loads = roll_out_slow(cluster, ns, name, decoders, operator)
     assert status["lastRollback"]["to"] == stable and status["stableRevision"] == stable

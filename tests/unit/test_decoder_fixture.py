@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from edgemodel_sandbox.decoder import (
+    TOKENIZER_FILE,
     DecoderConfig,
     bigram_log_probs,
     empty_past,
@@ -111,4 +112,7 @@ def test_the_generative_example_names_the_default_decoder_by_digest() -> None:
     assert spec["model"]["sha256"] == sha256_file(folder / "model.onnx")
     evaluation = spec["compression"]["accuracyGate"]["evaluation"]
     assert evaluation["sha256"] == sha256_file(folder / "evaluation.npz")
-    assert all(s["uri"].endswith(s["sha256"]) for s in (spec["model"], evaluation))
+    tokenizer = spec["serving"]["tokenizerFile"]
+    assert spec["serving"]["tokenizer"] == "file"
+    assert tokenizer["sha256"] == sha256_file(folder / TOKENIZER_FILE)
+    assert all(s["uri"].endswith(s["sha256"]) for s in (spec["model"], evaluation, tokenizer))

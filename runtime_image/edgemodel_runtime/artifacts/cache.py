@@ -196,8 +196,8 @@ def write_text(dest: Path, text: str) -> None:
             tmp.unlink()
 
 
-def layout_plain(cached: Path, dest: Path) -> Path:
-    target = dest / MODEL_FILE
+def layout_plain(cached: Path, dest: Path, file_name: str | None = None) -> Path:
+    target = dest / (file_name or MODEL_FILE)
     place(cached, target)
     return target
 

@@ -18,7 +18,7 @@ own prefill (`Batch.join` pads both sides to one length) and leaves by row selec
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +26,12 @@ import numpy as np
 from .dataplane import Runner
 from .tensors import NUMPY_DTYPES, Array, TensorSpec
 
-# Logits of a row computed alone and inside a left-padded batch must agree this closely for the
-# model to be batched across lengths (a model that ignores attention_mask fails the check).
-PADDING_TOLERANCE = 1e-3
+# A row's logits inside a left-padded batch, against the same row's alone: relative L2 distance
+# up to which the model is batched across lengths. Kernels whose numerics depend on the batch
+# stay far below it (dynamic int8 quantizes a whole batch's activations with one scale: 1.3 % on
+# the bench decoder; MatMulNBits' row tiles: up to 1.3 %); a model that ignores attention_mask
+# reads the padding as context and moves by 13-67 % on the fixture decoders.
+PADDING_TOLERANCE = 0.05
 
 
 class DecoderLayoutError(ValueError):
@@ -206,7 +209,9 @@ class DecoderModel:
             ids=list(range(rows)),
         )
 
-    def _forward(self, batch: Batch, tokens: Array) -> tuple[Array, Batch]:
+    def _forward(
+        self, batch: Batch, tokens: Array, before_run: Callable[[], object] | None
+    ) -> tuple[Array, Batch]:
         """Run `tokens [rows, seq]` after `batch`'s cache: last logits [rows, vocab], new batch."""
         layout = self.layout
         rows, seq = tokens.shape
@@ -217,30 +222,57 @@ class DecoderModel:
         if layout.position_ids is not None:
             feeds[layout.position_ids] = batch.positions[:, None] + np.arange(seq, dtype=np.int64)
         feeds.update(zip(layout.past, batch.cache, strict=True))
+        if before_run is not None:
+            before_run()
         logits, *present = self._runner.run(feeds, self._names)
         after = Batch(cache=present, mask=mask, positions=batch.positions + seq, ids=batch.ids)
         return np.asarray(logits[:, -1, :], dtype=np.float32), after
 
-    def prefill(self, sequence_id: int, prompt: Sequence[int]) -> tuple[Array, Batch]:
-        """The prompt's next-token logits [vocab] and its one-row batch, ready to join."""
+    def prefill(
+        self,
+        sequence_id: int,
+        prompt: Sequence[int],
+        before_run: Callable[[], object] | None = None,
+    ) -> tuple[Array, Batch]:
+        """The prompt's next-token logits [vocab] and its one-row batch, ready to join.
+
+        `before_run` (as for `decode`) is called once the feeds are ready, just before the run.
+        """
         start = self.empty(1)
         start.ids = [sequence_id]
-        logits, batch = self._forward(start, np.asarray([prompt], dtype=np.int64))
+        logits, batch = self._forward(start, np.asarray([prompt], dtype=np.int64), before_run)
         return logits[0], batch
 
-    def decode(self, batch: Batch, tokens: Sequence[int]) -> tuple[Array, Batch]:
-        """One decode step: each row's next token in, next-token logits [rows, vocab] out."""
-        return self._forward(batch, np.asarray(tokens, dtype=np.int64)[:, None])
+    def decode(
+        self,
+        batch: Batch,
+        tokens: Sequence[int],
+        before_run: Callable[[], object] | None = None,
+    ) -> tuple[Array, Batch]:
+        """One decode step: each row's next token in, next-token logits [rows, vocab] out.
 
-    def check_padding(self) -> bool:
-        """Whether a row's logits inside a left-padded batch equal its logits alone."""
+        `before_run` is called once the feeds are ready, just before the run: work it hands to
+        another thread then overlaps the run (which releases the GIL) instead of delaying it.
+        """
+        tokens_in = np.asarray(tokens, dtype=np.int64)[:, None]
+        return self._forward(batch, tokens_in, before_run)
+
+    def padding_error(self) -> float:
+        """How far a row's logits inside a left-padded batch move from its logits alone
+        (relative L2 distance; 0 for a model whose left padding is exact)."""
         short, long = [1, 2], [3, 4, 5, 6]
         _, solo = self.prefill(0, short)
         _, other = self.prefill(1, long)
         together = other.join(solo)  # the short row is left-padded by two
         alone_next, _ = self.decode(solo, [7])
         batched_next, _ = self.decode(together, [8, 7])
-        return bool(np.allclose(alone_next[0], batched_next[1], atol=PADDING_TOLERANCE))
+        alone, batched = alone_next[0], batched_next[1]
+        scale = float(np.linalg.norm(alone)) or 1.0
+        return float(np.linalg.norm(batched - alone)) / scale
+
+    def check_padding(self) -> bool:
+        """Whether left-padded batches give each row its own logits, up to PADDING_TOLERANCE."""
+        return self.padding_error() <= PADDING_TOLERANCE
 
     def warm_up(self, batch: int = 1, runs: int = 3) -> float:
         """A real prefill and decode steps (not zeros); returns the fastest step in seconds."""

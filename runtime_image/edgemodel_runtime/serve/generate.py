@@ -62,7 +62,11 @@ class GenerateEndpoints:
         vocab = scheduler.model.layout.vocab
         vocab = vocab if vocab > 0 else 1 << 31
         prompt = prompt_ids(
-            document.get("text_input"), document.get("input_ids"), scheduler.tokenizer, vocab
+            document.get("text_input"),
+            document.get("input_ids"),
+            scheduler.tokenizer,
+            vocab,
+            max_tokens=scheduler.limits.max_context,
         )
         params = parse_parameters(
             document.get("parameters"),

@@ -20,7 +20,7 @@ from .metrics import ServeMetrics
 from .model import ModelLoadError
 from .scheduler import GenerationLimits, Scheduler
 from .token_metrics import DEFAULT_ITL_SLO_S, DEFAULT_TTFT_SLO_S, TokenMetrics
-from .tokenizer import ByteTokenizer
+from .tokenizer import Tokenizer, vocabulary_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class GenerationOptions:
     max_sequences: int = DEFAULT_MAX_SEQUENCES
     max_kv_bytes: int | None = None
     max_context: int = DEFAULT_MAX_CONTEXT
-    tokenizer: ByteTokenizer | None = None
+    tokenizer: Tokenizer | None = None
     ttft_slo_s: float = DEFAULT_TTFT_SLO_S
     itl_slo_s: float = DEFAULT_ITL_SLO_S
 
@@ -76,7 +76,13 @@ class GenerativeService:
         self.scheduler: Scheduler | None = None
 
     def decoder(self, model: Runner) -> DecoderModel:
-        return as_decoder(model)
+        """The loaded model as a decoder the tokenizer fits, or a load error saying why not."""
+        decoder = as_decoder(model)
+        tokenizer = self.options.tokenizer
+        mismatch = vocabulary_mismatch(tokenizer, decoder.layout.vocab) if tokenizer else None
+        if mismatch is not None:
+            raise ModelLoadError(mismatch)
+        return decoder
 
     def routes(self, router: web.UrlDispatcher) -> None:
         add_generate_routes(router, self.endpoints)
@@ -90,9 +96,7 @@ class GenerativeService:
             max_context=self.options.max_context,
             bytes_per_token=model.layout.bytes_per_token,
         )
-        self.scheduler = Scheduler(
-            model, limits, self.metrics, self._dp.executor, self.options.tokenizer
-        )
+        self.scheduler = Scheduler(model, limits, self.metrics, self.options.tokenizer)
         self.scheduler.start()
         self.endpoints.scheduler = self.scheduler
         log.info(
@@ -103,7 +107,7 @@ class GenerativeService:
             limits.max_context,
             limits.bytes_per_token,
             model.padding_safe,
-            "bytes" if self.options.tokenizer else "none",
+            self.options.tokenizer.name if self.options.tokenizer else "none",
         )
 
     async def close(self) -> None:

@@ -118,9 +118,10 @@ def next_token(logits: Array, params: SamplingParams, rng: np.random.Generator) 
 def finish_reason(token: int, generated: int, text: str, params: SamplingParams) -> str | None:
     """Why a sequence ends after emitting `token` as its `generated`-th token, or None.
 
-    "stop": a stop token, or the text so far ends with a stop string; "length": max_tokens.
+    "stop": a stop token, or the text so far holds a stop string (not only at its end: one
+    token's text may hold a stop string and more after it); "length": max_tokens.
     """
-    if token in params.stop_tokens or any(text.endswith(stop) for stop in params.stop_strings):
+    if token in params.stop_tokens or any(stop in text for stop in params.stop_strings):
         return "stop"
     if generated >= params.max_tokens:
         return "length"

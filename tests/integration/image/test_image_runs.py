@@ -1,6 +1,7 @@
 """The image's root filesystem runs: unpacked from the archive's layers, `edgemodel --help`
-works as uid 10001 through /usr/local/bin/edgemodel, and Debian's python3 imports onnxruntime
-and numpy and runs a model. arm64 runs under qemu-user (binfmt), with an arm64-looking
+works as uid 10001 through /usr/local/bin/edgemodel, Debian's python3 imports onnxruntime
+and numpy and runs a model, and the serve tokenizer loads a tokenizer.json through the
+`tokenizers` wheel and streams its text. arm64 runs under qemu-user (binfmt), with an arm64-looking
 /proc/cpuinfo bound in (onnxruntime probes the CPU and qemu shows the host's x86 one)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edgemodel_sandbox.decoder import TOKENIZER_FILE, byte_tokenizer_json
 from edgemodel_sandbox.image import binfmt, lock
 from tests.integration.image.archive import ArchiveView
 
@@ -35,6 +37,16 @@ SMOKE = (
     " providers=['CPUExecutionProvider'])\n"
     "out = session.run(None, {'x': numpy.array([[1, 2], [3, 4]], dtype=numpy.float32)})[0]\n"
     "print(onnxruntime.__version__, out.tolist())\n"
+)
+
+TOKENIZE = (
+    "import sys, tokenizers\n"
+    "from edgemodel_runtime.serve.tokenizer import StreamDecoder, load_tokenizer\n"
+    "tokenizer = load_tokenizer(sys.argv[1])\n"
+    "ids = tokenizer.encode('h\\u00e9\\u20ac')\n"
+    "stream = StreamDecoder(tokenizer)\n"
+    "pieces = [stream.push(token) for token in ids]\n"
+    "print(tokenizers.__version__, ids, ascii(pieces))\n"
 )
 
 
@@ -104,3 +116,18 @@ def test_python_runs_an_onnx_model(rootfs: tuple[str, Path]) -> None:
     version, _, output = result.stdout.strip().partition(" ")
     assert version == lock.parse(lock.RUNTIME_LOCK.read_text())["onnxruntime"].version
     assert output == "[[7.0, 10.0], [15.0, 22.0]]"
+
+
+def test_serve_streams_text_through_a_tokenizer_json(rootfs: tuple[str, Path]) -> None:
+    arch, root = rootfs
+    path = root / "tmp" / TOKENIZER_FILE
+    path.write_text(byte_tokenizer_json())
+    path.chmod(0o644)
+    try:
+        result = chroot(arch, root, "python3", "-c", TOKENIZE, f"/tmp/{TOKENIZER_FILE}")
+    finally:
+        path.unlink()
+    assert result.returncode == 0, result.stderr
+    version, _, rest = result.stdout.strip().partition(" ")
+    assert version == lock.parse(lock.RUNTIME_LOCK.read_text())["tokenizers"].version
+    assert rest == "[104, 195, 169, 226, 130, 172] ['h', '', '\\xe9', '', '', '\\u20ac']"
