@@ -30,7 +30,7 @@ WEIGHT_ONLY_QUANTIZATION = ("int4-weight", "int8-weight")
 Arch = Literal["amd64", "arm64"]
 Accelerator = Literal["none", "nvidia-gpu"]
 Runtime = Literal["onnxruntime", "triton"]
-Tokenizer = Literal["none", "bytes"]
+Tokenizer = Literal["none", "bytes", "file"]
 
 
 class Phase(enum.StrEnum):
@@ -216,6 +216,8 @@ class Serving:
     generative: bool = _f("generative", False)
     max_sequences: int = _f("maxSequences", 8, minimum=1, maximum=1024)
     tokenizer: Tokenizer = _f("tokenizer", "none")
+    # tokenizer: file — a Hugging Face tokenizer.json the runtime pods fetch by digest.
+    tokenizer_file: DataRef | None = _f("tokenizerFile", None)
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,11 @@ class Autoscaling:
     scale_up_at: float = _f("scaleUpAt", 0.9, exclusive_minimum=0.0, maximum=10.0)
     scale_down_at: float = _f("scaleDownAt", 0.5, minimum=0.0, maximum=10.0)
     stabilization_seconds: int = _f("stabilizationSeconds", 300, minimum=0, maximum=86400)
+    # Saturation beside latency: more than this share of a target's requests shed at the
+    # in-flight cap scales it up, whatever the p95 of the requests it did serve.
+    scale_up_at_shed_fraction: float = _f(
+        "scaleUpAtShedFraction", 0.01, exclusive_minimum=0.0, maximum=1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -403,6 +410,21 @@ def _check_cross_field(spec: EdgeModelSpec) -> None:
         raise SpecError("spec.slo", "required when autoscaling is enabled")
     if spec.slo is not None and spec.slo.token_slos and not spec.generative:
         raise SpecError("spec.slo", "token-level SLOs need spec.serving.generative: true")
+    if spec.serving is not None:
+        _check_serving(spec.serving)
+
+
+def _check_serving(serving: Serving) -> None:
+    if (serving.tokenizer == "file") != (serving.tokenizer_file is not None):
+        raise SpecError(
+            "spec.serving.tokenizerFile", "required exactly when spec.serving.tokenizer is file"
+        )
+    if serving.tokenizer_file is not None and not serving.tokenizer_file.uri.startswith(
+        ("http://", "https://")
+    ):
+        raise SpecError(
+            "spec.serving.tokenizerFile.uri", "must be http(s): the runtime pods fetch it"
+        )
 
 
 def _check_compression(comp: Compression) -> None:

@@ -1,4 +1,4 @@
-"""Owns the replica-scaling decision of one target: `decide(state, ..., p95, now, paused)`.
+"""Owns the replica-scaling decision of one target: `decide(state, ..., p95, now, paused, shed)`.
 
 Pure (principles 1 and 6): no kopf, no client, no clock. The caller reads the target's p95
 from Prometheus (a `metrics.Reading`), passes the wall-clock `now` (epoch seconds, because the
@@ -9,15 +9,23 @@ Rules, in order (the decision's reason names the one that decided):
 1. Replicas outside [min, max] are clamped first (the spec's bounds are the user's explicit
    instruction and the lifecycle enforces them anyway); the rules below continue from there.
 2. Paused: no autoscaling at all.
-3. No number to act on (INCONCLUSIVE: no data; ERROR: Prometheus unreachable): hold. Never
-   scale down blind, and a gap breaks the "continuously below" streak.
-4. p95 > scaleUpAt x SLO: scale up by the overshoot (replicas x (p95 / upper - 1), rounded up),
+3. Prometheus unreachable (ERROR): hold. Never scale down blind, and a gap breaks the
+   "continuously below" streak.
+4. Saturated: more than scaleUpAtShedFraction of the target's requests were shed at the
+   in-flight cap over the window (the `shed` reading FAILED): scale up by the shed share
+   (replicas x shed / (1 - shed), rounded up: the replicas that would have served the refused
+   requests), at least +1, at most +100% and at most +4, never above max; the same cooldown as
+   rule 6. Whatever the p95 says: a saturated target's served requests stay fast because the
+   others are refused, and when it refuses everything the p95 has no data at all.
+5. No p95 to act on (INCONCLUSIVE: no data): hold, and the streak breaks.
+6. p95 > scaleUpAt x SLO: scale up by the overshoot (replicas x (p95 / upper - 1), rounded up),
    at least +1, at most +100% and at most +4 per decision, never above max; then a cooldown of
    intervalSeconds before the next scale-up, so the new pods' effect is measured first.
-5. p95 < scaleDownAt x SLO continuously for stabilizationSeconds, and intervalSeconds since the
-   last scale of either direction: -1 per decision, never below min. Scaling down is slow on
-   purpose: one replica too many costs money, one too few breaks the SLO.
-6. Otherwise (between the thresholds): hold.
+7. p95 < scaleDownAt x SLO continuously for stabilizationSeconds, and intervalSeconds since the
+   last scale of either direction, and nothing shed in the window: -1 per decision, never below
+   min. Scaling down is slow on purpose: one replica too many costs money, one too few breaks
+   the SLO. Any shedding at all (even under the scale-up line) holds and breaks the streak.
+8. Otherwise (between the thresholds): hold.
 A scale-down never delays a scale-up: reacting to overload is never held back by a shrink.
 
 "SLO" is the one the reading was classified against (its threshold): latencyP95Ms for request
@@ -100,6 +108,13 @@ def step_up(replicas: int, p95_ms: float, upper_ms: float) -> int:
     return max(1, min(wanted, max(1, replicas), MAX_STEP_UP))
 
 
+def shed_step(replicas: int, shed: float) -> int:
+    """How many replicas to add for a shed share: replicas x shed / (1 - shed) rounded up, in
+    [1, min(replicas, 4)] (everything shed: the most)."""
+    wanted = math.ceil(replicas * shed / (1.0 - shed)) if shed < 1.0 else MAX_STEP_UP
+    return max(1, min(wanted, max(1, replicas), MAX_STEP_UP))
+
+
 def decide(
     state: ScalerState,
     policy: Autoscaling,
@@ -110,6 +125,7 @@ def decide(
     p95: Reading,
     now: float,
     paused: bool,
+    shed: Reading | None = None,
 ) -> tuple[ScalerState, Decision]:
     """The next replica count for one target, and the state to store; see the module rules."""
     low = max(0, min_replicas)
@@ -132,6 +148,8 @@ def decide(
         return result(
             replace(state, below_since=None), start, f"hold: Prometheus unreachable ({p95.detail})"
         )
+    if shed is not None and shed.outcome is Outcome.FAILED and shed.value is not None:
+        return result(*_saturated(state, policy, shed.value, start=start, high=high, now=now))
     value = p95.value
     if p95.outcome is Outcome.INCONCLUSIVE or value is None or math.isnan(value):
         return result(replace(state, below_since=None), start, f"hold: no data ({p95.detail})")
@@ -143,6 +161,14 @@ def decide(
     if value > upper:
         return result(
             *_above(state, policy, value=value, upper=upper, start=start, high=high, now=now)
+        )
+    shed_share = shed.value if shed is not None and shed.has_value else None
+    if value < lower and shed_share:
+        return result(
+            replace(state, below_since=None),
+            start,
+            f"hold: p95 {_ms(value)} < {policy.scale_down_at:g} x SLO, but {shed_share:.1%} of "
+            "requests shed: not scaling down while requests are refused",
         )
     if value < lower:
         return result(
@@ -176,6 +202,24 @@ def _above(
         wait = interval - (now - last_up)
         return state, start, f"hold: {over}, cooldown after scale-up ({wait:.0f}s left)"
     count = min(high, start + step_up(start, value, upper))
+    return replace(state, last_scale_up_at=now), count, f"scale up {start}->{count}: {over}"
+
+
+def _saturated(
+    state: ScalerState, policy: Autoscaling, shed: float, *, start: int, high: int, now: float
+) -> tuple[ScalerState, int, str]:
+    """More than scaleUpAtShedFraction shed: (state, replicas, why) — up by `shed_step`, or hold
+    at max or in the scale-up cooldown."""
+    state = replace(state, below_since=None)
+    over = f"shed {shed:.1%} of requests > {policy.scale_up_at_shed_fraction:.1%}"
+    if start >= high:
+        return state, start, f"hold: {over}, at max {high} replicas"
+    interval = policy.interval_seconds
+    last_up = state.last_scale_up_at
+    if last_up is not None and now - last_up < interval:
+        wait = interval - (now - last_up)
+        return state, start, f"hold: {over}, cooldown after scale-up ({wait:.0f}s left)"
+    count = min(high, start + shed_step(start, shed))
     return replace(state, last_scale_up_at=now), count, f"scale up {start}->{count}: {over}"
 
 

@@ -24,6 +24,7 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 TERMINATION_LOG = "/dev/termination-log"
+TOKENIZER_PATH = "/models/tokenizer.json"  # where the runtime pod places serving.tokenizerFile
 ARTIFACT_AUDIENCE = "edgemodel-artifacts"  # the store's `--audience`
 ARTIFACT_TOKEN_DIR = "/var/run/secrets/edgemodel.dev/artifacts"
 
@@ -552,6 +553,39 @@ def prepare_cache_container(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _fetch_step(container: str, args: list[str], settings: Settings) -> dict[str, Any]:
+    """An init container running `edgemodel fetch` into /models through the node cache."""
+    return {
+        "name": container,
+        "image": settings.runtime_image,
+        "command": ["edgemodel"],
+        "args": args,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models"},
+            {"name": "cache", "mountPath": "/cache"},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def tokenizer_fetch(spec: EdgeModelSpec, settings: Settings) -> list[dict[str, Any]]:
+    """The init step placing `serving.tokenizerFile` at TOKENIZER_PATH (none without one).
+
+    Fetched by digest from its URI through the node cache like the model, so a pod restarts
+    offline; compression never touches it (docs/architecture.md, "Generative serving").
+    """
+    serving = spec.serving
+    if serving is None or not serving.generative or serving.tokenizer_file is None:
+        return []
+    source = serving.tokenizer_file
+    directory, _, file_name = TOKENIZER_PATH.rpartition("/")
+    args = ["fetch", "--sha256", source.sha256, "--uri", source.uri, "--cache", "/cache"]
+    args += ["--dest", directory, "--file-name", file_name]
+    return [_fetch_step("fetch-tokenizer", args, settings)]
+
+
 def _fetch_container(
     name: str, target: Target, artifact_sha256: str, settings: Settings, triton: bool
 ) -> dict[str, Any]:
@@ -570,19 +604,7 @@ def _fetch_container(
         args += ["--layout", "triton", "--model-name", name, "--instance-count", "1"]
         if target.gpu:
             args += ["--gpu", "--fp16"]
-    return {
-        "name": "fetch",
-        "image": settings.runtime_image,
-        "command": ["edgemodel"],
-        "args": args,
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        "securityContext": container_security_context(),
-        "volumeMounts": [
-            {"name": "models", "mountPath": "/models"},
-            {"name": "cache", "mountPath": "/cache"},
-        ],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    return _fetch_step("fetch", args, settings)
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -685,7 +707,7 @@ def generative_args(spec: EdgeModelSpec) -> list[str]:
         "--max-sequences",
         str(spec.serving.max_sequences),
         "--tokenizer",
-        spec.serving.tokenizer,
+        TOKENIZER_PATH if spec.serving.tokenizer == "file" else spec.serving.tokenizer,
     ]
 
 
@@ -708,6 +730,18 @@ def stamp(manifest: Manifest) -> Manifest:
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
     manifest["metadata"].setdefault("annotations", {})[SPEC_HASH] = digest
     return manifest
+
+
+def _init_containers(
+    name: str, spec: EdgeModelSpec, target: Target, artifact_sha256: str, settings: Settings
+) -> list[dict[str, Any]]:
+    """The runtime pod's init steps: the node cache handed over, the model (and tokenizer)."""
+    triton = target.runtime == "triton"
+    return [
+        *([prepare_cache_container(settings)] if settings.node_cache_path else []),
+        _fetch_container(name, target, artifact_sha256, settings, triton),
+        *tokenizer_fetch(spec, settings),
+    ]
 
 
 def runtime_deployment(
@@ -733,7 +767,6 @@ def runtime_deployment(
         if node_cache
         else {"name": "cache", "emptyDir": {}}
     )
-    triton = target.runtime == "triton"
     return stamp(
         {
             "apiVersion": "apps/v1",
@@ -771,10 +804,9 @@ def runtime_deployment(
                             "enableServiceLinks": False,
                             "securityContext": pod_security_context(),
                             "terminationGracePeriodSeconds": 30,
-                            "initContainers": [
-                                *([prepare_cache_container(settings)] if node_cache else []),
-                                _fetch_container(name, target, artifact_sha256, settings, triton),
-                            ],
+                            "initContainers": _init_containers(
+                                name, spec, target, artifact_sha256, settings
+                            ),
                             "containers": [
                                 _server_container(name, target, revision, spec, settings)
                             ],

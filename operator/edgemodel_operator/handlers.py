@@ -512,6 +512,7 @@ async def _observe(
     return Observed(
         p95=readings.p95,
         errors=readings.errors,
+        shed=readings.shed,
         analysis=readings.analysis,
         guard=readings.guard,
         jobs=jobs,
@@ -677,6 +678,14 @@ async def _measure(
     errs = await asyncio.gather(
         *(client.error_rate(ns, name, None, t.name, window, slo) for t in spec.targets)
     )
+    shed_line = spec.autoscaling.scale_up_at_shed_fraction
+    sheds = (
+        await asyncio.gather(
+            *(client.shed_fraction(ns, name, None, t.name, window, shed_line) for t in spec.targets)
+        )
+        if spec.autoscaling.enabled
+        else []
+    )
     analysis: metrics.Reading | None = None
     guard: metrics.Reading | None = None
     analysis_window = plan.analysis_window_s
@@ -702,6 +711,7 @@ async def _measure(
     return Readings(
         p95={t.name: r for t, r in zip(spec.targets, p95s, strict=True)},
         errors={t.name: r for t, r in zip(spec.targets, errs, strict=True)},
+        shed={t.name: r for t, r in zip(spec.targets, sheds, strict=False)},
         analysis=analysis,
         guard=guard,
     )

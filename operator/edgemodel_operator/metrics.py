@@ -43,12 +43,14 @@ from edgemodel_operator.promql import (
     p95_latency_query,
     request_rate_query,
     selector,
+    shed_fraction_query,
 )
 from edgemodel_operator.readings import (
     Outcome,
     Reading,
     classify_error_rate,
     classify_latency,
+    classify_shed,
     classify_vs_baseline,
 )
 
@@ -65,6 +67,7 @@ __all__ = [
     "allowed_prometheus_url",
     "classify_error_rate",
     "classify_latency",
+    "classify_shed",
     "classify_vs_baseline",
     "error_rate_query",
     "escape_label_value",
@@ -74,6 +77,7 @@ __all__ = [
     "prometheus_url_for",
     "request_rate_query",
     "selector",
+    "shed_fraction_query",
 ]
 
 log = logging.getLogger("edgemodel.metrics")
@@ -319,6 +323,23 @@ class PrometheusClient:
         if result.error is not None:
             return Reading(Outcome.ERROR, None, slo.max_error_rate, result.public_error)
         return classify_error_rate(result.value, slo.max_error_rate)
+
+    async def shed_fraction(
+        self,
+        namespace: str,
+        model: str,
+        revision: str | None,
+        target: str | None,
+        window_s: int,
+        scale_up_at: float,
+    ) -> Reading:
+        """The share of the selection's requests shed at the in-flight cap, classified against
+        the autoscaler's `scaleUpAtShedFraction`."""
+        query = shed_fraction_query(namespace, model, revision, target, window_s)
+        result = await self.query(query)
+        if result.error is not None:
+            return Reading(Outcome.ERROR, None, scale_up_at, result.public_error)
+        return classify_shed(result.value, scale_up_at)
 
     async def request_rate(
         self, namespace: str, model: str, revision: str | None, target: str | None, window_s: int

@@ -176,6 +176,8 @@ class Readings:
 
     p95: Mapping[str, Reading] = field(default_factory=dict)
     errors: Mapping[str, Reading] = field(default_factory=dict)
+    # share of requests shed at the in-flight cap, per target (autoscaled specs only)
+    shed: Mapping[str, Reading] = field(default_factory=dict)
     analysis: Reading | None = None
     guard: Reading | None = None
 

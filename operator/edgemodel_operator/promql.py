@@ -40,6 +40,7 @@ __all__ = [
     "p95_latency_query",
     "request_rate_query",
     "selector",
+    "shed_fraction_query",
     "token_rate_query",
 ]
 
@@ -138,6 +139,22 @@ def error_rate_query(
     total = selector(namespace, model, revision, target).removesuffix("}") + not_shed
     return (
         f"(sum(rate({REQUESTS_METRIC}{errors}{window})) or vector(0))"
+        f" / sum(rate({REQUESTS_METRIC}{total}{window}))"
+    )
+
+
+def shed_fraction_query(
+    namespace: str, model: str, revision: str | None, target: str | None, window_s: int
+) -> str:
+    """Fraction of all requests in the window (shed ones included) that were shed at the
+    in-flight cap: the autoscaler's saturation signal, read beside p95 (a saturated target's
+    served requests stay fast because the others are refused). `or vector(0)` reads 0 before
+    the first shed request creates its series; no traffic at all gives NaN or no result."""
+    window = _window(window_s)
+    shed = selector(namespace, model, revision, target).removesuffix("}") + f',code="{SHED_CODE}"}}'
+    total = selector(namespace, model, revision, target)
+    return (
+        f"(sum(rate({REQUESTS_METRIC}{shed}{window})) or vector(0))"
         f" / sum(rate({REQUESTS_METRIC}{total}{window}))"
     )
 

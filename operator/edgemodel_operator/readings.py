@@ -84,6 +84,21 @@ def classify_error_rate(value: float | None, max_error_rate: float) -> Reading:
     )
 
 
+def classify_shed(value: float | None, scale_up_at: float) -> Reading:
+    """The share of requests shed at the in-flight cap against the autoscaler's line: above it
+    FAILED (the target is saturated), at or below SUCCESSFUL, None/NaN no data (no requests).
+    Feeds the autoscaler only: shedding is never a canary's failure (promql.py)."""
+    if value is None or math.isnan(value):
+        return Reading(Outcome.INCONCLUSIVE, None, scale_up_at, "no data: no requests in window")
+    if value > scale_up_at:
+        return Reading(
+            Outcome.FAILED, value, scale_up_at, f"shed {_fmt(value)} > {_fmt(scale_up_at)}"
+        )
+    return Reading(
+        Outcome.SUCCESSFUL, value, scale_up_at, f"shed {_fmt(value)} <= {_fmt(scale_up_at)}"
+    )
+
+
 def classify_vs_baseline(canary: Reading, stable: Reading, tolerance: float) -> Reading:
     """Canary against the stable baseline: FAILED when canary > stable * (1 + tolerance).
 

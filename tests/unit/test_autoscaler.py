@@ -3,9 +3,10 @@
 Factors: reading outcome (SUCCESSFUL, FAILED, INCONCLUSIVE, ERROR) x p95 band (above the
 scale-up threshold, between, below the scale-down threshold) x last scale (none, a recent
 scale-up, a recent scale-down, long ago) x "continuously below" streak (none, short, long
-enough) x replicas at min / in between / at max x paused. Then clamping, step sizes, state
-round-trips, a simulated timeline of load rising and falling, and properties that hold for
-any input.
+enough) x replicas at min / in between / at max x paused; then the same against the shed share
+(requests refused at the in-flight cap: none read, 0, under the line, over it, no requests,
+unreachable). Then clamping, step sizes, state round-trips, a simulated timeline of load rising
+and falling, and properties that hold for any input.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgemodel_operator.api import SLO, Autoscaling
-from edgemodel_operator.autoscaler import Decision, ScalerState, decide, step_up
-from edgemodel_operator.metrics import Outcome, Reading, classify_latency
+from edgemodel_operator.autoscaler import Decision, ScalerState, decide, shed_step, step_up
+from edgemodel_operator.metrics import Outcome, Reading, classify_latency, classify_shed
 
 SLO_ = SLO(latency_p95_ms=100.0)
 POLICY = Autoscaling(
@@ -51,9 +52,14 @@ def reading(outcome: Outcome, value: float) -> Reading:
 
 
 def run(
-    state: ScalerState, replicas: int, p95: Reading, paused: bool = False, now: float = NOW
+    state: ScalerState,
+    replicas: int,
+    p95: Reading,
+    paused: bool = False,
+    now: float = NOW,
+    shed: Reading | None = None,
 ) -> tuple[ScalerState, Decision]:
-    return decide(state, POLICY, SLO_, replicas, MIN, MAX, p95, now, paused)
+    return decide(state, POLICY, SLO_, replicas, MIN, MAX, p95, now, paused, shed)
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,99 @@ def test_every_combination(
 
 def test_case_count() -> None:
     assert len(CASES) == 4 * 3 * 4 * 3 * 3 * 2
+
+
+# ------------------------------------------------------------------ shedding
+
+SHED_LINE = POLICY.scale_up_at_shed_fraction
+SHEDS: dict[str, Reading | None] = {
+    "not-read": None,  # autoscaling reads it; a pass without it must behave as before
+    "zero": classify_shed(0.0, SHED_LINE),
+    "under": classify_shed(0.005, SHED_LINE),
+    "over": classify_shed(0.2, SHED_LINE),
+    "no-requests": classify_shed(math.nan, SHED_LINE),
+    "unreachable": Reading(Outcome.ERROR, None, SHED_LINE, "connection refused"),
+}
+
+
+def expected_with_shed(
+    shed: str, outcome: Outcome, band: str, last: str, streak: str, position: str
+) -> Expected:
+    """The shed rules (module docstring, rules 4 and 7) over the latency rules."""
+    replicas = POSITIONS[position]
+    if outcome is Outcome.ERROR:
+        return Expected(replicas, "Prometheus unreachable")
+    if shed == "over":
+        if position == "max":
+            return Expected(replicas, "at max")
+        if last == "recent-up":
+            return Expected(replicas, "cooldown")
+        # 20 % shed: replicas x 0.2 / 0.8 rounded up: 2 -> +1, 4 -> +1
+        return Expected(replicas + 1, "shed 20.0% of requests > 1.0%")
+    has_data = outcome in (Outcome.SUCCESSFUL, Outcome.FAILED)
+    if shed == "under" and has_data and band == "below":
+        return Expected(replicas, "not scaling down while requests are refused")
+    return expected(outcome, band, last, streak, position, False)
+
+
+SHED_CASES = list(
+    itertools.product(SHEDS, OUTCOMES, BANDS, LAST_SCALE, ["none", "long"], POSITIONS)
+)
+
+
+@pytest.mark.parametrize(("shed", "outcome", "band", "last", "streak", "position"), SHED_CASES)
+def test_every_combination_with_the_shed_share(
+    shed: str, outcome: Outcome, band: str, last: str, streak: str, position: str
+) -> None:
+    state = replace(LAST_SCALE[last], below_since=STREAKS[streak])
+    replicas = POSITIONS[position]
+    new_state, decision = run(state, replicas, reading(outcome, BANDS[band]), shed=SHEDS[shed])
+    want = expected_with_shed(shed, outcome, band, last, streak, position)
+    assert decision.replicas == want.replicas
+    assert want.reason in decision.reason, decision.reason
+    assert new_state.last_scale_up_at == (
+        NOW if decision.action == "up" else state.last_scale_up_at
+    )
+    if decision.action == "down":
+        assert shed in ("not-read", "zero", "no-requests", "unreachable")
+    if shed in ("under", "over"):
+        assert new_state.below_since is None  # refusing requests is never "continuously low"
+
+
+def test_shed_case_count() -> None:
+    assert len(SHED_CASES) == 6 * 4 * 3 * 4 * 2 * 3
+
+
+@pytest.mark.parametrize(
+    ("replicas", "shed", "step"),
+    [
+        (1, 0.02, 1),  # just over the line: at least +1
+        (2, 0.5, 2),  # half refused: double
+        (3, 0.25, 1),  # 3 x 0.25 / 0.75 = 1
+        (4, 0.6, 4),  # 4 x 1.5 = 6, capped at +100% = 4
+        (10, 0.6, 4),  # capped at +4
+        (0, 0.5, 1),
+        (3, 1.0, 3),  # everything refused: as much as allowed
+    ],
+)
+def test_shed_step(replicas: int, shed: float, step: int) -> None:
+    assert shed_step(replicas, shed) == step
+
+
+def test_a_target_that_refuses_everything_scales_up_though_its_p95_has_no_data() -> None:
+    no_p95 = reading(Outcome.INCONCLUSIVE, 0.0)
+    _, decision = run(ScalerState(), 2, no_p95, shed=classify_shed(1.0, SHED_LINE))
+    assert (decision.action, decision.replicas) == ("up", 4)
+    assert "shed 100.0% of requests > 1.0%" in decision.reason
+
+
+def test_shedding_within_the_p95_band_scales_up_and_paused_still_holds() -> None:
+    fast = reading(Outcome.SUCCESSFUL, BANDS["between"])
+    over = classify_shed(0.1, SHED_LINE)
+    _, decision = run(ScalerState(), 4, fast, shed=over)
+    assert (decision.action, decision.replicas) == ("up", 5)
+    _, paused = run(ScalerState(), 4, fast, paused=True, shed=over)
+    assert paused.action == "hold" and paused.reason == "paused"
 
 
 # ------------------------------------------------------------------ clamping
@@ -296,6 +395,7 @@ def test_timeline_load_rises_then_falls() -> None:
     down_ago=st.one_of(st.none(), st.floats(0, 1000)),
     below_ago=st.one_of(st.none(), st.floats(0, 1000)),
     paused=st.booleans(),
+    shed_value=st.one_of(st.none(), st.just(math.nan), st.floats(0, 1)),
 )
 def test_properties(
     outcome: Outcome,
@@ -307,8 +407,11 @@ def test_properties(
     down_ago: float | None,
     below_ago: float | None,
     paused: bool,
+    shed_value: float | None,
 ) -> None:
     high = low + span
+    shed = None if shed_value is None else classify_shed(shed_value, SHED_LINE)
+    saturated = shed is not None and shed.outcome is Outcome.FAILED
     has_data = outcome in (Outcome.SUCCESSFUL, Outcome.FAILED)
     p95 = Reading(outcome, value if has_data else None, 100.0, "x")
     state = ScalerState(
@@ -316,18 +419,22 @@ def test_properties(
         None if down_ago is None else NOW - down_ago,
         None if below_ago is None else NOW - below_ago,
     )
-    new_state, decision = decide(state, POLICY, SLO_, replicas, low, high, p95, NOW, paused)
+    new_state, decision = decide(state, POLICY, SLO_, replicas, low, high, p95, NOW, paused, shed)
     start = min(high, max(low, replicas))
     assert low <= decision.replicas <= high
     assert decision.reason
     moved = decision.replicas - start
-    if paused or not has_data or math.isnan(value):
-        assert moved == 0  # never scale blind, never while paused
+    if paused or outcome is Outcome.ERROR:
+        assert moved == 0  # never while paused, never blind
+    if not saturated and (not has_data or math.isnan(value)):
+        assert moved == 0  # no p95 and nothing refused: nothing to act on
     if moved > 0:
-        assert value > UPPER and moved <= min(4, max(1, start))
+        assert value > UPPER or saturated
+        assert moved <= min(4, max(1, start))
     if moved < 0:
         assert value < LOWER and moved == -1
+        assert shed is None or not shed.has_value or shed.value == 0.0
         assert new_state.below_since is not None and NOW - new_state.below_since >= 300
     # Idempotent at the same instant: a second pass right after changes nothing more.
-    _, again = decide(new_state, POLICY, SLO_, decision.replicas, low, high, p95, NOW, paused)
+    _, again = decide(new_state, POLICY, SLO_, decision.replicas, low, high, p95, NOW, paused, shed)
     assert again.replicas == decision.replicas and again.action == "hold"

@@ -29,7 +29,7 @@ from edgemodel_operator.lifecycle import (
     State,
     transition,
 )
-from edgemodel_operator.metrics import Outcome, Reading
+from edgemodel_operator.metrics import Outcome, Reading, classify_shed
 from edgemodel_operator.revision import revision_of, variants
 from edgemodel_operator.settings import Settings
 
@@ -536,6 +536,40 @@ def test_autoscaler_scales_a_stable_target_up_with_a_reason() -> None:
     assert state.p95_latency_ms == 60.0
     # Each target's row says which SLO line its p95 was held to (`edgemodel status` shows it).
     assert (row["p95LatencyMs"], row["latencySloMs"]) == (60.0, 20.0)
+
+
+def test_a_target_refusing_requests_scales_up_though_its_p95_is_fine() -> None:
+    """Saturation: the arm target sheds 30 % of its requests at the in-flight cap; the p95 of
+    those it serves is far under the SLO. The gpu target sheds a little, under the line: no
+    scale-up, and its low p95 does not scale it down while it refuses anything."""
+    d = desired(SLO_SPEC)
+    deps = deployments(d, d.revision, True)
+    fast = Reading(Outcome.SUCCESSFUL, 2.0, 20.0, "p95 2ms")
+    state, actions = transition(
+        State(
+            revisions=passed_records(d),
+            stable_revision=d.revision,
+            phase="Ready",
+            rollout={"scalers": {"gpu": {"belowSince": NOW.timestamp() - 3600}}},
+        ),
+        d,
+        Observed(
+            deployments=deps,
+            services=frozenset({"digits-arm", "digits-gpu"}),
+            p95={"arm": fast, "gpu": fast},
+            shed={"arm": classify_shed(0.3, 0.01), "gpu": classify_shed(0.004, 0.01)},
+        ),
+        NOW,
+    )
+    rows = {t["name"]: t for t in state.targets}
+    assert rows["arm"]["lastScaleDecision"] == "up to 3"
+    assert "shed 30.0% of requests > 1.0%" in rows["arm"]["lastScaleReason"]
+    assert (rows["arm"]["shedFraction"], rows["gpu"]["shedFraction"]) == (0.3, 0.004)
+    assert rows["gpu"]["lastScaleDecision"] == "hold"
+    assert "but 0.4% of requests shed: not scaling down" in rows["gpu"]["lastScaleReason"]
+    assert "belowSince" not in state.rollout["scalers"]["gpu"]  # refusing is never "low"
+    scaled = [a for a in actions if isinstance(a, Event) and a.reason.startswith("Scaled")]
+    assert [(a.reason, "target arm" in a.message) for a in scaled] == [("ScaledUp", True)]
 
 
 def test_post_promotion_guard_rolls_back_to_the_previous_artifact() -> None:

@@ -22,12 +22,14 @@ from edgemodel_operator.promql import (
     is_error_code,
     p95_latency_query,
     request_rate_query,
+    shed_fraction_query,
 )
 from edgemodel_operator.readings import (
     Outcome,
     Reading,
     classify_error_rate,
     classify_latency,
+    classify_shed,
     classify_vs_baseline,
 )
 
@@ -51,6 +53,31 @@ def test_error_rate_query_shape() -> None:
     )
 
 
+def test_shed_fraction_query_shape() -> None:
+    q = shed_fraction_query("prod", "digits", None, "arm", 30)
+    sel = '{namespace="prod",model="digits",target="arm"'
+    assert q == (
+        f'(sum(rate(edgemodel_requests_total{sel},code="SHED"}}[30s])) or vector(0))'
+        f" / sum(rate(edgemodel_requests_total{sel}}}[30s]))"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "outcome"),
+    [
+        (None, Outcome.INCONCLUSIVE),
+        (math.nan, Outcome.INCONCLUSIVE),
+        (0.0, Outcome.SUCCESSFUL),
+        (0.01, Outcome.SUCCESSFUL),
+        (0.0100001, Outcome.FAILED),
+        (1.0, Outcome.FAILED),
+    ],
+)
+def test_classify_shed(value: float | None, outcome: Outcome) -> None:
+    reading = classify_shed(value, 0.01)
+    assert reading.outcome is outcome and reading.threshold == 0.01
+
+
 def test_request_rate_query_shape() -> None:
     assert request_rate_query("ns", "m", None, None, 15) == (
         'sum(rate(edgemodel_requests_total{namespace="ns",model="m"}[15s]))'
@@ -59,7 +86,9 @@ def test_request_rate_query_shape() -> None:
 
 @pytest.mark.parametrize("revision", [None, "r1"])
 @pytest.mark.parametrize("target", [None, "t1"])
-@pytest.mark.parametrize("build", [p95_latency_query, error_rate_query, request_rate_query])
+@pytest.mark.parametrize(
+    "build", [p95_latency_query, error_rate_query, request_rate_query, shed_fraction_query]
+)
 def test_optional_labels_only_when_given(
     build: object, revision: str | None, target: str | None
 ) -> None:

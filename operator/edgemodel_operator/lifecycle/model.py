@@ -84,6 +84,8 @@ class Observed:
     # target -> p95 of what serves that target now (for the autoscaler and status)
     p95: Mapping[str, Reading] = field(default_factory=dict)
     errors: Mapping[str, Reading] = field(default_factory=dict)
+    # target -> share of its requests shed at the in-flight cap (autoscaled specs only)
+    shed: Mapping[str, Reading] = field(default_factory=dict)
     # the canary checked against the SLO and the stable baseline, over all targets
     analysis: Reading | None = None
     # the newly promoted revision against the SLO, during the post-promotion guard

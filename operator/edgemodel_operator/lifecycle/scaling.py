@@ -80,6 +80,7 @@ def _total(inputs: _Inputs, target: Target, out: Scaling) -> int:
         reading,
         inputs.now,
         spec.paused,
+        inputs.observed.shed.get(target.name),
     )
     out.scalers[target.name] = scaler.to_dict()
     out.notes[target.name] = decision

@@ -281,6 +281,9 @@ class _Rows:
         errors = self.observed.errors.get(target.name)
         if errors is not None and errors.has_value:
             row["errorRate"] = round(float(errors.value or 0.0), 5)
+        shed = self.observed.shed.get(target.name)
+        if shed is not None and shed.has_value:
+            row["shedFraction"] = round(float(shed.value or 0.0), 5)
         return row
 
     def _scaling(

@@ -216,6 +216,16 @@ INVALID: list[tuple[str, Mutation, str]] = [
         "spec.autoscaling.scaleDownAt",
     ),
     (
+        "autoscaling-shed-line-zero",
+        _set("autoscaling", {"scaleUpAtShedFraction": 0}),
+        "spec.autoscaling.scaleUpAtShedFraction",
+    ),
+    (
+        "autoscaling-shed-line-above-one",
+        _set("autoscaling", {"scaleUpAtShedFraction": 1.5}),
+        "spec.autoscaling.scaleUpAtShedFraction",
+    ),
+    (
         "autoscaling-interval-too-short",
         _set("autoscaling", {"intervalSeconds": 1}),
         "spec.autoscaling.intervalSeconds",
@@ -258,6 +268,23 @@ INVALID: list[tuple[str, Mutation, str]] = [
         "spec.serving.maxSequences",
     ),
     ("serving-tokenizer-unknown", _set("serving", {"tokenizer": "bpe"}), "spec.serving.tokenizer"),
+    (
+        "serving-tokenizer-file-missing",
+        _set("serving", {"generative": True, "tokenizer": "file"}),
+        "spec.serving.tokenizerFile",
+    ),
+    (
+        "serving-tokenizer-file-not-http",
+        _set(
+            "serving",
+            {
+                "generative": True,
+                "tokenizer": "file",
+                "tokenizerFile": {"uri": "pvc://claim/tokenizer.json", "sha256": "c" * 64},
+            },
+        ),
+        "spec.serving.tokenizerFile.uri",
+    ),
     ("paused-not-boolean", _set("paused", "yes"), "spec.paused"),
     ("unknown-field", _set("replicas", 3), "spec.replicas"),
 ]
@@ -306,6 +333,7 @@ def test_minimal_manifest_comes_back_with_every_default(
         "scaleUpAt": 0.9,
         "scaleDownAt": 0.5,
         "stabilizationSeconds": 300,
+        "scaleUpAtShedFraction": 0.01,
     }
     assert spec["rollout"] == {
         "steps": [10, 50, 100],
@@ -416,7 +444,12 @@ def test_a_generative_model_with_token_slos_is_accepted(
     manifest = minimal("lm")
     manifest["spec"].update(
         {
-            "serving": {"generative": True, "tokenizer": "bytes", "maxSequences": 4},
+            "serving": {
+                "generative": True,
+                "tokenizer": "file",
+                "tokenizerFile": {"uri": "https://models.example.com/t.json", "sha256": "c" * 64},
+                "maxSequences": 4,
+            },
             "slo": {"latencyP95Ms": 30000, "timeToFirstTokenP95Ms": 400, "interTokenP95Ms": 50},
             "autoscaling": {"enabled": True},
         }
@@ -426,6 +459,7 @@ def test_a_generative_model_with_token_slos_is_accepted(
     parsed = parse_spec(manifest["spec"])
     assert parsed.generative and parsed.slo is not None
     assert parsed.slo.time_to_first_token_p95_ms == 400
+    assert parsed.serving is not None and parsed.serving.tokenizer_file is not None
 
 
 def test_kubectl_get_shows_the_printer_columns(

@@ -283,6 +283,19 @@ def test_shed_requests_neither_fail_nor_dilute_the_error_rate(prometheus: Promet
     assert flooded.outcome is Outcome.FAILED and flooded.value == pytest.approx(0.1, abs=0.001)
 
 
+def test_the_shed_share_counts_every_request_and_reads_zero_before_any_is_shed(
+    prometheus: Prometheus,
+) -> None:
+    """The autoscaler's saturation signal: 60 of 80 requests shed is 0.75, over any line."""
+    client = PrometheusClient(prometheus.url)
+    flooded = run(client.shed_fraction(NS, FLOODED_MODEL, "r1", "arm", WINDOW, 0.01))
+    assert flooded.outcome is Outcome.FAILED and flooded.value == pytest.approx(0.75, abs=0.001)
+    assert "shed 0.75 > 0.01" in flooded.detail
+    # No SHED series at all for r2: 0, not "no data", so a clean target may scale down.
+    clean = run(client.shed_fraction(NS, "digits", "r2", "arm", WINDOW, 0.01))
+    assert clean.outcome is Outcome.SUCCESSFUL and clean.value == 0.0
+
+
 def test_request_rate(prometheus: Prometheus) -> None:
     client = PrometheusClient(prometheus.url)
     r1 = run(client.request_rate(NS, "digits", "r1", "arm", WINDOW))
@@ -317,6 +330,8 @@ def test_missing_or_idle_series_is_inconclusive(
     errors = run(client.error_rate(namespace, model, revision, None, WINDOW, SLO_))
     assert p95.outcome is Outcome.INCONCLUSIVE and p95.value is None, p95
     assert errors.outcome is Outcome.INCONCLUSIVE and errors.value is None, errors
+    shed = run(client.shed_fraction(namespace, model, revision, None, WINDOW, 0.01))
+    assert shed.outcome is Outcome.INCONCLUSIVE and shed.value is None, shed
 
 
 # ------------------------------------------------------------------ errors, never exceptions
