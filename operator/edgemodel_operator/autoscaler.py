@@ -192,26 +192,32 @@ def _above(
     now: float,
 ) -> tuple[ScalerState, int, str]:
     """p95 over the scale-up line: (state, replicas, why) — up by `step_up`, or hold."""
-    state = replace(state, below_since=None)
     over = f"p95 {_ms(value)} > {policy.scale_up_at:g} x SLO = {_ms(upper)}"
-    if start >= high:
-        return state, start, f"hold: {over}, at max {high} replicas"
-    interval = policy.interval_seconds
-    last_up = state.last_scale_up_at
-    if last_up is not None and now - last_up < interval:
-        wait = interval - (now - last_up)
-        return state, start, f"hold: {over}, cooldown after scale-up ({wait:.0f}s left)"
-    count = min(high, start + step_up(start, value, upper))
-    return replace(state, last_scale_up_at=now), count, f"scale up {start}->{count}: {over}"
+    return _up(state, policy, over, step_up(start, value, upper), start=start, high=high, now=now)
 
 
 def _saturated(
     state: ScalerState, policy: Autoscaling, shed: float, *, start: int, high: int, now: float
 ) -> tuple[ScalerState, int, str]:
-    """More than scaleUpAtShedFraction shed: (state, replicas, why) — up by `shed_step`, or hold
-    at max or in the scale-up cooldown."""
-    state = replace(state, below_since=None)
+    """More than scaleUpAtShedFraction shed: (state, replicas, why) — up by `shed_step`, or
+    hold."""
     over = f"shed {shed:.1%} of requests > {policy.scale_up_at_shed_fraction:.1%}"
+    return _up(state, policy, over, shed_step(start, shed), start=start, high=high, now=now)
+
+
+def _up(
+    state: ScalerState,
+    policy: Autoscaling,
+    over: str,
+    step: int,
+    *,
+    start: int,
+    high: int,
+    now: float,
+) -> tuple[ScalerState, int, str]:
+    """A scale-up `over` asks for: +`step`, or hold at max or in the scale-up cooldown (rules
+    4 and 6 share it); the streak breaks either way."""
+    state = replace(state, below_since=None)
     if start >= high:
         return state, start, f"hold: {over}, at max {high} replicas"
     interval = policy.interval_seconds
@@ -219,7 +225,7 @@ def _saturated(
     if last_up is not None and now - last_up < interval:
         wait = interval - (now - last_up)
         return state, start, f"hold: {over}, cooldown after scale-up ({wait:.0f}s left)"
-    count = min(high, start + shed_step(start, shed))
+    count = min(high, start + step)
     return replace(state, last_scale_up_at=now), count, f"scale up {start}->{count}: {over}"
 
 
