@@ -711,7 +711,7 @@ async def _measure(
     return Readings(
         p95={t.name: r for t, r in zip(spec.targets, p95s, strict=True)},
         errors={t.name: r for t, r in zip(spec.targets, errs, strict=True)},
-        shed={t.name: r for t, r in zip(spec.targets, sheds, strict=False)},
+        shed={t.name: r for t, r in zip(spec.targets, sheds, strict=True)} if sheds else {},
         analysis=analysis,
         guard=guard,
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,11 +303,11 @@ class PrometheusClient:
         """The selection's p95 of the latency histogram `metric` (request duration unless
         told), in ms, classified against `slo.latency_p95_ms`."""
         query = p95_latency_query(namespace, model, revision, target, window_s, metric)
-        result = await self.query(query)
-        if result.error is not None:
-            return Reading(Outcome.ERROR, None, slo.latency_p95_ms, result.public_error)
-        seconds = result.value
-        return classify_latency(None if seconds is None else seconds * 1000.0, slo.latency_p95_ms)
+
+        def in_ms(seconds: float | None, line: float) -> Reading:
+            return classify_latency(None if seconds is None else seconds * 1000.0, line)
+
+        return await self._classified(query, slo.latency_p95_ms, in_ms)
 
     async def error_rate(
         self,
@@ -319,10 +319,8 @@ class PrometheusClient:
         slo: SLO,
     ) -> Reading:
         """The selection's server-error fraction, classified against `slo.max_error_rate`."""
-        result = await self.query(error_rate_query(namespace, model, revision, target, window_s))
-        if result.error is not None:
-            return Reading(Outcome.ERROR, None, slo.max_error_rate, result.public_error)
-        return classify_error_rate(result.value, slo.max_error_rate)
+        query = error_rate_query(namespace, model, revision, target, window_s)
+        return await self._classified(query, slo.max_error_rate, classify_error_rate)
 
     async def shed_fraction(
         self,
@@ -336,10 +334,17 @@ class PrometheusClient:
         """The share of the selection's requests shed at the in-flight cap, classified against
         the autoscaler's `scaleUpAtShedFraction`."""
         query = shed_fraction_query(namespace, model, revision, target, window_s)
+        return await self._classified(query, scale_up_at, classify_shed)
+
+    async def _classified(
+        self, query: str, line: float, classify: Callable[[float | None, float], Reading]
+    ) -> Reading:
+        """`query`'s value classified against `line`; ERROR (with the public reason) when
+        Prometheus could not answer."""
         result = await self.query(query)
         if result.error is not None:
-            return Reading(Outcome.ERROR, None, scale_up_at, result.public_error)
-        return classify_shed(result.value, scale_up_at)
+            return Reading(Outcome.ERROR, None, line, result.public_error)
+        return classify(result.value, line)
 
     async def request_rate(
         self, namespace: str, model: str, revision: str | None, target: str | None, window_s: int

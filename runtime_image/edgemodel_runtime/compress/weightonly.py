@@ -68,8 +68,6 @@ class WeightOnlyStats:
 
     matmuls: int
     embeddings: int
-    # MatMuls / embedding Gathers kept at EDGE_BITS because they are a model's ends
-    eight_bit_ends: tuple[str, ...] = ()
 
 
 def quantize_weight_only(
@@ -91,26 +89,17 @@ def quantize_weight_only(
         skip = (*exclude, *heads) if plan.accuracy_level is None else exclude
         matmuls += gptq_matmuls(model, plan, hessians, skip, heads)
     matmuls += _quantize_matmuls(model, plan, (*exclude, *heads))
-    ends: list[str] = []
     if heads and plan.accuracy_level is not None:  # CPU: the head at 8 bits; GPU: in float
         others = tuple(n.name for n in model.graph.node if n.name not in heads)
         matmuls += _quantize_matmuls(model, replace(plan, bits=EDGE_BITS), (*exclude, *others))
-        outputs = {value.name for value in model.graph.output}
-        # the quantizer renames the nodes it converts; their outputs keep their names
-        ends += [
-            n.name
-            for n in model.graph.node
-            if n.op_type == "MatMulNBits" and n.output[0] in outputs
-        ]
     embeddings = []
     if plan.embeddings:
         bits = max(plan.bits, EDGE_BITS)
         embeddings = block_quantize_gathers(model, bits, plan.block_size, plan.symmetric, exclude)
-        ends += embeddings if bits != plan.bits else []
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     onnx.save_model(model, str(out))
-    return WeightOnlyStats(matmuls=matmuls, embeddings=len(embeddings), eight_bit_ends=tuple(ends))
+    return WeightOnlyStats(matmuls=matmuls, embeddings=len(embeddings))
 
 
 def output_projections(model: onnx.ModelProto) -> tuple[str, ...]:
